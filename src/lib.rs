@@ -1,14 +1,39 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Herald: a real-time event feed server. Events come in over HTTP (`POST /events`), go
+//! through a broker (in-process, or Redis pub/sub to join replicas), and are pushed to every
+//! WebSocket client on `/ws`. One thread, one mio reactor, every socket.
+//!
+//! ```text
+//! client readable -> scratch buffer -> Conn tail -> http::parse | ws::frame
+//!   -> http::route -> Action::Publish(event) -> Broker
+//!        Embedded: -> Fanout                     Redis: PUBLISH, waiter queued (FIFO)
+//! Redis SUB readable -> resp::cmd::decode -> payload (JSON as published) -> Fanout
+//! Fanout::deliver -> ws::frame::text once -> Bytes -> OutQueue::push(clone) per subscriber
+//! end of turn -> flush each dirty Conn (writev) -> leftovers? ask WRITABLE -> flush again
+//! ```
+//!
+//! Modules, in the order data meets them:
+//! - `config`       env + flags -> `Config`, limits, Redis URL; secrets hidden from logs
+//! - `reactor`      the mio loop: accept, read, dispatch, flush, reap, timers, shutdown
+//! - `conn`         one connection's state machine, tail and output queue
+//! - `http`         request parsing (httparse), routing, publish bodies, replies
+//! - `ws`           the upgrade handshake; frames in (validated) and out (built once)
+//! - `broker`       embedded or Redis: where a publish goes
+//! - `resp`         RESP commands and replies (redis-protocol) and the Redis link state machine
+//! - `fanout`       channel -> subscribers; delivery of one shared frame to each
+//! - `outq`         per-connection queue of shared buffers, written with writev
+//! - `event`        the event and its one JSON encoding
+//! - `static_files` the page, built in or from STATIC_DIR, with safe names only
+//! - `metrics`      counters and the Prometheus page
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod broker;
+pub mod config;
+pub mod conn;
+pub mod event;
+pub mod fanout;
+pub mod http;
+pub mod metrics;
+pub mod outq;
+pub mod reactor;
+pub mod resp;
+pub mod static_files;
+pub mod ws;

@@ -1,0 +1,324 @@
+//! Configuration: every knob Herald has, from environment variables first and flags second
+//! (clap reads both), turned into one validated `Config`.
+//!
+//! Secrets (the Redis password, the publish token) live in `Secret`, whose `Debug` prints `***`,
+//! so logging a `Config` can never leak them. `--help` shows no env values (`hide_env_values`).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use thiserror::Error;
+
+/// Herald: a real-time event feed server (HTTP publish, Redis pub/sub, WebSocket fan-out).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// Address to bind.
+    #[arg(long, env = "BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+
+    /// Redis URL (redis://[[user]:password@]host[:port][/db]). Also read from PUBSUB_CACHE_URL
+    /// (what kindling injects) or REDIS_URL. Unset: an embedded in-process broker (one node).
+    #[arg(long, env = "PUBSUB_CACHE_URL", hide_env_values = true)]
+    pub redis: Option<String>,
+
+    /// Redis pub/sub channel that carries events between replicas.
+    #[arg(long, env = "CHANNEL", default_value = "events")]
+    pub channel: String,
+
+    /// Serve the page and /static/ from this folder instead of the copy built into the binary.
+    #[arg(long, env = "STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
+
+    /// Log level: error, warn, info, debug or trace (RUST_LOG, if set, wins).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Expose a WebSocket echo route at this path (for conformance testing), e.g. /echo.
+    #[arg(long, env = "ECHO_PATH")]
+    pub echo_path: Option<String>,
+
+    /// Require `Authorization: Bearer <token>` on POST /events.
+    #[arg(long, env = "PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+
+    /// Comma-separated list of Origins allowed to open WebSockets (unset: any origin).
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// Largest HTTP request head, in bytes (beyond it: 431).
+    #[arg(long, env = "MAX_HEAD_BYTES", default_value_t = 8 * 1024)]
+    pub max_head_bytes: usize,
+
+    /// Largest HTTP request body, in bytes (beyond it: 413).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest incoming WebSocket message, in bytes (beyond it: close 1009).
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Most open client connections (beyond it: 503 and close).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Most bytes queued for one client that is not reading (beyond it: close 1008).
+    #[arg(long, env = "MAX_QUEUED_BYTES", default_value_t = 1024 * 1024)]
+    pub max_queued_bytes: usize,
+
+    /// Seconds a client may take to send a complete request head.
+    #[arg(long, env = "HEAD_TIMEOUT_SECS", default_value_t = 10)]
+    pub head_timeout_secs: u32,
+
+    /// Seconds an idle keep-alive HTTP connection is kept open.
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u32,
+
+    /// Seconds of silence after which the server pings a WebSocket.
+    #[arg(long, env = "PING_INTERVAL_SECS", default_value_t = 30)]
+    pub ping_interval_secs: u32,
+
+    /// Seconds a pinged WebSocket has to answer before it is closed.
+    #[arg(long, env = "PONG_TIMEOUT_SECS", default_value_t = 10)]
+    pub pong_timeout_secs: u32,
+
+    /// Seconds to finish in-flight work after SIGTERM before exiting.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5)]
+    pub shutdown_grace_secs: u32,
+}
+
+/// A value that must never reach a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where Redis is and how to log in, from `redis://[[user]:password@]host[:port][/db]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub db: u32,
+}
+
+impl std::fmt::Display for RedisUrl {
+    /// The URL without credentials, for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis://{}:{}/{}", self.host, self.port, self.db)
+    }
+}
+
+impl RedisUrl {
+    pub fn parse(text: &str) -> Result<RedisUrl, ConfigError> {
+        let bad = |why: &str| ConfigError::RedisUrl(why.to_string());
+        let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+        match url.scheme() {
+            "redis" => {}
+            "rediss" => return Err(bad("TLS (rediss://) is not supported")),
+            other => return Err(bad(&format!("unknown scheme {other:?}"))),
+        }
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(host) => host.to_string(),
+            None => return Err(bad("no host")),
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| bad("credentials are not UTF-8"))
+        };
+        let username = match url.username() {
+            "" => None,
+            name => Some(decode(name)?),
+        };
+        let password = url.password().map(decode).transpose()?.map(Secret);
+        let db = match url.path().trim_start_matches('/') {
+            "" => 0,
+            db => db.parse().map_err(|_| bad("database must be a number"))?,
+        };
+        Ok(RedisUrl {
+            host,
+            port: url.port().unwrap_or(6379),
+            username,
+            password,
+            db,
+        })
+    }
+}
+
+/// Limits and timers that protect the server from one bad peer.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_message_bytes: usize,
+    pub max_connections: usize,
+    pub max_queued_bytes: usize,
+    pub head_timeout_secs: u32,
+    pub idle_timeout_secs: u32,
+    pub ping_interval_secs: u32,
+    pub pong_timeout_secs: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 8 * 1024,
+            max_body_bytes: 64 * 1024,
+            max_message_bytes: 64 * 1024,
+            max_connections: 100_000,
+            max_queued_bytes: 1024 * 1024,
+            head_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            ping_interval_secs: 30,
+            pong_timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: IpAddr,
+    pub port: u16,
+    pub redis: Option<RedisUrl>,
+    pub channel: String,
+    pub static_dir: Option<PathBuf>,
+    pub echo_path: Option<String>,
+    pub publish_token: Option<Secret>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub limits: Limits,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid Redis URL: {0}")]
+    RedisUrl(String),
+    #[error("invalid {0}: {1}")]
+    Invalid(&'static str, String),
+}
+
+impl Config {
+    /// Validates the command line. `redis_fallback` is `REDIS_URL`, used when neither
+    /// `--redis` nor `PUBSUB_CACHE_URL` is set.
+    pub fn from_cli(cli: Cli, redis_fallback: Option<String>) -> Result<Config, ConfigError> {
+        let redis_text = cli
+            .redis
+            .or(redis_fallback)
+            .filter(|s| !s.trim().is_empty());
+        let redis = redis_text.as_deref().map(RedisUrl::parse).transpose()?;
+        if cli.channel.is_empty() {
+            return Err(ConfigError::Invalid("CHANNEL", "empty".into()));
+        }
+        if let Some(path) = &cli.echo_path
+            && (!path.starts_with('/') || path.contains('?'))
+        {
+            return Err(ConfigError::Invalid("ECHO_PATH", path.clone()));
+        }
+        let positive = |name: &'static str, v: usize| {
+            if v == 0 {
+                Err(ConfigError::Invalid(name, "must be positive".into()))
+            } else {
+                Ok(v)
+            }
+        };
+        Ok(Config {
+            bind: cli.bind,
+            port: cli.port,
+            redis,
+            channel: cli.channel,
+            static_dir: cli.static_dir,
+            echo_path: cli.echo_path,
+            publish_token: cli.publish_token.filter(|t| !t.is_empty()).map(Secret),
+            allowed_origins: cli.allowed_origins.map(|list| {
+                list.into_iter()
+                    .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                    .filter(|o| !o.is_empty())
+                    .collect()
+            }),
+            limits: Limits {
+                max_head_bytes: positive("MAX_HEAD_BYTES", cli.max_head_bytes)?,
+                max_body_bytes: cli.max_body_bytes,
+                max_message_bytes: positive("MAX_MESSAGE_BYTES", cli.max_message_bytes)?,
+                max_connections: positive("MAX_CONNECTIONS", cli.max_connections)?,
+                max_queued_bytes: positive("MAX_QUEUED_BYTES", cli.max_queued_bytes)?,
+                head_timeout_secs: cli.head_timeout_secs.max(1),
+                idle_timeout_secs: cli.idle_timeout_secs.max(1),
+                ping_interval_secs: cli.ping_interval_secs.max(1),
+                pong_timeout_secs: cli.pong_timeout_secs.max(1),
+            },
+            shutdown_grace: Duration::from_secs(cli.shutdown_grace_secs.into()),
+        })
+    }
+
+    /// A configuration for tests and embedding: embedded broker, default limits.
+    pub fn local(port: u16) -> Config {
+        Config {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            port,
+            redis: None,
+            channel: "events".into(),
+            static_dir: None,
+            echo_path: None,
+            publish_token: None,
+            allowed_origins: None,
+            limits: Limits::default(),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_parse_full_redis_url() {
+        let url = RedisUrl::parse("redis://bob:p%40ss@cache.local:6380/3").unwrap();
+        assert_eq!(url.host, "cache.local");
+        assert_eq!(url.port, 6380);
+        assert_eq!(url.username.as_deref(), Some("bob"));
+        assert_eq!(url.password, Some(Secret("p@ss".into())));
+        assert_eq!(url.db, 3);
+    }
+
+    #[test]
+    fn should_parse_password_only_and_defaults() {
+        let url = RedisUrl::parse("redis://:secret@pubsub-cache").unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.db),
+            ("pubsub-cache", 6379, 0)
+        );
+        assert_eq!(url.username, None);
+        assert_eq!(url.password, Some(Secret("secret".into())));
+        let plain = RedisUrl::parse("redis://127.0.0.1:7000").unwrap();
+        assert_eq!(plain.password, None);
+    }
+
+    #[test]
+    fn should_reject_bad_redis_urls() {
+        for bad in ["rediss://h", "http://h", "redis://h/x", "not a url"] {
+            assert!(RedisUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn should_hide_secrets_in_debug_and_display() {
+        let url = RedisUrl::parse("redis://u:hunter2@h:1/0").unwrap();
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert!(!url.to_string().contains("hunter2"));
+    }
+}

@@ -1,0 +1,136 @@
+//! Conn: one client connection, one slab slot (its key is its mio token).
+//!
+//! A Conn is a small state machine. Its transitions:
+//!
+//! ```text
+//! ReadingRequest --request answered, keep-alive--> ReadingRequest
+//! ReadingRequest --POST /events with Redis--> AwaitingBroker --Redis replied--> ReadingRequest
+//! ReadingRequest --GET /ws upgrade--> WebSocket
+//! ReadingRequest | AwaitingBroker | WebSocket --error, close, shutdown--> Closing
+//! Closing --queue flushed, peer closed or linger deadline--> Closed --reap--> (slot freed)
+//! any --socket error or EOF--> Closed
+//! ```
+//!
+//! A Conn owns no read buffer: the reactor reads into one scratch buffer and a Conn keeps only
+//! `tail`, the bytes of an incomplete request or frame. Its output queue allocates only while
+//! there is output. Timers are one `deadline` field, swept once a second by the reactor.
+
+use bytes::Bytes;
+use mio::net::TcpStream;
+use smallvec::SmallVec;
+
+use crate::fanout::Subscription;
+use crate::outq::OutQueue;
+use crate::ws::frame::PartialMessage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for (more of) an HTTP request; also idle keep-alive.
+    ReadingRequest,
+    /// A publish is out at Redis; later pipelined requests wait in `tail`, answered in order.
+    AwaitingBroker,
+    /// An open WebSocket on the feed route.
+    WebSocket,
+    /// An open WebSocket on the echo route (conformance testing).
+    Echo,
+    /// Sending the last bytes (an error reply, a close frame), then waiting for the peer to
+    /// close so the last bytes are not lost to a reset.
+    Closing,
+    /// Done: the reactor frees the slot at the end of the turn.
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: TcpStream,
+    pub out: OutQueue,
+    /// Received bytes that do not yet form a whole request or frame.
+    pub tail: Vec<u8>,
+    /// A fragmented WebSocket message being assembled (rare: almost always `None`).
+    pub partial: Option<Box<PartialMessage>>,
+    /// The channels this WebSocket receives, with its slot in each channel's subscriber list.
+    pub subs: SmallVec<[Subscription; 1]>,
+    /// Tells this connection apart from a later one that reuses its slab slot.
+    pub serial: u32,
+    /// Reactor clock (seconds) at which the current phase times out.
+    pub deadline: u32,
+    pub phase: Phase,
+    /// In the reactor's dirty list: has output to flush this turn.
+    pub dirty: bool,
+    /// Registered for WRITABLE because the socket refused part of the output.
+    pub wants_writable: bool,
+    /// The socket may hold unread input (reading paused while a publish is in flight, or the
+    /// per-turn read budget ran out).
+    pub read_pending: bool,
+    /// A heartbeat ping is out and unanswered.
+    pub awaiting_pong: bool,
+    /// Our write half is shut (Closing, after the last bytes left).
+    pub write_shut: bool,
+    /// The peer shut its write half (EOF read).
+    pub peer_eof: bool,
+    /// Became a WebSocket at some point (for the open-WebSocket count).
+    pub upgraded: bool,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, serial: u32, deadline: u32) -> Conn {
+        Conn {
+            stream,
+            out: OutQueue::default(),
+            tail: Vec::new(),
+            partial: None,
+            subs: SmallVec::new(),
+            serial,
+            deadline,
+            phase: Phase::ReadingRequest,
+            dirty: false,
+            wants_writable: false,
+            read_pending: false,
+            awaiting_pong: false,
+            write_shut: false,
+            peer_eof: false,
+            upgraded: false,
+        }
+    }
+
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.phase, Phase::WebSocket | Phase::Echo)
+    }
+
+    /// Queues bytes and puts the connection on the dirty list; never writes.
+    pub fn queue(&mut self, key: usize, bytes: Bytes, dirty: &mut Vec<usize>) {
+        self.out.push(bytes);
+        self.mark_dirty(key, dirty);
+    }
+
+    pub fn mark_dirty(&mut self, key: usize, dirty: &mut Vec<usize>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(key);
+        }
+    }
+
+    /// Frees what an idle connection no longer needs.
+    pub fn release_memory(&mut self) {
+        self.out.release_memory();
+        if self.tail.is_empty() && self.tail.capacity() > 0 {
+            self.tail = Vec::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_keep_the_connection_struct_small() {
+        let size = std::mem::size_of::<Conn>();
+        // A slab slot is an enum of a Conn or a free-list index: about an Option<Conn>.
+        let slot = std::mem::size_of::<Option<Conn>>();
+        println!("size_of::<Conn>() = {size} bytes, slab slot = {slot} bytes");
+        // Idle memory per WebSocket is budgeted at 400 bytes of RSS in all; the struct is
+        // most of it.
+        assert!(slot <= 160, "Conn grew to {size} bytes (slot {slot})");
+    }
+}

@@ -1,0 +1,180 @@
+//! Routing: (method, path) to what should happen. Handlers here return an `Action`: a reply to
+//! queue, an event to publish, or a WebSocket to open. They never touch sockets, and what needs
+//! the reactor's live state (health, metrics) is named by the action and filled in there.
+
+use subtle::ConstantTimeEq;
+
+use super::parse::{Method, Request};
+use super::publish;
+use super::reply::{PAGE_CSP, Reply};
+use crate::config::Config;
+use crate::event::Event;
+use crate::static_files::StaticFiles;
+use crate::ws::handshake;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Reply(Reply),
+    /// `GET /health`: the reactor answers with its broker state and connection counts.
+    Health,
+    /// `GET /metrics`: the reactor answers with its counters.
+    Metrics,
+    /// `POST /events`: hand the event to the broker; the reply waits for its verdict.
+    Publish(Event),
+    /// Switch this connection to WebSocket, answering with this accept key.
+    Upgrade {
+        accept_key: String,
+        echo: bool,
+    },
+}
+
+pub fn route(req: &Request<'_>, config: &Config, statics: &StaticFiles) -> Action {
+    let path = req.path;
+    let is_echo = config.echo_path.as_deref() == Some(path);
+    match (req.method, path) {
+        (Method::Get | Method::Head, "/") => page(statics, "index.html"),
+        (Method::Get | Method::Head, _) if path.starts_with("/static/") => {
+            page(statics, &path["/static/".len()..])
+        }
+        (Method::Get | Method::Head, "/health") => Action::Health,
+        (Method::Get | Method::Head, "/metrics") => Action::Metrics,
+        (Method::Post, "/events") => match authorize(req, config) {
+            Err(reply) => Action::Reply(reply),
+            Ok(()) => match publish::event_from(req) {
+                Ok(event) => Action::Publish(event),
+                Err(reply) => Action::Reply(reply),
+            },
+        },
+        (Method::Get, "/ws") => upgrade(req, config, false),
+        (Method::Get, _) if is_echo => upgrade(req, config, true),
+        (_, "/" | "/health" | "/metrics") => not_allowed("GET, HEAD"),
+        (_, _) if path.starts_with("/static/") => not_allowed("GET, HEAD"),
+        (_, "/events") => not_allowed("POST"),
+        (_, "/ws") => not_allowed("GET"),
+        (_, _) if is_echo => not_allowed("GET"),
+        _ => Action::Reply(Reply::error(404, "not found")),
+    }
+}
+
+fn page(statics: &StaticFiles, name: &str) -> Action {
+    Action::Reply(match statics.get(name) {
+        Ok(file) => {
+            let reply = Reply::new(200, file.content_type, file.body)
+                // Revalidate every time: a new deploy (or kindling sync) shows at once.
+                .header("Cache-Control", "no-cache")
+                .header("Referrer-Policy", "no-referrer");
+            if file.content_type.starts_with("text/html") {
+                reply.header("Content-Security-Policy", PAGE_CSP)
+            } else {
+                reply
+            }
+        }
+        Err(reply) => reply,
+    })
+}
+
+fn not_allowed(allow: &'static str) -> Action {
+    Action::Reply(Reply::error(405, "method not allowed").header("Allow", allow))
+}
+
+fn upgrade(req: &Request<'_>, config: &Config, echo: bool) -> Action {
+    match handshake::accept_key(req, config.allowed_origins.as_deref()) {
+        Ok(accept_key) => Action::Upgrade { accept_key, echo },
+        Err(reply) => Action::Reply(reply),
+    }
+}
+
+/// With a publish token configured, `POST /events` needs `Authorization: Bearer <token>`,
+/// compared in constant time.
+fn authorize(req: &Request<'_>, config: &Config) -> Result<(), Reply> {
+    let Some(token) = &config.publish_token else {
+        return Ok(());
+    };
+    let offered = req
+        .headers
+        .authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    if bool::from(offered.as_bytes().ct_eq(token.0.as_bytes())) {
+        Ok(())
+    } else {
+        Err(Reply::error(401, "missing or wrong publish token")
+            .header("WWW-Authenticate", "Bearer"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use crate::http::parse::parse_request;
+
+    fn act(raw: &str, config: &Config) -> Action {
+        let (req, _) = parse_request(raw.as_bytes(), &config.limits)
+            .unwrap()
+            .unwrap();
+        route(&req, config, &StaticFiles::new(None).unwrap())
+    }
+
+    fn status(action: Action) -> u16 {
+        match action {
+            Action::Reply(r) => r.status,
+            other => panic!("not a reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn should_route_each_path_and_method() {
+        let c = Config::local(0);
+        assert_eq!(status(act("GET / HTTP/1.1\r\n\r\n", &c)), 200);
+        assert_eq!(status(act("GET /static/app.js HTTP/1.1\r\n\r\n", &c)), 200);
+        assert_eq!(status(act("GET /static/../x HTTP/1.1\r\n\r\n", &c)), 400);
+        assert_eq!(act("GET /health HTTP/1.1\r\n\r\n", &c), Action::Health);
+        assert_eq!(status(act("GET /nope HTTP/1.1\r\n\r\n", &c)), 404);
+        assert_eq!(status(act("POST /events HTTP/1.1\r\n\r\n", &c)), 422);
+        assert!(matches!(
+            act("POST /events?event_type=a HTTP/1.1\r\n\r\n", &c),
+            Action::Publish(_)
+        ));
+        assert_eq!(status(act("GET /ws HTTP/1.1\r\n\r\n", &c)), 426);
+    }
+
+    #[test]
+    fn should_answer_405_with_allow() {
+        let c = Config::local(0);
+        match act("GET /events HTTP/1.1\r\n\r\n", &c) {
+            Action::Reply(r) => {
+                assert_eq!(r.status, 405);
+                assert!(r.headers.contains(&("Allow", "POST".to_string())));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(status(act("DELETE / HTTP/1.1\r\n\r\n", &c)), 405);
+    }
+
+    #[test]
+    fn should_require_the_publish_token_when_configured() {
+        let mut c = Config::local(0);
+        c.publish_token = Some(Secret("s3cret".into()));
+        let req = |auth: &str| format!("POST /events?event_type=a HTTP/1.1\r\n{auth}\r\n");
+        assert_eq!(status(act(&req(""), &c)), 401);
+        assert_eq!(status(act(&req("Authorization: Bearer nope\r\n"), &c)), 401);
+        assert!(matches!(
+            act(&req("Authorization: Bearer s3cret\r\n"), &c),
+            Action::Publish(_)
+        ));
+    }
+
+    #[test]
+    fn should_serve_the_page_with_a_strict_csp() {
+        match act("GET / HTTP/1.1\r\n\r\n", &Config::local(0)) {
+            Action::Reply(r) => {
+                assert!(r.headers.iter().any(
+                    |(n, v)| *n == "Content-Security-Policy" && v.contains("script-src 'self'")
+                ))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

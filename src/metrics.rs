@@ -1,0 +1,232 @@
+//! Counters and the `/metrics` page (Prometheus text format 0.0.4).
+//!
+//! One thread owns everything, so counters are plain integers, no atomics. Metric names are
+//! constants in `names`, so a dashboard and the code cannot drift apart silently.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+pub mod names {
+    pub const CONNECTIONS: &str = "herald_connections";
+    pub const CONNECTIONS_ACCEPTED: &str = "herald_connections_accepted_total";
+    pub const CONNECTIONS_REJECTED: &str = "herald_connections_rejected_total";
+    pub const ACCEPT_ERRORS: &str = "herald_accept_errors_total";
+    pub const HTTP_RESPONSES: &str = "herald_http_responses_total";
+    pub const WEBSOCKETS_OPENED: &str = "herald_websockets_opened_total";
+    pub const EVENTS_PUBLISHED: &str = "herald_events_published_total";
+    pub const EVENTS_RECEIVED: &str = "herald_events_received_total";
+    pub const EVENTS_DELIVERED: &str = "herald_events_delivered_total";
+    pub const BYTES_WRITTEN: &str = "herald_bytes_written_total";
+    pub const SLOW_CONSUMERS: &str = "herald_slow_consumers_closed_total";
+    pub const CLOSES: &str = "herald_connections_closed_total";
+    pub const REDIS_UP: &str = "herald_redis_up";
+    pub const REDIS_RECONNECTS: &str = "herald_redis_reconnects_total";
+    pub const PUBLISH_LATENCY: &str = "herald_publish_latency_seconds";
+}
+
+/// Why a connection closed: the `reason` label of `herald_connections_closed_total`.
+pub mod reason {
+    pub const PEER_CLOSED: &str = "peer_closed";
+    pub const IO_ERROR: &str = "io_error";
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const PROTOCOL_ERROR: &str = "protocol_error";
+    pub const SLOW_CONSUMER: &str = "slow_consumer";
+    pub const HEAD_TIMEOUT: &str = "head_timeout";
+    pub const IDLE_TIMEOUT: &str = "idle_timeout";
+    pub const PING_TIMEOUT: &str = "ping_timeout";
+    pub const SHUTDOWN: &str = "shutdown";
+    pub const DONE: &str = "done";
+}
+
+/// Upper bounds (seconds) of the publish latency buckets.
+const LATENCY_BOUNDS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [u64; LATENCY_BOUNDS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, value: Duration) {
+        let secs = value.as_secs_f64();
+        if let Some(i) = LATENCY_BOUNDS.iter().position(|&b| secs <= b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub accept_errors: u64,
+    pub responses: BTreeMap<u16, u64>,
+    pub websockets_opened: u64,
+    pub events_published: u64,
+    pub events_received: u64,
+    pub events_delivered: u64,
+    pub bytes_written: u64,
+    pub slow_consumers: u64,
+    pub closes: BTreeMap<&'static str, u64>,
+    pub redis_reconnects: u64,
+    pub publish_latency: Histogram,
+}
+
+/// Values that are state, not counts: read from the reactor when the page is built.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub http: usize,
+    pub websockets: usize,
+    /// `None` in embedded mode.
+    pub redis_up: Option<bool>,
+}
+
+impl Metrics {
+    pub fn closed(&mut self, reason: &'static str) {
+        *self.closes.entry(reason).or_default() += 1;
+    }
+
+    pub fn responded(&mut self, status: u16) {
+        *self.responses.entry(status).or_default() += 1;
+    }
+
+    pub fn render(&self, gauges: &Gauges) -> String {
+        use names::*;
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP {CONNECTIONS} Open client connections by kind.\n# TYPE {CONNECTIONS} gauge"
+        );
+        let _ = writeln!(out, "{CONNECTIONS}{{kind=\"http\"}} {}", gauges.http);
+        let _ = writeln!(
+            out,
+            "{CONNECTIONS}{{kind=\"websocket\"}} {}",
+            gauges.websockets
+        );
+        let counters: [(&str, &str, u64); 10] = [
+            (CONNECTIONS_ACCEPTED, "Connections accepted.", self.accepted),
+            (
+                CONNECTIONS_REJECTED,
+                "Connections refused over the connection limit.",
+                self.rejected,
+            ),
+            (
+                ACCEPT_ERRORS,
+                "accept() failures such as EMFILE.",
+                self.accept_errors,
+            ),
+            (
+                WEBSOCKETS_OPENED,
+                "WebSocket upgrades completed.",
+                self.websockets_opened,
+            ),
+            (
+                EVENTS_PUBLISHED,
+                "Events accepted on POST /events.",
+                self.events_published,
+            ),
+            (
+                EVENTS_RECEIVED,
+                "Events received from the broker for local delivery.",
+                self.events_received,
+            ),
+            (
+                EVENTS_DELIVERED,
+                "Event frames queued to subscribers.",
+                self.events_delivered,
+            ),
+            (
+                BYTES_WRITTEN,
+                "Bytes written to client sockets.",
+                self.bytes_written,
+            ),
+            (
+                SLOW_CONSUMERS,
+                "Clients closed for not reading (backlog over the cap).",
+                self.slow_consumers,
+            ),
+            (
+                REDIS_RECONNECTS,
+                "Redis links re-established after a failure.",
+                self.redis_reconnects,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {HTTP_RESPONSES} HTTP responses by status.\n# TYPE {HTTP_RESPONSES} counter"
+        );
+        for (status, n) in &self.responses {
+            let _ = writeln!(out, "{HTTP_RESPONSES}{{status=\"{status}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {CLOSES} Connections closed, by reason.\n# TYPE {CLOSES} counter"
+        );
+        for (reason, n) in &self.closes {
+            let _ = writeln!(out, "{CLOSES}{{reason=\"{reason}\"}} {n}");
+        }
+        if let Some(up) = gauges.redis_up {
+            let _ = writeln!(
+                out,
+                "# HELP {REDIS_UP} 1 when both Redis links are up.\n# TYPE {REDIS_UP} gauge\n{REDIS_UP} {}",
+                u8::from(up)
+            );
+        }
+        let h = &self.publish_latency;
+        let _ = writeln!(
+            out,
+            "# HELP {PUBLISH_LATENCY} Time from a publish request to its verdict.\n# TYPE {PUBLISH_LATENCY} histogram"
+        );
+        let mut cumulative = 0;
+        for (bound, n) in LATENCY_BOUNDS.iter().zip(h.buckets) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "{PUBLISH_LATENCY}_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(out, "{PUBLISH_LATENCY}_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{PUBLISH_LATENCY}_sum {}", h.sum);
+        let _ = writeln!(out, "{PUBLISH_LATENCY}_count {}", h.count);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_render_counters_and_a_cumulative_histogram() {
+        let mut m = Metrics::default();
+        m.responded(200);
+        m.closed(reason::SLOW_CONSUMER);
+        m.publish_latency.observe(Duration::from_micros(300));
+        m.publish_latency.observe(Duration::from_millis(30));
+        let text = m.render(&Gauges {
+            http: 1,
+            websockets: 2,
+            redis_up: Some(true),
+        });
+        assert!(text.contains("herald_connections{kind=\"websocket\"} 2\n"));
+        assert!(text.contains("herald_http_responses_total{status=\"200\"} 1\n"));
+        assert!(text.contains("herald_connections_closed_total{reason=\"slow_consumer\"} 1\n"));
+        assert!(text.contains("herald_publish_latency_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(text.contains("herald_publish_latency_seconds_bucket{le=\"0.05\"} 2\n"));
+        assert!(text.contains("herald_publish_latency_seconds_count 2\n"));
+        assert!(text.contains("herald_redis_up 1\n"));
+    }
+}

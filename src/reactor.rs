@@ -1,0 +1,1125 @@
+//! The reactor: one thread, one mio `Poll`, every socket. It owns the connections (a slab keyed
+//! by token), the fan-out table, the broker and its Redis links, and the one scratch buffer
+//! every socket is read into.
+//!
+//! One turn (redis's `aeProcessEvents` in spirit):
+//! 1. poll, with the nearest deadline as timeout (0 when work was left over);
+//! 2. dispatch: accept until `WouldBlock`; Redis links; connections read until `WouldBlock`
+//!    (mio is edge-triggered) into the scratch buffer, parse, act; queuing output never writes;
+//! 3. flush each dirty connection once, one vectored write; WRITABLE interest only while bytes
+//!    remain;
+//! 4. reap closed connections (only now, so a freed slot cannot be handed to a newcomer while
+//!    events for the old one are still being dispatched), then sweep timers once a second.
+//!
+//! Data flows one way: socket readable -> scratch -> Conn tail -> http::parse | ws::frame ->
+//! route -> broker -> fanout (frame once) -> OutQueues -> dirty list -> flush.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::net::{TcpListener, TcpStream, UnixStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use serde_json::json;
+use slab::Slab;
+
+use crate::broker::{Broker, Publish, REDIS_PUB, REDIS_SUB};
+use crate::config::Config;
+use crate::conn::{Conn, Phase};
+use crate::fanout::{ChannelId, Fanout};
+use crate::http::parse::{Method, parse_request};
+use crate::http::reply::Reply;
+use crate::http::route::{Action, route};
+use crate::metrics::{Gauges, Metrics, reason};
+use crate::resp::link::LinkEvent;
+use crate::static_files::StaticFiles;
+use crate::ws::frame::{self, Message, close_code};
+use crate::ws::handshake;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNAL: Token = Token(usize::MAX - 4);
+const WAKER: Token = Token(usize::MAX - 5);
+/// Slab keys stay below the fixed tokens.
+const MAX_KEY: usize = usize::MAX - 16;
+
+/// Size of the one read buffer shared by every socket.
+const SCRATCH_BYTES: usize = 64 * 1024;
+/// Reads per connection per turn before others get their go.
+const READ_BUDGET: usize = 16;
+/// Bytes written to one connection per turn before others get their go (redis:
+/// NET_MAX_WRITES_PER_EVENT).
+const WRITE_BUDGET: usize = 1024 * 1024;
+/// How long a closing connection may take to drain its last bytes and see the peer close.
+const CLOSE_TIMEOUT_SECS: u32 = 5;
+/// After EMFILE and the like, accept again this much later instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// A request waiting for Redis's verdict on its PUBLISH, in the order they were sent.
+#[derive(Debug)]
+struct Waiter {
+    key: usize,
+    serial: u32,
+    keep_alive: bool,
+    kind: String,
+    since: Instant,
+}
+
+pub struct Reactor {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    signals: Option<UnixStream>,
+    waker: Arc<Waker>,
+    config: Config,
+    statics: StaticFiles,
+    conns: Slab<Conn>,
+    fanout: Fanout,
+    default_channel: ChannelId,
+    broker: Broker,
+    waiters: VecDeque<Waiter>,
+    metrics: Metrics,
+    scratch: Vec<u8>,
+    /// Connections with output to flush this turn.
+    dirty: Vec<usize>,
+    /// Connections with input left to read (budget ran out, or reading resumed).
+    read_later: Vec<usize>,
+    /// Connections marked `Closed`, freed at the end of the turn.
+    closed: Vec<usize>,
+    /// Subscribers found over their backlog cap during a delivery.
+    over_cap: Vec<usize>,
+    link_events: Vec<LinkEvent>,
+    started: Instant,
+    next_serial: u32,
+    websockets: usize,
+    accept_paused_until: Option<Instant>,
+    last_accept_warning: Option<Instant>,
+    shutdown_deadline: Option<Instant>,
+}
+
+impl Reactor {
+    /// Binds the listener (backlog 1024: bursts of handshakes must not overflow the accept
+    /// queue and cost clients a 1 s SYN retry) and prepares everything; serves nothing yet.
+    pub fn bind(config: Config) -> io::Result<Reactor> {
+        let listener = bind_listener(SocketAddr::new(config.bind, config.port))?;
+        let local_addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let statics = StaticFiles::new(config.static_dir.as_deref())?;
+        let mut fanout = Fanout::default();
+        let default_channel = fanout.channel_id(&config.channel);
+        let broker = Broker::from_config(&config);
+        let mut reactor = Reactor {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            signals: None,
+            waker,
+            config,
+            statics,
+            conns: Slab::with_capacity(1024),
+            fanout,
+            default_channel,
+            broker,
+            waiters: VecDeque::new(),
+            metrics: Metrics::default(),
+            scratch: vec![0; SCRATCH_BYTES],
+            dirty: Vec::new(),
+            read_later: Vec::new(),
+            closed: Vec::new(),
+            over_cap: Vec::new(),
+            link_events: Vec::new(),
+            started: Instant::now(),
+            next_serial: 0,
+            websockets: 0,
+            accept_paused_until: None,
+            last_accept_warning: None,
+            shutdown_deadline: None,
+        };
+        if let Some(listener) = reactor.listener.as_mut() {
+            reactor
+                .poll
+                .registry()
+                .register(listener, LISTENER, Interest::READABLE)?;
+        }
+        Ok(reactor)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn static_source(&self) -> String {
+        self.statics.source()
+    }
+
+    /// A socket that becomes readable when the process gets SIGTERM or SIGINT (the write end
+    /// is registered with signal-hook by `main`); reading it starts a graceful shutdown.
+    pub fn watch_signals(&mut self, mut signals: UnixStream) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNAL, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// Serves until a graceful shutdown completes.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut next_sweep = Instant::now() + SWEEP_EVERY;
+        loop {
+            let timeout = self.poll_timeout(next_sweep);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    SIGNAL => self.on_signal(),
+                    WAKER => self.on_wake(),
+                    REDIS_SUB | REDIS_PUB => self.on_link_ready(event.token()),
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(key);
+                        }
+                        if event.is_writable()
+                            && let Some(conn) = self.conns.get_mut(key)
+                        {
+                            conn.mark_dirty(key, &mut self.dirty);
+                        }
+                    }
+                }
+            }
+            for key in std::mem::take(&mut self.read_later) {
+                self.on_readable(key);
+            }
+            let now = Instant::now();
+            self.on_timers(now);
+            self.flush_links();
+            self.flush_dirty();
+            self.reap();
+            if now >= next_sweep {
+                self.sweep(now);
+                next_sweep = now + SWEEP_EVERY;
+            }
+            if self.shutdown_complete(now) {
+                info!("shutdown complete");
+                return Ok(());
+            }
+        }
+    }
+
+    fn poll_timeout(&self, next_sweep: Instant) -> Duration {
+        if !self.dirty.is_empty() || !self.read_later.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut deadline = next_sweep;
+        if let Some(at) = self.accept_paused_until {
+            deadline = deadline.min(at);
+        }
+        if let Broker::Redis(redis) = &self.broker {
+            deadline = deadline
+                .min(redis.subscriber.next_deadline())
+                .min(redis.publisher.next_deadline());
+        }
+        if let Some(at) = self.shutdown_deadline {
+            deadline = deadline.min(at);
+        }
+        deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Seconds since start: the coarse clock of connection deadlines.
+    fn clock(&self) -> u32 {
+        self.started.elapsed().as_secs() as u32
+    }
+
+    // ---- accepting --------------------------------------------------------------------
+
+    fn accept_all(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.on_accepted(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_resource_exhaustion(&e) => {
+                    // The pending connection stays in the backlog; retry after a pause
+                    // (mio is edge-triggered: no new event would come for it).
+                    self.metrics.accept_errors += 1;
+                    let now = Instant::now();
+                    if self
+                        .last_accept_warning
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
+                    {
+                        warn!(
+                            "accept failed ({e}); pausing accepts, still serving open connections"
+                        );
+                        self.last_accept_warning = Some(now);
+                    }
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+                Err(e) => {
+                    // ECONNABORTED and friends concern one would-be connection only.
+                    self.metrics.accept_errors += 1;
+                    debug!("accept: {e}");
+                }
+            }
+        }
+    }
+
+    fn on_accepted(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        if self.conns.len() >= self.config.limits.max_connections
+            || self.shutdown_deadline.is_some()
+        {
+            // Shed load rather than stall: a best-effort 503 straight into the fresh socket's
+            // empty send buffer, then close.
+            self.metrics.rejected += 1;
+            self.metrics.responded(503);
+            let reply = Reply::error(503, "server at its connection limit").closing();
+            let mut bytes = reply.encode_head(false).to_vec();
+            bytes.extend_from_slice(&reply.body);
+            let _ = stream.write(&bytes);
+            debug!("{peer}: refused, at the connection limit");
+            return;
+        }
+        let deadline = self.clock() + self.config.limits.head_timeout_secs;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if key >= MAX_KEY {
+            return;
+        }
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(key), Interest::READABLE)
+        {
+            warn!("{peer}: cannot register socket: {e}");
+            return;
+        }
+        self.next_serial = self.next_serial.wrapping_add(1);
+        entry.insert(Conn::new(stream, self.next_serial, deadline));
+        self.metrics.accepted += 1;
+    }
+
+    // ---- reading and parsing --------------------------------------------------------------
+
+    fn on_readable(&mut self, key: usize) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut reads = 0;
+        while let Some(conn) = self.conns.get_mut(key) {
+            match conn.phase {
+                Phase::Closed => break,
+                // Input waits in the kernel until the publish verdict is in (back-pressure).
+                Phase::AwaitingBroker => {
+                    conn.read_pending = true;
+                    break;
+                }
+                Phase::ReadingRequest
+                    if conn.out.queued_bytes() > self.config.limits.max_queued_bytes =>
+                {
+                    // A pipelining client not reading its replies: stop parsing until it does.
+                    conn.read_pending = true;
+                    break;
+                }
+                _ => {}
+            }
+            if reads == READ_BUDGET {
+                conn.read_pending = true;
+                self.read_later.push(key);
+                break;
+            }
+            match conn.stream.read(&mut scratch) {
+                Ok(0) => {
+                    self.on_peer_eof(key);
+                    break;
+                }
+                Ok(n) => {
+                    reads += 1;
+                    conn.read_pending = false;
+                    self.on_input(key, &mut scratch[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close_now(key, reason::IO_ERROR, &format!("read: {e}"));
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    fn on_peer_eof(&mut self, key: usize) {
+        let close_by = self.clock() + CLOSE_TIMEOUT_SECS;
+        let conn = &mut self.conns[key];
+        match conn.phase {
+            Phase::Closing => self.close_now(key, reason::DONE, "peer closed"),
+            // The peer is done sending; let it have what is queued for it.
+            _ if !conn.out.is_empty() => {
+                conn.phase = Phase::Closing;
+                conn.peer_eof = true;
+                conn.deadline = close_by;
+            }
+            _ => self.close_now(key, reason::PEER_CLOSED, "peer closed"),
+        }
+    }
+
+    /// New bytes for a connection: parse them together with its tail, keep what is left.
+    fn on_input(&mut self, key: usize, data: &mut [u8]) {
+        let conn = &mut self.conns[key];
+        if conn.tail.is_empty() {
+            let used = self.process(key, data);
+            if let Some(conn) = self.conns.get_mut(key)
+                && used < data.len()
+                && !matches!(conn.phase, Phase::Closing | Phase::Closed)
+            {
+                conn.tail.extend_from_slice(&data[used..]);
+            }
+        } else {
+            let mut buf = std::mem::take(&mut conn.tail);
+            buf.extend_from_slice(data);
+            self.process_tail(key, buf);
+        }
+    }
+
+    /// Parses a connection's own buffered bytes, and keeps the unused rest as its tail.
+    fn process_tail(&mut self, key: usize, mut buf: Vec<u8>) {
+        let used = self.process(key, &mut buf);
+        if let Some(conn) = self.conns.get_mut(key)
+            && !matches!(conn.phase, Phase::Closing | Phase::Closed)
+        {
+            buf.drain(..used);
+            conn.tail = buf;
+        }
+    }
+
+    /// Consumes what it can of `buf` for the connection's phase; returns the bytes used.
+    fn process(&mut self, key: usize, buf: &mut [u8]) -> usize {
+        match self.conns[key].phase {
+            Phase::ReadingRequest => self.process_http(key, buf),
+            Phase::WebSocket | Phase::Echo => self.process_frames(key, buf),
+            Phase::AwaitingBroker => 0,
+            // Lingering: input after our last word is read and dropped.
+            Phase::Closing | Phase::Closed => buf.len(),
+        }
+    }
+
+    fn process_http(&mut self, key: usize, buf: &mut [u8]) -> usize {
+        let mut used = 0;
+        let head_by = self.clock() + self.config.limits.head_timeout_secs;
+        loop {
+            let conn = &mut self.conns[key];
+            if conn.phase != Phase::ReadingRequest {
+                return used;
+            }
+            if conn.out.queued_bytes() > self.config.limits.max_queued_bytes {
+                conn.read_pending = true;
+                return used;
+            }
+            let request = match parse_request(&buf[used..], &self.config.limits) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => {
+                    if used < buf.len() {
+                        // A request has begun: it must complete within the head timeout.
+                        conn.deadline = conn.deadline.min(head_by);
+                    }
+                    return used;
+                }
+                Err(e) => {
+                    let sample = printable_sample(&buf[used..]);
+                    self.log_peer(key, log::Level::Info, &format!("{e}; input {sample}"));
+                    self.metrics.closed(reason::BAD_REQUEST);
+                    self.send_reply(key, e.reply(), false, false);
+                    return buf.len();
+                }
+            };
+            let (req, n) = request;
+            used += n;
+            let keep_alive = req.keep_alive && self.shutdown_deadline.is_none();
+            let head_only = req.method == Method::Head;
+            match route(&req, &self.config, &self.statics) {
+                Action::Reply(reply) => self.send_reply(key, reply, keep_alive, head_only),
+                Action::Health => {
+                    let reply = self.health();
+                    self.send_reply(key, reply, keep_alive, head_only);
+                }
+                Action::Metrics => {
+                    let text = self.metrics.render(&self.gauges());
+                    let reply = Reply::new(200, "text/plain; version=0.0.4; charset=utf-8", text);
+                    self.send_reply(key, reply, keep_alive, head_only);
+                }
+                Action::Publish(event) => {
+                    let json = event.to_json();
+                    self.publish(key, event.kind, json, keep_alive);
+                }
+                Action::Upgrade { accept_key, echo } => {
+                    self.open_websocket(key, &accept_key, echo);
+                    // Frames may follow the handshake in the same packet.
+                    return used + self.process_frames(key, &mut buf[used..]);
+                }
+            }
+        }
+    }
+
+    /// Queues a reply; closes after it when asked to or when the request was not keep-alive.
+    fn send_reply(&mut self, key: usize, reply: Reply, keep_alive: bool, head_only: bool) {
+        let close = reply.close || !keep_alive;
+        self.metrics.responded(reply.status);
+        let now = self.clock();
+        let conn = &mut self.conns[key];
+        conn.queue(key, reply.encode_head(!close), &mut self.dirty);
+        if !head_only {
+            conn.queue(key, reply.body, &mut self.dirty);
+        }
+        if close {
+            conn.phase = Phase::Closing;
+            conn.deadline = now + CLOSE_TIMEOUT_SECS;
+        } else {
+            conn.deadline = now + self.config.limits.idle_timeout_secs;
+        }
+    }
+
+    fn health(&self) -> Reply {
+        let redis = match &self.broker {
+            Broker::Embedded => serde_json::Value::Null,
+            broker => json!(broker.state()),
+        };
+        let mut body = json!({
+            "status": "ok",
+            "broker": if matches!(self.broker, Broker::Embedded) { "embedded" } else { "redis" },
+            "redis": redis,
+            "connections": self.conns.len(),
+            "websockets": self.websockets,
+            "publish_token_required": self.config.publish_token.is_some(),
+        });
+        if let Some(e) = self.broker.last_error() {
+            body["redis_error"] = json!(e);
+        }
+        Reply::json(200, &body).header("Cache-Control", "no-store")
+    }
+
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            http: self.conns.len() - self.websockets,
+            websockets: self.websockets,
+            redis_up: match &self.broker {
+                Broker::Embedded => None,
+                Broker::Redis(redis) => Some(redis.is_ready()),
+            },
+        }
+    }
+
+    // ---- publishing -------------------------------------------------------------------------
+
+    fn publish(&mut self, key: usize, kind: String, json: Vec<u8>, keep_alive: bool) {
+        match self.broker.publish(&json) {
+            Publish::DeliverNow => {
+                self.metrics.events_published += 1;
+                self.metrics.events_received += 1;
+                let receivers = self.broadcast(self.default_channel, &json);
+                let reply = published_reply(&kind, receivers as i64);
+                self.send_reply(key, reply, keep_alive, false);
+            }
+            Publish::Unavailable(why) => {
+                self.log_peer(key, log::Level::Warn, &format!("publish refused: {why}"));
+                self.send_reply(key, Reply::error(503, &why), keep_alive, false);
+            }
+            Publish::Pending => {
+                let conn = &mut self.conns[key];
+                conn.phase = Phase::AwaitingBroker;
+                self.waiters.push_back(Waiter {
+                    key,
+                    serial: conn.serial,
+                    keep_alive,
+                    kind,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    /// Frames the event once and queues the same bytes on every subscriber of the channel.
+    fn broadcast(&mut self, channel: ChannelId, json: &[u8]) -> usize {
+        let frame = frame::text(json);
+        let delivered = self.fanout.deliver(
+            channel,
+            &frame,
+            &mut self.conns,
+            &mut self.dirty,
+            self.config.limits.max_queued_bytes,
+            &mut self.over_cap,
+        );
+        self.metrics.events_delivered += delivered.queued as u64;
+        for key in std::mem::take(&mut self.over_cap) {
+            self.close_slow_consumer(key);
+        }
+        delivered.queued
+    }
+
+    /// The verdict on the oldest PUBLISH: answer the request that sent it, then let that
+    /// connection's pipelined requests go on.
+    fn on_published(&mut self, result: Result<i64, String>) {
+        let Some(waiter) = self.waiters.pop_front() else {
+            error!("bug: a PUBLISH verdict with no request waiting for it");
+            return;
+        };
+        let latency = waiter.since.elapsed();
+        let reply = match result {
+            Ok(receivers) => {
+                self.metrics.events_published += 1;
+                self.metrics.publish_latency.observe(latency);
+                published_reply(&waiter.kind, receivers)
+            }
+            Err(why) => {
+                self.log_peer(
+                    waiter.key,
+                    log::Level::Warn,
+                    &format!("publish failed: {why}"),
+                );
+                Reply::error(503, &why)
+            }
+        };
+        let alive = self
+            .conns
+            .get(waiter.key)
+            .is_some_and(|c| c.serial == waiter.serial && c.phase == Phase::AwaitingBroker);
+        if !alive {
+            return;
+        }
+        self.conns[waiter.key].phase = Phase::ReadingRequest;
+        self.send_reply(waiter.key, reply, waiter.keep_alive, false);
+        self.resume_reading(waiter.key);
+    }
+
+    /// Parses what waited in the tail, and reads again if the socket may hold more.
+    fn resume_reading(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.phase != Phase::ReadingRequest {
+            return;
+        }
+        if !conn.tail.is_empty() {
+            let buf = std::mem::take(&mut conn.tail);
+            self.process_tail(key, buf);
+        }
+        if let Some(conn) = self.conns.get_mut(key)
+            && conn.read_pending
+        {
+            conn.read_pending = false;
+            self.read_later.push(key);
+        }
+    }
+
+    // ---- WebSockets -------------------------------------------------------------------------
+
+    fn open_websocket(&mut self, key: usize, accept_key: &str, echo: bool) {
+        let now = self.clock();
+        let conn = &mut self.conns[key];
+        conn.queue(
+            key,
+            handshake::switching_protocols(accept_key),
+            &mut self.dirty,
+        );
+        conn.phase = if echo { Phase::Echo } else { Phase::WebSocket };
+        conn.deadline = now + self.config.limits.ping_interval_secs;
+        conn.upgraded = true;
+        self.websockets += 1;
+        self.metrics.websockets_opened += 1;
+        self.metrics.responded(101);
+        if !echo {
+            self.fanout
+                .subscribe(&mut self.conns, key, self.default_channel);
+        }
+    }
+
+    fn process_frames(&mut self, key: usize, buf: &mut [u8]) -> usize {
+        let max = self.config.limits.max_message_bytes;
+        let mut used = 0;
+        if !buf.is_empty() {
+            let now = self.clock();
+            let conn = &mut self.conns[key];
+            // Any traffic proves the peer alive: the next ping is due a full interval later.
+            conn.awaiting_pong = false;
+            conn.deadline = now + self.config.limits.ping_interval_secs;
+        }
+        while self.conns[key].is_websocket() {
+            let (header, range, n) = match frame::decode_frame(&mut buf[used..], max) {
+                Ok(Some(decoded)) => decoded,
+                Ok(None) => break,
+                Err(e) => {
+                    self.close_websocket_for(key, &e);
+                    return buf.len();
+                }
+            };
+            let payload = &buf[used + range.start..used + range.end];
+            let mut partial = self.conns[key].partial.take();
+            let message = frame::assemble(&header, payload, &mut partial, max);
+            self.conns[key].partial = partial;
+            match message {
+                Ok(Some(message)) => self.on_message(key, message),
+                Ok(None) => {}
+                Err(e) => {
+                    self.close_websocket_for(key, &e);
+                    return buf.len();
+                }
+            }
+            used += n;
+        }
+        used
+    }
+
+    fn on_message(&mut self, key: usize, message: Message<'_>) {
+        let conn = &mut self.conns[key];
+        let echo = conn.phase == Phase::Echo;
+        match message {
+            Message::Ping(data) => conn.queue(key, frame::pong(data), &mut self.dirty),
+            Message::Pong => {}
+            Message::Close(code, _) => {
+                // RFC 6455 5.5.1: answer a close with a close, echoing its status code.
+                let reply = frame::close(code.unwrap_or(close_code::NORMAL), "");
+                conn.queue(key, reply, &mut self.dirty);
+                self.begin_closing(key);
+                self.metrics.closed(reason::PEER_CLOSED);
+            }
+            Message::Text(text) if echo => {
+                conn.queue(key, frame::text(text.as_bytes()), &mut self.dirty)
+            }
+            Message::Binary(data) if echo => {
+                let frame = frame::encode(
+                    tungstenite::protocol::frame::coding::OpCode::Data(
+                        tungstenite::protocol::frame::coding::Data::Binary,
+                    ),
+                    &data,
+                );
+                conn.queue(key, frame, &mut self.dirty);
+            }
+            // The feed is one-way for now: client messages are read and ignored.
+            Message::Text(_) | Message::Binary(_) => {}
+        }
+    }
+
+    fn close_websocket_for(&mut self, key: usize, error: &frame::WsError) {
+        self.log_peer(
+            key,
+            log::Level::Info,
+            &format!("closing WebSocket: {error}"),
+        );
+        self.metrics.closed(reason::PROTOCOL_ERROR);
+        let conn = &mut self.conns[key];
+        conn.queue(
+            key,
+            frame::close(error.close_code(), &error.to_string()),
+            &mut self.dirty,
+        );
+        self.begin_closing(key);
+    }
+
+    /// A subscriber whose backlog passed its cap: it stopped reading. Drop what it has not
+    /// started receiving, tell it why, and let everyone else go on.
+    fn close_slow_consumer(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.is_websocket() {
+            return;
+        }
+        let queued = conn.out.queued_bytes();
+        conn.out.discard_unstarted();
+        conn.queue(
+            key,
+            frame::close(close_code::POLICY_VIOLATION, "too slow: backlog over limit"),
+            &mut self.dirty,
+        );
+        self.begin_closing(key);
+        self.metrics.slow_consumers += 1;
+        self.metrics.closed(reason::SLOW_CONSUMER);
+        self.log_peer(
+            key,
+            log::Level::Warn,
+            &format!(
+                "slow consumer closed (1008): {queued} bytes queued, limit {}",
+                self.config.limits.max_queued_bytes
+            ),
+        );
+    }
+
+    fn begin_closing(&mut self, key: usize) {
+        let deadline = self.clock() + CLOSE_TIMEOUT_SECS;
+        let conn = &mut self.conns[key];
+        conn.phase = Phase::Closing;
+        conn.deadline = deadline;
+        conn.partial = None;
+    }
+
+    // ---- Redis ------------------------------------------------------------------------------
+
+    fn on_link_ready(&mut self, token: Token) {
+        let Broker::Redis(redis) = &mut self.broker else {
+            return;
+        };
+        if let Some(link) = redis.link_mut(token) {
+            link.on_ready(
+                self.poll.registry(),
+                &mut self.scratch,
+                &mut self.link_events,
+            );
+        }
+        self.drain_link_events();
+    }
+
+    fn on_wake(&mut self) {
+        if let Broker::Redis(redis) = &mut self.broker {
+            let registry = self.poll.registry();
+            redis.subscriber.on_wake(registry, &mut self.link_events);
+            redis.publisher.on_wake(registry, &mut self.link_events);
+        }
+        self.drain_link_events();
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|at| now >= at) {
+            self.accept_paused_until = None;
+            self.accept_all();
+        }
+        if let Broker::Redis(redis) = &mut self.broker {
+            let registry = self.poll.registry();
+            redis
+                .subscriber
+                .on_timer(now, registry, &self.waker, &mut self.link_events);
+            redis
+                .publisher
+                .on_timer(now, registry, &self.waker, &mut self.link_events);
+        }
+        self.drain_link_events();
+    }
+
+    fn flush_links(&mut self) {
+        if let Broker::Redis(redis) = &mut self.broker {
+            let registry = self.poll.registry();
+            if redis.publisher.has_output() {
+                redis.publisher.flush(registry, &mut self.link_events);
+            }
+            if redis.subscriber.has_output() {
+                redis.subscriber.flush(registry, &mut self.link_events);
+            }
+        }
+        self.drain_link_events();
+    }
+
+    fn drain_link_events(&mut self) {
+        let mut events = std::mem::take(&mut self.link_events);
+        for event in events.drain(..) {
+            match event {
+                LinkEvent::Message { payload, .. } => {
+                    // A text frame must hold UTF-8 (RFC 6455 8.1); relay JSON as published.
+                    if std::str::from_utf8(&payload).is_err() {
+                        warn!(
+                            "dropping a non-UTF-8 message from Redis ({} bytes)",
+                            payload.len()
+                        );
+                        continue;
+                    }
+                    self.metrics.events_received += 1;
+                    self.broadcast(self.default_channel, &payload);
+                }
+                LinkEvent::Published(result) => self.on_published(result),
+                LinkEvent::Up(_) => self.metrics.redis_reconnects += 1,
+                LinkEvent::Down(_) => {}
+            }
+        }
+        self.link_events = events;
+    }
+
+    // ---- writing ----------------------------------------------------------------------------
+
+    fn flush_dirty(&mut self) {
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.dirty = false;
+            if conn.phase != Phase::Closed {
+                self.flush(key);
+            }
+        }
+    }
+
+    /// Writes a connection's queue: vectored writes up to the per-turn budget. Leftovers ask
+    /// for WRITABLE; an empty queue gives it up and moves a closing connection along.
+    fn flush(&mut self, key: usize) {
+        let now = self.clock();
+        let registry = self.poll.registry();
+        let conn = &mut self.conns[key];
+        let mut written = 0;
+        while !conn.out.is_empty() {
+            if written >= WRITE_BUDGET {
+                conn.mark_dirty(key, &mut self.dirty);
+                return;
+            }
+            match conn.out.write_to(&mut conn.stream) {
+                Ok(n) => {
+                    written += n;
+                    self.metrics.bytes_written += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !conn.wants_writable {
+                        conn.wants_writable = true;
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        if let Err(e) = registry.reregister(&mut conn.stream, Token(key), interest)
+                        {
+                            return self.close_now(
+                                key,
+                                reason::IO_ERROR,
+                                &format!("reregister: {e}"),
+                            );
+                        }
+                    }
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.close_now(key, reason::IO_ERROR, &format!("write: {e}")),
+            }
+        }
+        if conn.wants_writable {
+            conn.wants_writable = false;
+            let _ = registry.reregister(&mut conn.stream, Token(key), Interest::READABLE);
+        }
+        match conn.phase {
+            // The peer finished sending and has everything we had to say: done.
+            Phase::Closing if conn.peer_eof => self.close_now(key, reason::DONE, "closed"),
+            Phase::Closing if !conn.write_shut => {
+                // Our last bytes are out. Half-close and linger briefly, reading and dropping,
+                // so that closing with unread input does not reset the connection and destroy
+                // the reply in flight (nginx's lingering close).
+                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                conn.write_shut = true;
+                conn.deadline = conn.deadline.min(now + CLOSE_TIMEOUT_SECS);
+            }
+            Phase::ReadingRequest if conn.read_pending => {
+                conn.read_pending = false;
+                self.read_later.push(key);
+            }
+            _ => {}
+        }
+    }
+
+    // ---- closing and timers -----------------------------------------------------------------
+
+    /// Marks a connection closed; it is freed at the end of the turn.
+    fn close_now(&mut self, key: usize, why: &'static str, detail: &str) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.phase == Phase::Closed {
+            return;
+        }
+        conn.phase = Phase::Closed;
+        self.closed.push(key);
+        if why != reason::DONE {
+            self.metrics.closed(why);
+            self.log_peer(key, log::Level::Debug, &format!("closed ({why}): {detail}"));
+        }
+    }
+
+    fn reap(&mut self) {
+        for key in std::mem::take(&mut self.closed) {
+            if self.conns.get(key).is_none_or(|c| c.phase != Phase::Closed) {
+                continue;
+            }
+            self.fanout.unsubscribe_all(&mut self.conns, key);
+            let mut conn = self.conns.remove(key);
+            if conn.upgraded {
+                self.websockets -= 1;
+            }
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    /// The once-a-second pass over every connection: head and idle timeouts, heartbeats,
+    /// lingering closes, and memory an idle connection no longer needs.
+    fn sweep(&mut self, _now: Instant) {
+        let now = self.clock();
+        let limits = &self.config.limits;
+        let mut expired: Vec<(usize, &'static str)> = Vec::new();
+        for (key, conn) in self.conns.iter_mut() {
+            if conn.out.is_empty() && !conn.dirty {
+                conn.release_memory();
+            }
+            if conn.deadline > now {
+                continue;
+            }
+            match conn.phase {
+                Phase::ReadingRequest if conn.tail.is_empty() => {
+                    expired.push((key, reason::IDLE_TIMEOUT))
+                }
+                Phase::ReadingRequest => expired.push((key, reason::HEAD_TIMEOUT)),
+                Phase::WebSocket | Phase::Echo if conn.awaiting_pong => {
+                    expired.push((key, reason::PING_TIMEOUT))
+                }
+                Phase::WebSocket | Phase::Echo => {
+                    conn.queue(key, frame::ping(b""), &mut self.dirty);
+                    conn.awaiting_pong = true;
+                    conn.deadline = now + limits.pong_timeout_secs;
+                }
+                Phase::Closing => expired.push((key, reason::DONE)),
+                Phase::AwaitingBroker | Phase::Closed => {}
+            }
+        }
+        for (key, why) in expired {
+            match why {
+                reason::HEAD_TIMEOUT => {
+                    self.log_peer(
+                        key,
+                        log::Level::Info,
+                        "request head not completed in time (408)",
+                    );
+                    self.metrics.closed(why);
+                    let reply = Reply::error(408, "request not completed in time").closing();
+                    self.send_reply(key, reply, false, false);
+                }
+                reason::PING_TIMEOUT => {
+                    self.log_peer(key, log::Level::Info, "no pong within the timeout; closing");
+                    self.close_now(key, why, "ping timeout");
+                }
+                _ => self.close_now(key, why, "timeout"),
+            }
+        }
+    }
+
+    // ---- shutdown ---------------------------------------------------------------------------
+
+    fn on_signal(&mut self) {
+        if let Some(signals) = self.signals.as_mut() {
+            let mut buf = [0u8; 64];
+            while matches!(signals.read(&mut buf), Ok(n) if n > 0) {}
+        }
+        self.begin_shutdown();
+    }
+
+    /// Stop accepting, tell every WebSocket we are going away (1001) so pages reconnect
+    /// elsewhere, let in-flight requests and publishes finish, flush, then exit.
+    pub fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        let deadline = Instant::now() + self.config.shutdown_grace;
+        self.shutdown_deadline = Some(deadline);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        info!(
+            "shutting down: {} connections ({} WebSockets), {} publishes in flight; grace {:?}",
+            self.conns.len(),
+            self.websockets,
+            self.waiters.len(),
+            self.config.shutdown_grace
+        );
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let conn = &mut self.conns[key];
+            match conn.phase {
+                Phase::WebSocket | Phase::Echo => {
+                    conn.queue(
+                        key,
+                        frame::close(close_code::GOING_AWAY, "server shutting down"),
+                        &mut self.dirty,
+                    );
+                    self.begin_closing(key);
+                    self.metrics.closed(reason::SHUTDOWN);
+                }
+                Phase::ReadingRequest if conn.tail.is_empty() && conn.out.is_empty() => {
+                    self.close_now(key, reason::SHUTDOWN, "idle at shutdown");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn shutdown_complete(&self, now: Instant) -> bool {
+        match self.shutdown_deadline {
+            None => false,
+            Some(deadline) if now >= deadline => {
+                if !self.conns.is_empty() {
+                    warn!(
+                        "shutdown grace over with {} connections left; exiting",
+                        self.conns.len()
+                    );
+                }
+                true
+            }
+            Some(_) => self.conns.is_empty() && self.waiters.is_empty(),
+        }
+    }
+
+    // ---- helpers ----------------------------------------------------------------------------
+
+    fn log_peer(&self, key: usize, level: log::Level, message: &str) {
+        if !log::log_enabled!(level) {
+            return;
+        }
+        let peer = self
+            .conns
+            .get(key)
+            .and_then(|c| c.stream.peer_addr().ok())
+            .map_or_else(|| "?".to_string(), |a| a.to_string());
+        log::log!(level, "conn {key} {peer}: {message}");
+    }
+}
+
+fn published_reply(kind: &str, receivers: i64) -> Reply {
+    Reply::json(
+        200,
+        &json!({ "published": true, "type": kind, "receivers": receivers }),
+    )
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
+    )
+}
+
+/// errno values (Linux), without pulling in the libc crate for four constants.
+mod libc_errno {
+    pub const ENOMEM: i32 = 12;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const ENOBUFS: i32 = 105;
+}
+
+/// The first bytes of bad input, with non-printables masked, for a log line.
+fn printable_sample(bytes: &[u8]) -> String {
+    let sample: String = bytes
+        .iter()
+        .take(48)
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    format!("{sample:?}")
+}
+
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
