@@ -66,8 +66,9 @@ pub struct Conn {
     pub awaiting_pong: bool,
     /// Our write half is shut (Closing, after the last bytes left).
     pub write_shut: bool,
-    /// The peer shut its write half (EOF read).
-    pub peer_eof: bool,
+    /// The peer will send nothing more that matters: EOF read, or its WebSocket close frame
+    /// arrived. A closing connection then ends as soon as its output is flushed.
+    pub peer_done: bool,
     /// Became a WebSocket at some point (for the open-WebSocket count).
     pub upgraded: bool,
 }
@@ -88,7 +89,7 @@ impl Conn {
             read_pending: false,
             awaiting_pong: false,
             write_shut: false,
-            peer_eof: false,
+            peer_done: false,
             upgraded: false,
         }
     }

@@ -38,6 +38,7 @@ use crate::resp::link::LinkEvent;
 use crate::static_files::StaticFiles;
 use crate::ws::frame::{self, Message, close_code};
 use crate::ws::handshake;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNAL: Token = Token(usize::MAX - 4);
@@ -343,7 +344,7 @@ impl Reactor {
             }
             match conn.stream.read(&mut scratch) {
                 Ok(0) => {
-                    self.on_peer_eof(key);
+                    self.on_peer_done(key);
                     break;
                 }
                 Ok(n) => {
@@ -362,7 +363,7 @@ impl Reactor {
         self.scratch = scratch;
     }
 
-    fn on_peer_eof(&mut self, key: usize) {
+    fn on_peer_done(&mut self, key: usize) {
         let close_by = self.clock() + CLOSE_TIMEOUT_SECS;
         let conn = &mut self.conns[key];
         match conn.phase {
@@ -370,7 +371,7 @@ impl Reactor {
             // The peer is done sending; let it have what is queued for it.
             _ if !conn.out.is_empty() => {
                 conn.phase = Phase::Closing;
-                conn.peer_eof = true;
+                conn.peer_done = true;
                 conn.deadline = close_by;
             }
             _ => self.close_now(key, reason::PEER_CLOSED, "peer closed"),
@@ -412,6 +413,8 @@ impl Reactor {
             Phase::ReadingRequest => self.process_http(key, buf),
             Phase::WebSocket | Phase::Echo => self.process_frames(key, buf),
             Phase::AwaitingBroker => 0,
+            // We sent a close frame: wait for the peer's, so the handshake completes.
+            Phase::Closing if self.conns[key].upgraded => self.await_close_frame(key, buf),
             // Lingering: input after our last word is read and dropped.
             Phase::Closing | Phase::Closed => buf.len(),
         }
@@ -680,6 +683,38 @@ impl Reactor {
         used
     }
 
+    /// In Closing after our close frame: drop data frames, end at the peer's close frame.
+    fn await_close_frame(&mut self, key: usize, buf: &mut [u8]) -> usize {
+        let max = self.config.limits.max_message_bytes;
+        let mut used = 0;
+        loop {
+            match frame::decode_frame(&mut buf[used..], max) {
+                Ok(Some((header, _, n))) => {
+                    used += n;
+                    if header.opcode == OpCode::Control(Control::Close) {
+                        self.peer_closed(key);
+                        return buf.len();
+                    }
+                }
+                Ok(None) => return used,
+                // Garbage after our close: nothing more worth reading.
+                Err(_) => {
+                    self.peer_closed(key);
+                    return buf.len();
+                }
+            }
+        }
+    }
+
+    /// The peer sent its last word; close as soon as ours is flushed.
+    fn peer_closed(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        conn.peer_done = true;
+        if conn.out.is_empty() {
+            self.close_now(key, reason::DONE, "closed");
+        }
+    }
+
     fn on_message(&mut self, key: usize, message: Message<'_>) {
         let conn = &mut self.conns[key];
         let echo = conn.phase == Phase::Echo;
@@ -690,6 +725,8 @@ impl Reactor {
                 // RFC 6455 5.5.1: answer a close with a close, echoing its status code.
                 let reply = frame::close(code.unwrap_or(close_code::NORMAL), "");
                 conn.queue(key, reply, &mut self.dirty);
+                // RFC 6455 7.1.1: the server closes the TCP connection first, right after.
+                conn.peer_done = true;
                 self.begin_closing(key);
                 self.metrics.closed(reason::PEER_CLOSED);
             }
@@ -697,12 +734,7 @@ impl Reactor {
                 conn.queue(key, frame::text(text.as_bytes()), &mut self.dirty)
             }
             Message::Binary(data) if echo => {
-                let frame = frame::encode(
-                    tungstenite::protocol::frame::coding::OpCode::Data(
-                        tungstenite::protocol::frame::coding::Data::Binary,
-                    ),
-                    &data,
-                );
+                let frame = frame::encode(OpCode::Data(Data::Binary), &data);
                 conn.queue(key, frame, &mut self.dirty);
             }
             // The feed is one-way for now: client messages are read and ignored.
@@ -896,7 +928,7 @@ impl Reactor {
         }
         match conn.phase {
             // The peer finished sending and has everything we had to say: done.
-            Phase::Closing if conn.peer_eof => self.close_now(key, reason::DONE, "closed"),
+            Phase::Closing if conn.peer_done => self.close_now(key, reason::DONE, "closed"),
             Phase::Closing if !conn.write_shut => {
                 // Our last bytes are out. Half-close and linger briefly, reading and dropping,
                 // so that closing with unread input does not reset the connection and destroy

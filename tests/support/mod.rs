@@ -1,0 +1,405 @@
+//! Test harness: the real `herald` binary and a real `redis-server`, each on a free port,
+//! started per test and stopped by PID when dropped. A failing test prints the server's log.
+//! Every wait is a bounded loop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+#[allow(unused_imports)]
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A port that was free a moment ago (the OS picks it); callers retry if it got taken.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn log_path(name: &str, port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "herald-test-{}-{name}-{port}.log",
+        std::process::id()
+    ))
+}
+
+/// Polls `ready` every 20 ms until it holds or `WAIT` passes.
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Herald {
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Herald {
+    /// Starts herald in embedded mode.
+    pub fn start() -> Herald {
+        Herald::with(&[], &[])
+    }
+
+    /// Starts herald with extra flags and environment variables.
+    pub fn with(args: &[&str], env: &[(&str, &str)]) -> Herald {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut herald = Herald {
+                port,
+                child: None,
+                log: log_path("herald", port),
+                args: args.clone(),
+                env: env.clone(),
+            };
+            if herald.spawn() {
+                return herald;
+            }
+        }
+        panic!("herald did not start on any of 5 ports");
+    }
+
+    /// Starts the process on `self.port`; true once /health answers.
+    fn spawn(&mut self) -> bool {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(&self.args)
+            .env_remove("PUBSUB_CACHE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("RUST_LOG")
+            .env("LOG_LEVEL", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn herald");
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false; // exited: port taken, most likely
+            }
+            if get(self.port, "/health").status == 200 {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), "TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if start.elapsed() > WAIT {
+                let _ = child.kill();
+                panic!("herald did not exit within {WAIT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process (SIGKILL) and starts it again on the same port.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        wait_until("herald to restart on its port", || self.spawn());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- herald log (port {}) ----\n{}", self.port, self.log());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Redis::with(&[])
+    }
+
+    /// Starts `redis-server` with extra arguments (e.g. `--requirepass x`).
+    pub fn with(args: &[&str]) -> Redis {
+        for _ in 0..5 {
+            let mut redis = Redis {
+                port: free_port(),
+                child: None,
+                args: args.iter().map(|s| s.to_string()).collect(),
+            };
+            if redis.spawn() {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start on any of 5 ports");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server (is it installed? .ci/run installs it)");
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        wait_until("redis-server to restart on its port", || self.spawn());
+    }
+
+    /// Runs one command with redis-cli-like RESP over a socket; returns the raw reply.
+    pub fn command(&self, args: &[&str]) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        stream.write_all(out.as_bytes()).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A parsed HTTP reply.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Reads one reply (head plus Content-Length body) from a stream.
+pub fn read_reply(reader: &mut impl BufRead) -> Option<HttpReply> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return if head.is_empty() {
+                None
+            } else {
+                Some(parse_head(head, String::new()))
+            };
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let reply = parse_head(head, String::new());
+    let len: usize = reply
+        .header("content-length")
+        .map_or(0, |v| v.parse().unwrap());
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(HttpReply {
+        body: String::from_utf8(body).unwrap(),
+        ..reply
+    })
+}
+
+fn parse_head(head: String, body: String) -> HttpReply {
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    HttpReply { status, head, body }
+}
+
+/// Sends raw bytes on a new connection and reads one reply. Status 0: no reply.
+pub fn raw(port: u16, request: &[u8]) -> HttpReply {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return parse_head(String::new(), String::new());
+    };
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = stream.write_all(request);
+    read_reply(&mut BufReader::new(stream))
+        .unwrap_or_else(|| parse_head(String::new(), String::new()))
+}
+
+pub fn get(port: u16, path: &str) -> HttpReply {
+    raw(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+pub fn post(port: u16, path_and_query: &str, content_type: Option<&str>, body: &str) -> HttpReply {
+    let ct = content_type.map_or(String::new(), |c| format!("Content-Type: {c}\r\n"));
+    let req = format!(
+        "POST {path_and_query} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw(port, req.as_bytes())
+}
+
+pub type Client = WebSocket<TcpStream>;
+
+/// A real WebSocket client on `/ws` (or another path), with a read timeout.
+pub fn ws_connect(port: u16, path: &str) -> Client {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    let (ws, response) = tungstenite::client::client(url.as_str(), stream).expect("handshake");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// The next text message, parsed as JSON; control frames are skipped (pings answered).
+pub fn next_event(ws: &mut Client) -> Value {
+    loop {
+        match ws.read().expect("read event") {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server's close frame; returns its code.
+pub fn close_code(ws: &mut Client) -> Option<u16> {
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        match ws.read() {
+            Ok(Message::Close(frame)) => return frame.map(|f: CloseFrame| u16::from(f.code)),
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                return None;
+            }
+            Err(e) => panic!("reading until close: {e}"),
+        }
+    }
+    panic!("no close frame within {WAIT:?}");
+}
+
+/// Publishes with the tutorial's curl form and checks the 200.
+pub fn publish(port: u16, kind: &str, message: &str) -> Value {
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("event_type", kind)
+        .append_pair("message", message)
+        .finish();
+    let reply = post(port, &format!("/events?{q}"), None, "");
+    assert_eq!(reply.status, 200, "publish: {}", reply.body);
+    reply.json()
+}
