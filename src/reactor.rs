@@ -936,6 +936,11 @@ impl Reactor {
                 let _ = conn.stream.shutdown(std::net::Shutdown::Write);
                 conn.write_shut = true;
                 conn.deadline = conn.deadline.min(now + CLOSE_TIMEOUT_SECS);
+                if self.shutdown_deadline.is_some() {
+                    // Shutting down: the kernel delivers what is queued after we close; do
+                    // not hold the exit for peers slow to answer our close.
+                    self.close_now(key, reason::DONE, "closed at shutdown");
+                }
             }
             Phase::ReadingRequest if conn.read_pending => {
                 conn.read_pending = false;

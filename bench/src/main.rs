@@ -1,1 +1,30 @@
-fn main() {}
+//! `herald-bench`: load generator for WebSocket fan-out servers with
+//! Herald's API (`POST /events` publishes, every `/ws` client receives every
+//! event as one JSON text frame). See `herald-bench --help`.
+//!
+//! Modules: [`cli`] options, [`pool`] WebSocket clients, [`publisher`] HTTP /
+//! Redis publishing, [`reactor`] the mio loop, [`run`] phase orchestration,
+//! [`worker`] multi-process split, [`stats`] mergeable results, [`report`]
+//! output, [`procfs`] process sampling, [`wire`] protocol parsing.
+
+mod cli;
+mod pool;
+mod procfs;
+mod publisher;
+mod reactor;
+mod report;
+mod run;
+mod stats;
+mod wire;
+mod worker;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Args::parse();
+    let code = match &args.worker {
+        Some(json) => worker::worker_main(json),
+        None => run::main_with(&args),
+    };
+    std::process::exit(code);
+}

@@ -204,6 +204,17 @@ impl Redis {
         panic!("redis-server did not start on any of 5 ports");
     }
 
+    /// Starts `redis-server` on a given port (a test that started Herald first).
+    pub fn on_port(port: u16) -> Redis {
+        let mut redis = Redis {
+            port,
+            child: None,
+            args: vec![],
+        };
+        assert!(redis.spawn(), "redis-server did not start on port {port}");
+        redis
+    }
+
     fn spawn(&mut self) -> bool {
         let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -402,4 +413,31 @@ pub fn publish(port: u16, kind: &str, message: &str) -> Value {
     let reply = post(port, &format!("/events?{q}"), None, "");
     assert_eq!(reply.status, 200, "publish: {}", reply.body);
     reply.json()
+}
+
+/// Publishes `count` events on one keep-alive connection, pipelining `window` requests at a
+/// time; every reply must be a 200.
+pub fn publish_many(port: u16, count: usize, window: usize, message: impl Fn(usize) -> String) {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut sent = 0;
+    while sent < count {
+        let batch = window.min(count - sent);
+        let mut out = String::new();
+        for i in sent..sent + batch {
+            let body = serde_json::json!({"type": "load", "message": message(i)}).to_string();
+            out.push_str(&format!(
+                "POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ));
+        }
+        writer.write_all(out.as_bytes()).unwrap();
+        for _ in 0..batch {
+            let reply = read_reply(&mut reader).expect("publish reply");
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+        sent += batch;
+    }
 }

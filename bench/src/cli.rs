@@ -1,0 +1,295 @@
+//! Command-line interface: the `clap` definition of every option, plus the
+//! small parsers used by it (source-IP ranges, seconds, Redis URLs).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Load generator for WebSocket fan-out servers with Herald's API.
+///
+/// Fan-out mode (default): opens N WebSocket clients on ws://HOST:PORT/ws,
+/// publishes M events (HTTP `POST /events?event_type=bench&message=...` or
+/// straight into Redis), and checks that every client receives every event
+/// exactly once and in order. Reports delivery latency (HDR histogram),
+/// deliveries per second, connect rate, and (with --pid) the server's RSS and
+/// CPU time per phase next to the generator's own CPU time.
+///
+/// Throughput mode: C keep-alive HTTP connections POST events back to back
+/// (one request in flight per connection) for D seconds or M requests;
+/// optionally with idle subscribers connected first.
+///
+/// Progress goes to stderr once per second, a table to stderr at the end, and
+/// one JSON object with every figure on stdout. Exit status: 0 all good, 1 a
+/// check failed (failed connection, lost or duplicated event, publish error),
+/// 2 setup error.
+///
+/// Tip: pin the generator and the server to different cores, e.g.
+/// `taskset -c 0 herald --port 21080` and `taskset -c 1 herald-bench ...`
+/// (worker processes inherit the affinity).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "herald-bench", version, verbatim_doc_comment)]
+pub struct Args {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Fanout)]
+    pub mode: Mode,
+
+    /// Server host name or address (WebSocket and HTTP).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Server port.
+    #[arg(short, long, default_value_t = 8000)]
+    pub port: u16,
+
+    /// WebSocket path.
+    #[arg(long, default_value = "/ws")]
+    pub ws_path: String,
+
+    /// HTTP publish path.
+    #[arg(long, default_value = "/events")]
+    pub events_path: String,
+
+    /// Number of WebSocket clients (fan-out: default 1000; throughput: idle
+    /// subscribers, default 0).
+    #[arg(short, long)]
+    pub clients: Option<usize>,
+
+    /// Fan-out: number of events to publish. Throughput: maximum number of
+    /// requests (default: unlimited, bounded by --duration).
+    #[arg(short, long)]
+    pub events: Option<u64>,
+
+    /// Publish at this many events per second (paced; latency from the
+    /// scheduled send time is reported too). Default: as fast as --in-flight
+    /// allows.
+    #[arg(short, long)]
+    pub rate: Option<f64>,
+
+    /// Fan-out: publish requests in flight (HTTP: this many keep-alive
+    /// connections with one request each; Redis: pipelined commands on one
+    /// connection). Order of events is only guaranteed with 1 for HTTP.
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+
+    /// How events are published.
+    #[arg(long, value_enum, default_value_t = PublishVia::Http)]
+    pub publish: PublishVia,
+
+    /// Redis URL for `--publish redis`: redis://[[user]:password@]host:port[/db].
+    #[arg(long)]
+    pub redis: Option<String>,
+
+    /// Redis channel for `--publish redis`.
+    #[arg(long, default_value = "events")]
+    pub redis_channel: String,
+
+    /// Event type used for published events (clients ignore other types).
+    #[arg(long, default_value = "bench")]
+    pub event_type: String,
+
+    /// Append this many padding bytes to every event message.
+    #[arg(long, default_value_t = 0)]
+    pub pad: usize,
+
+    /// Maximum WebSocket handshakes in flight.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+
+    /// Source addresses to bind client sockets to, round robin: a range
+    /// `127.0.0.2-127.0.0.20` or a comma list. Each gives ~28k ports.
+    #[arg(long, value_parser = parse_source_ips)]
+    pub source_ips: Option<SourceIps>,
+
+    /// Clients per process; beyond this, worker processes are started
+    /// (default: open-file hard limit minus 256).
+    #[arg(long)]
+    pub clients_per_worker: Option<usize>,
+
+    /// Give up on a single connect + handshake after this many seconds.
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    pub handshake_timeout: Duration,
+
+    /// Give up on the whole connect phase after this many seconds.
+    #[arg(long, default_value = "300", value_parser = parse_secs)]
+    pub connect_timeout: Duration,
+
+    /// Idle time after all clients are connected, before sampling the
+    /// server's RSS and publishing.
+    #[arg(long, default_value = "1", value_parser = parse_secs)]
+    pub idle: Duration,
+
+    /// After the last publish, wait at most this long for deliveries.
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    pub settle_timeout: Duration,
+
+    /// Hard cap on the whole run.
+    #[arg(long, default_value = "3600", value_parser = parse_secs)]
+    pub max_duration: Duration,
+
+    /// Server process id: sample its RSS (VmRSS) and CPU time per phase.
+    #[arg(long)]
+    pub pid: Option<u32>,
+
+    /// Throughput: number of keep-alive HTTP connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+
+    /// Throughput: run for this many seconds (unless --events is reached).
+    #[arg(short, long, default_value = "10", value_parser = parse_secs)]
+    pub duration: Duration,
+
+    /// Seconds between progress lines on stderr (0 = none).
+    #[arg(long, default_value = "1", value_parser = parse_secs)]
+    pub progress_interval: Duration,
+
+    /// Internal: run as a worker process with this JSON configuration.
+    #[arg(long, hide = true)]
+    pub worker: Option<String>,
+}
+
+/// Benchmark mode.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every client must receive every event: loss, duplicates, order, latency.
+    Fanout,
+    /// Publish requests per second over keep-alive HTTP connections.
+    Throughput,
+}
+
+/// Publishing channel.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishVia {
+    /// `POST /events?event_type=..&message=..` over keep-alive connections.
+    Http,
+    /// `PUBLISH <channel> <json>` straight into Redis (needs --redis).
+    Redis,
+}
+
+/// A parsed `--source-ips` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceIps(pub Vec<IpAddr>);
+
+/// Parses `a.b.c.d-a.b.c.e` (inclusive IPv4 range) or a comma list of addresses.
+pub fn parse_source_ips(s: &str) -> Result<SourceIps, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: Ipv4Addr = a.trim().parse().map_err(|e| format!("{a}: {e}"))?;
+            let b: Ipv4Addr = b.trim().parse().map_err(|e| format!("{b}: {e}"))?;
+            let (a, b) = (u32::from(a), u32::from(b));
+            if b < a || b - a > 65_535 {
+                return Err(format!("bad range {part}"));
+            }
+            out.extend((a..=b).map(|v| IpAddr::V4(Ipv4Addr::from(v))));
+        } else {
+            out.push(part.parse().map_err(|e| format!("{part}: {e}"))?);
+        }
+    }
+    if out.is_empty() {
+        return Err("no addresses".into());
+    }
+    Ok(SourceIps(out))
+}
+
+/// Parses a non-negative number of seconds (fractions allowed).
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let s = s.trim().trim_end_matches('s');
+    let v: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("{s}: must be >= 0"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Resolves `host:port` to the first socket address (IPv4 preferred).
+pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {host}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("resolve {host}: no address"))
+}
+
+/// A parsed `redis://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+/// Parses `redis://[[user]:password@]host[:port][/db]` (db is ignored: pub/sub
+/// channels are global).
+pub fn parse_redis_url(url: &str) -> Result<RedisUrl, String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or_else(|| format!("{url}: expected redis://"))?;
+    let rest = rest.split('/').next().unwrap_or("");
+    let (auth, hostport) = match rest.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, rest),
+    };
+    let (user, password) = match auth {
+        None => (None, None),
+        Some(a) => match a.split_once(':') {
+            Some((u, p)) => ((!u.is_empty()).then(|| u.to_string()), Some(p.to_string())),
+            None => (None, Some(a.to_string())),
+        },
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().map_err(|e| format!("{url}: port: {e}"))?),
+        None => (hostport, 6379),
+    };
+    if host.is_empty() {
+        return Err(format!("{url}: missing host"));
+    }
+    Ok(RedisUrl {
+        host: host.to_string(),
+        port,
+        user,
+        password,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ip_range_and_list() {
+        let r = parse_source_ips("127.0.0.2-127.0.0.4").unwrap();
+        assert_eq!(r.0.len(), 3);
+        assert_eq!(r.0[2], "127.0.0.4".parse::<IpAddr>().unwrap());
+        let r = parse_source_ips("127.0.0.9, 127.0.0.2-127.0.0.3").unwrap();
+        assert_eq!(r.0.len(), 3);
+        assert!(parse_source_ips("127.0.0.4-127.0.0.2").is_err());
+        assert!(parse_source_ips("").is_err());
+    }
+
+    #[test]
+    fn redis_urls() {
+        let u = parse_redis_url("redis://127.0.0.1:21379").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 21379));
+        assert_eq!((u.user, u.password), (None, None));
+        let u = parse_redis_url("redis://:secret@localhost/2").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("localhost", 6379));
+        assert_eq!(u.password.as_deref(), Some("secret"));
+        let u = parse_redis_url("redis://bob:pw@h:1").unwrap();
+        assert_eq!(u.user.as_deref(), Some("bob"));
+        assert!(parse_redis_url("http://x").is_err());
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_secs("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_secs("10s").unwrap(), Duration::from_secs(10));
+        assert!(parse_secs("-1").is_err());
+    }
+}

@@ -1,0 +1,786 @@
+//! The WebSocket client pool: N non-blocking clients on one mio reactor.
+//!
+//! Connects with a bounded number of handshakes in flight (optionally bound
+//! to a rotation of source addresses), writes the upgrade request as raw
+//! bytes and checks the `101`, then parses server frames and checks every
+//! bench event per client: duplicates, order (by seq), loss (at the end) and
+//! latency (from the send time in the message, and from the scheduled send
+//! time for paced runs).
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token, event::Event};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::procfs::unix_ns;
+use crate::stats::PoolStats;
+use crate::wire::{self, Handshake};
+
+/// What the pool should do.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub addr: SocketAddr,
+    /// `Host:` header value.
+    pub host_header: String,
+    pub path: String,
+    pub clients: usize,
+    /// Bind sockets to these addresses, round robin (empty: kernel's choice).
+    pub source_ips: Vec<IpAddr>,
+    pub connect_concurrency: usize,
+    pub handshake_timeout: Duration,
+    /// Events each client must receive (seq 0..n); `None` = just count.
+    pub expected_events: Option<u64>,
+    pub event_type: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Pending,
+    Connecting,
+    Handshake,
+    Open,
+    Failed,
+    /// Was open, then closed by the server or an error.
+    Closed,
+}
+
+/// What a client learned from one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// First time, in order.
+    New,
+    /// First time, but after a higher seq.
+    Late,
+    Duplicate,
+    /// seq outside 0..expected (not from this run).
+    OutOfRange,
+}
+
+/// Per-client record of which seqs arrived. Everything below `next` has
+/// arrived; arrivals above it (only after a gap) are kept in a bitmap that
+/// is allocated on the first gap, so the common in-order case costs nothing.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    next: u64,
+    max_seen: Option<u64>,
+    pub unique: u64,
+    ahead: Option<Box<[u64]>>,
+}
+
+impl Tracker {
+    /// Records `seq` out of `expected` events.
+    pub fn observe(&mut self, seq: u64, expected: u64) -> Seen {
+        if seq >= expected {
+            return Seen::OutOfRange;
+        }
+        if seq < self.next {
+            return Seen::Duplicate;
+        }
+        let late = self.max_seen.is_some_and(|m| seq < m);
+        if seq == self.next {
+            self.next += 1;
+            if let Some(bits) = &self.ahead {
+                while self.next < expected && bit(bits, self.next) {
+                    self.next += 1;
+                }
+            }
+        } else {
+            let words = expected.div_ceil(64) as usize;
+            let bits = self
+                .ahead
+                .get_or_insert_with(|| vec![0u64; words].into_boxed_slice());
+            if bit(bits, seq) {
+                return Seen::Duplicate;
+            }
+            bits[(seq / 64) as usize] |= 1 << (seq % 64);
+        }
+        self.unique += 1;
+        self.max_seen = Some(self.max_seen.map_or(seq, |m| m.max(seq)));
+        if late { Seen::Late } else { Seen::New }
+    }
+}
+
+fn bit(bits: &[u64], i: u64) -> bool {
+    bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+}
+
+struct Client {
+    stream: Option<TcpStream>,
+    state: State,
+    started: Option<Instant>,
+    /// Handshake response so far, or an incomplete frame.
+    inbuf: Vec<u8>,
+    /// Payload of a fragmented message in progress.
+    frag: Vec<u8>,
+    fragmented: bool,
+    /// Bytes waiting to be written (handshake, pongs).
+    out: Vec<u8>,
+    track: Tracker,
+}
+
+impl Client {
+    fn new() -> Self {
+        Client {
+            stream: None,
+            state: State::Pending,
+            started: None,
+            inbuf: Vec::new(),
+            frag: Vec::new(),
+            fragmented: false,
+            out: Vec::new(),
+            track: Tracker::default(),
+        }
+    }
+}
+
+/// Reads per readiness event before yielding to other clients.
+const MAX_READS: usize = 64;
+const RBUF: usize = 64 * 1024;
+
+/// N WebSocket clients. Tokens `0..N` belong to the pool.
+pub struct ClientPool {
+    cfg: PoolConfig,
+    clients: Vec<Client>,
+    handshake_req: Vec<u8>,
+    next_to_start: usize,
+    in_flight: usize,
+    /// (client, start) in start order, for handshake timeouts.
+    started_q: VecDeque<(usize, Instant)>,
+    connect_started: Option<Instant>,
+    connect_finished: bool,
+    /// Open clients that still miss events.
+    open_incomplete: u64,
+    /// Clients whose socket may still hold data (read cap reached).
+    backlog: Vec<usize>,
+    rbuf: Box<[u8]>,
+    pub stats: PoolStats,
+}
+
+/// Mutable context for frame processing (split from the client borrow).
+struct Ctx<'a> {
+    stats: &'a mut PoolStats,
+    open_incomplete: &'a mut u64,
+    expected: Option<u64>,
+    event_type: &'a [u8],
+    now_ns: u64,
+}
+
+impl ClientPool {
+    pub fn new(cfg: PoolConfig) -> Self {
+        let handshake_req = wire::ws_handshake_request(&cfg.host_header, &cfg.path);
+        let clients = (0..cfg.clients).map(|_| Client::new()).collect();
+        let stats = PoolStats {
+            clients: cfg.clients as u64,
+            ..Default::default()
+        };
+        ClientPool {
+            cfg,
+            clients,
+            handshake_req,
+            next_to_start: 0,
+            in_flight: 0,
+            started_q: VecDeque::new(),
+            connect_started: None,
+            connect_finished: false,
+            open_incomplete: 0,
+            backlog: Vec::new(),
+            rbuf: vec![0u8; RBUF].into_boxed_slice(),
+            stats,
+        }
+    }
+
+    /// Every client has either connected or failed.
+    pub fn connect_done(&self) -> bool {
+        self.next_to_start == self.clients.len() && self.in_flight == 0
+    }
+
+    /// Every open client has all expected events (false in count-only mode).
+    pub fn all_received(&self) -> bool {
+        self.cfg.expected_events.is_some() && self.connect_done() && self.open_incomplete == 0
+    }
+
+    pub fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Starts connects, enforces handshake timeouts, drains backlogged
+    /// sockets. Called once per reactor turn.
+    pub fn tick(&mut self, registry: &Registry, now: Instant) {
+        self.connect_started.get_or_insert(now);
+        while self.in_flight < self.cfg.connect_concurrency.max(1)
+            && self.next_to_start < self.clients.len()
+        {
+            let idx = self.next_to_start;
+            self.next_to_start += 1;
+            self.start(registry, idx, now);
+        }
+        // Handshake timeouts (queue is in start order).
+        while let Some(&(idx, at)) = self.started_q.front() {
+            let st = self.clients[idx].state;
+            if st != State::Connecting && st != State::Handshake {
+                self.started_q.pop_front();
+            } else if now.duration_since(at) >= self.cfg.handshake_timeout {
+                self.started_q.pop_front();
+                self.fail(registry, idx, "handshake timeout".into());
+            } else {
+                break;
+            }
+        }
+        for idx in std::mem::take(&mut self.backlog) {
+            if self.clients[idx].state == State::Open {
+                self.read_open(registry, idx);
+            }
+        }
+        if !self.connect_finished && self.connect_done() {
+            self.connect_finished = true;
+            let started = self.connect_started.unwrap_or(now);
+            self.stats.connect_seconds = Instant::now().duration_since(started).as_secs_f64();
+        }
+    }
+
+    fn start(&mut self, registry: &Registry, idx: usize, now: Instant) {
+        let src = if self.cfg.source_ips.is_empty() {
+            None
+        } else {
+            Some(self.cfg.source_ips[idx % self.cfg.source_ips.len()])
+        };
+        match open_socket(self.cfg.addr, src) {
+            Ok(mut stream) => {
+                if let Err(e) = registry.register(
+                    &mut stream,
+                    Token(idx),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    self.record_failure(idx, format!("register: {}", short_err(&e)));
+                    return;
+                }
+                let c = &mut self.clients[idx];
+                c.stream = Some(stream);
+                c.state = State::Connecting;
+                c.started = Some(now);
+                self.in_flight += 1;
+                self.started_q.push_back((idx, now));
+            }
+            Err(e) => self.record_failure(idx, format!("connect: {}", short_err(&e))),
+        }
+    }
+
+    /// Marks a never-opened client failed (no socket registered).
+    fn record_failure(&mut self, idx: usize, reason: String) {
+        self.clients[idx].state = State::Failed;
+        self.stats.failed += 1;
+        *self.stats.failures.entry(reason).or_default() += 1;
+    }
+
+    /// Fails a connecting / handshaking client.
+    fn fail(&mut self, registry: &Registry, idx: usize, reason: String) {
+        let c = &mut self.clients[idx];
+        if let Some(mut s) = c.stream.take() {
+            let _ = registry.deregister(&mut s);
+        }
+        c.inbuf = Vec::new();
+        c.out = Vec::new();
+        self.in_flight -= 1;
+        self.record_failure(idx, reason);
+    }
+
+    /// Closes an open client that the server closed or that broke.
+    fn close_open(&mut self, registry: &Registry, idx: usize, reason: String) {
+        let expected = self.cfg.expected_events;
+        let c = &mut self.clients[idx];
+        if let Some(mut s) = c.stream.take() {
+            let _ = registry.deregister(&mut s);
+        }
+        c.state = State::Closed;
+        c.inbuf = Vec::new();
+        c.out = Vec::new();
+        if expected.is_some_and(|e| c.track.unique < e) {
+            self.open_incomplete -= 1;
+        }
+        self.stats.closed_early += 1;
+        *self
+            .stats
+            .failures
+            .entry(format!("closed after open: {reason}"))
+            .or_default() += 1;
+    }
+
+    /// Handles a readiness event for client `idx`.
+    pub fn handle(&mut self, registry: &Registry, idx: usize, ev: &Event) {
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        if c.state == State::Connecting {
+            let Some(stream) = c.stream.as_mut() else {
+                return;
+            };
+            match stream.take_error() {
+                Ok(Some(e)) | Err(e) => {
+                    return self.fail(registry, idx, format!("connect: {}", short_err(&e)));
+                }
+                Ok(None) => {}
+            }
+            match stream.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                    if ev.is_error() || ev.is_write_closed() {
+                        return self.fail(registry, idx, "connect: refused".into());
+                    }
+                    return; // not yet
+                }
+                Err(e) => return self.fail(registry, idx, format!("connect: {}", short_err(&e))),
+            }
+            c.state = State::Handshake;
+            c.out.extend_from_slice(&self.handshake_req);
+        }
+        if !self.clients[idx].out.is_empty()
+            && let Err(e) = flush(&mut self.clients[idx])
+        {
+            let reason = format!("write: {}", short_err(&e));
+            return match self.clients[idx].state {
+                State::Open => self.close_open(registry, idx, reason),
+                _ => self.fail(registry, idx, reason),
+            };
+        }
+        match self.clients[idx].state {
+            State::Handshake => self.read_handshake(registry, idx),
+            State::Open => self.read_open(registry, idx),
+            _ => {}
+        }
+    }
+
+    fn read_handshake(&mut self, registry: &Registry, idx: usize) {
+        let c = &mut self.clients[idx];
+        let Some(stream) = c.stream.as_mut() else {
+            return;
+        };
+        // Bounded: the response is capped at 16 KiB by check_handshake.
+        for _ in 0..64 {
+            match stream.read(&mut self.rbuf[..4096]) {
+                Ok(0) => {
+                    return self.fail(registry, idx, "closed during handshake".into());
+                }
+                Ok(n) => {
+                    c.inbuf.extend_from_slice(&self.rbuf[..n]);
+                    match wire::check_handshake(&c.inbuf) {
+                        Handshake::Partial => continue,
+                        Handshake::Failed(why) => return self.fail(registry, idx, why),
+                        Handshake::Done(len) => {
+                            c.inbuf.drain(..len);
+                            c.state = State::Open;
+                            self.in_flight -= 1;
+                            self.stats.connected += 1;
+                            if let Some(at) = c.started {
+                                self.stats
+                                    .handshake
+                                    .record_ns(at.elapsed().as_nanos() as i64);
+                            }
+                            match self.cfg.expected_events {
+                                Some(0) => self.stats.complete_clients += 1,
+                                Some(_) => self.open_incomplete += 1,
+                                None => {}
+                            }
+                            return self.read_open(registry, idx);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fail(registry, idx, format!("read: {}", short_err(&e))),
+            }
+        }
+        self.fail(registry, idx, "handshake response too long".into());
+    }
+
+    /// Reads and processes everything available on an open client.
+    fn read_open(&mut self, registry: &Registry, idx: usize) {
+        let Self {
+            cfg,
+            clients,
+            rbuf,
+            stats,
+            open_incomplete,
+            backlog,
+            ..
+        } = self;
+        let c = &mut clients[idx];
+        let mut err: Option<String> = None;
+        // First frames already buffered (bytes that followed the handshake).
+        if !c.inbuf.is_empty() {
+            let mut ctx = Ctx {
+                stats,
+                open_incomplete,
+                expected: cfg.expected_events,
+                event_type: cfg.event_type.as_bytes(),
+                now_ns: unix_ns(),
+            };
+            let buf = std::mem::take(&mut c.inbuf);
+            match process_frames(&buf, c, &mut ctx) {
+                Ok(used) => c.inbuf.extend_from_slice(&buf[used..]),
+                Err(e) => err = Some(e),
+            }
+        }
+        let mut drained = false;
+        if err.is_none() {
+            for _ in 0..MAX_READS {
+                let Some(stream) = c.stream.as_mut() else {
+                    drained = true;
+                    break;
+                };
+                let n = match stream.read(rbuf) {
+                    Ok(0) => {
+                        err = Some("eof".into());
+                        break;
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        drained = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        err = Some(format!("read: {}", short_err(&e)));
+                        break;
+                    }
+                };
+                let mut ctx = Ctx {
+                    stats,
+                    open_incomplete,
+                    expected: cfg.expected_events,
+                    event_type: cfg.event_type.as_bytes(),
+                    now_ns: unix_ns(),
+                };
+                let res = if c.inbuf.is_empty() {
+                    process_frames(&rbuf[..n], c, &mut ctx).map(|used| {
+                        c.inbuf.extend_from_slice(&rbuf[used..n]);
+                    })
+                } else {
+                    c.inbuf.extend_from_slice(&rbuf[..n]);
+                    let mut buf = std::mem::take(&mut c.inbuf);
+                    process_frames(&buf, c, &mut ctx).map(|used| {
+                        buf.drain(..used);
+                        c.inbuf = buf;
+                    })
+                };
+                if let Err(e) = res {
+                    err = Some(e);
+                    break;
+                }
+                // A short read means the socket is empty; with edge-triggered
+                // epoll, new data raises a new event.
+                if n < rbuf.len() {
+                    drained = true;
+                    break;
+                }
+            }
+        }
+        if err.is_none()
+            && !c.out.is_empty()
+            && let Err(e) = flush(c)
+        {
+            err = Some(format!("write: {}", short_err(&e)));
+        }
+        if let Some(reason) = err {
+            return self.close_open(registry, idx, reason);
+        }
+        if !drained {
+            backlog.push(idx);
+        }
+    }
+
+    /// Ends the run: counts lost events and closes every socket.
+    pub fn finish(&mut self, registry: &Registry) -> PoolStats {
+        if let Some(exp) = self.cfg.expected_events {
+            for c in &self.clients {
+                if matches!(c.state, State::Open | State::Closed) {
+                    self.stats.lost += exp.saturating_sub(c.track.unique);
+                }
+            }
+        }
+        for c in &mut self.clients {
+            if let Some(mut s) = c.stream.take() {
+                let _ = registry.deregister(&mut s);
+            }
+            if matches!(c.state, State::Connecting | State::Handshake) {
+                c.state = State::Failed;
+                self.stats.failed += 1;
+                *self
+                    .stats
+                    .failures
+                    .entry("unfinished at end of run".into())
+                    .or_default() += 1;
+            }
+        }
+        self.in_flight = 0;
+        self.next_to_start = self.clients.len();
+        self.clients = Vec::new();
+        self.stats.clone()
+    }
+}
+
+/// Processes complete frames in `buf`; returns the bytes consumed.
+fn process_frames(buf: &[u8], c: &mut Client, ctx: &mut Ctx) -> Result<usize, String> {
+    let mut pos = 0;
+    // Bounded: each iteration consumes at least a 2-byte header.
+    while pos < buf.len() {
+        let Some(h) = wire::parse_frame_head(&buf[pos..])? else {
+            break;
+        };
+        let end = pos + h.header_len + h.payload_len;
+        if end > buf.len() {
+            break;
+        }
+        let raw = &buf[pos + h.header_len..end];
+        let unmasked;
+        let payload = match h.mask {
+            None => raw,
+            Some(m) => {
+                unmasked = raw
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ m[i % 4])
+                    .collect::<Vec<u8>>();
+                &unmasked[..]
+            }
+        };
+        pos = end;
+        match h.opcode {
+            wire::OP_TEXT | wire::OP_BINARY => {
+                if c.fragmented {
+                    return Err("new message inside a fragmented one".into());
+                }
+                if h.fin {
+                    on_message(payload, c, ctx);
+                } else {
+                    c.fragmented = true;
+                    c.frag.clear();
+                    c.frag.extend_from_slice(payload);
+                }
+            }
+            wire::OP_CONT => {
+                if !c.fragmented {
+                    return Err("unexpected continuation frame".into());
+                }
+                if c.frag.len() + payload.len() > wire::MAX_FRAME {
+                    return Err("message too large".into());
+                }
+                c.frag.extend_from_slice(payload);
+                if h.fin {
+                    c.fragmented = false;
+                    let msg = std::mem::take(&mut c.frag);
+                    on_message(&msg, c, ctx);
+                    c.frag = msg;
+                    c.frag.clear();
+                }
+            }
+            wire::OP_PING => c
+                .out
+                .extend_from_slice(&wire::client_control_frame(wire::OP_PONG, payload)),
+            wire::OP_PONG => {}
+            wire::OP_CLOSE => {
+                let code =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                return Err(match code {
+                    Some(code) => format!("close frame {code}"),
+                    None => "close frame".into(),
+                });
+            }
+            op => return Err(format!("unknown opcode {op}")),
+        }
+    }
+    Ok(pos)
+}
+
+/// Checks one complete message.
+fn on_message(payload: &[u8], c: &mut Client, ctx: &mut Ctx) {
+    let parsed = wire::event_fields(payload)
+        .filter(|f| &*f.kind == ctx.event_type)
+        .and_then(|f| wire::parse_message(&f.message));
+    let Some(m) = parsed else {
+        ctx.stats.foreign += 1;
+        return;
+    };
+    let s = &mut *ctx.stats;
+    if let Some(expected) = ctx.expected {
+        match c.track.observe(m.seq, expected) {
+            Seen::OutOfRange => {
+                s.foreign += 1;
+                return;
+            }
+            Seen::Duplicate => {
+                s.deliveries += 1;
+                s.duplicates += 1;
+                return;
+            }
+            Seen::Late => s.out_of_order += 1,
+            Seen::New => {}
+        }
+        s.unique += 1;
+        if c.track.unique == expected {
+            s.complete_clients += 1;
+            *ctx.open_incomplete -= 1;
+        }
+    }
+    s.deliveries += 1;
+    s.first_delivery_ns.get_or_insert(ctx.now_ns);
+    s.last_delivery_ns = Some(ctx.now_ns);
+    s.latency.record_ns(ctx.now_ns as i64 - m.sent_ns as i64);
+    if let Some(sched) = m.scheduled_ns {
+        s.sched_latency.record_ns(ctx.now_ns as i64 - sched as i64);
+    }
+}
+
+/// Writes as much of `c.out` as the socket takes.
+fn flush(c: &mut Client) -> io::Result<()> {
+    let Some(stream) = c.stream.as_mut() else {
+        return Ok(());
+    };
+    let mut written = 0;
+    // Bounded: each iteration writes at least one byte or returns.
+    while written < c.out.len() {
+        match stream.write(&c.out[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    c.out.drain(..written);
+    Ok(())
+}
+
+/// Opens a non-blocking TCP socket, optionally bound to `src`, and starts
+/// connecting it.
+pub fn open_socket(addr: SocketAddr, src: Option<IpAddr>) -> io::Result<TcpStream> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_nonblocking(true)?;
+    sock.set_tcp_nodelay(true)?;
+    if let Some(ip) = src {
+        if ip.is_ipv4() {
+            // Let connect() pick the port, so ports are shared across 4-tuples.
+            let one: libc::c_int = 1;
+            // SAFETY: valid fd and option buffer; failure is harmless.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&sock),
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    &one as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+        sock.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(std::net::TcpStream::from(sock)))
+}
+
+/// An error without the "(os error N)" suffix, for grouping reasons.
+pub fn short_err(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracker_in_order() {
+        let mut t = Tracker::default();
+        for s in 0..5 {
+            assert_eq!(t.observe(s, 5), Seen::New);
+        }
+        assert_eq!(t.unique, 5);
+        assert!(t.ahead.is_none());
+        assert_eq!(t.observe(3, 5), Seen::Duplicate);
+        assert_eq!(t.observe(5, 5), Seen::OutOfRange);
+    }
+
+    #[test]
+    fn tracker_gaps_reorder_duplicates() {
+        let mut t = Tracker::default();
+        assert_eq!(t.observe(0, 200), Seen::New);
+        assert_eq!(t.observe(2, 200), Seen::New); // gap at 1
+        assert_eq!(t.observe(150, 200), Seen::New);
+        assert_eq!(t.observe(2, 200), Seen::Duplicate);
+        assert_eq!(t.observe(1, 200), Seen::Late); // fills the gap
+        assert_eq!(t.next, 3);
+        assert_eq!(t.observe(1, 200), Seen::Duplicate);
+        assert_eq!(t.observe(150, 200), Seen::Duplicate);
+        assert_eq!(t.observe(3, 200), Seen::Late); // 150 already seen
+        assert_eq!(t.unique, 5);
+    }
+
+    #[test]
+    fn frames_are_checked() {
+        let mut stats = PoolStats::default();
+        let mut open = 1u64;
+        let mut ctx = Ctx {
+            stats: &mut stats,
+            open_incomplete: &mut open,
+            expected: Some(3),
+            event_type: b"bench",
+            now_ns: 2_000_000,
+        };
+        let mut c = Client::new();
+        let text = |s: &str| {
+            let mut f = vec![0x81, s.len() as u8];
+            f.extend_from_slice(s.as_bytes());
+            f
+        };
+        let mut buf = Vec::new();
+        buf.extend(text(r#"{"type":"bench","message":"0:1000000"}"#));
+        buf.extend(text(r#"{"type":"other","message":"1:1000000"}"#));
+        buf.extend(text(r#"{"type":"bench","message":"2:1500000:1000000"}"#));
+        buf.extend(text(r#"{"type":"bench","message":"2:1500000"}"#));
+        buf.extend_from_slice(b"\x89\x01p"); // ping
+        // fragmented: "1" arrives late, split in two frames
+        let msg = r#"{"type":"bench","message":"1:1000000"}"#;
+        let (a, b) = msg.split_at(10);
+        buf.extend([0x01, a.len() as u8]);
+        buf.extend_from_slice(a.as_bytes());
+        buf.extend([0x80, b.len() as u8]);
+        buf.extend_from_slice(b.as_bytes());
+        let whole = buf.len();
+        buf.extend_from_slice(b"\x81\x05he"); // incomplete tail
+        let used = process_frames(&buf, &mut c, &mut ctx).unwrap();
+        assert_eq!(used, whole);
+        assert_eq!(c.out, b"\x8a\x81\0\0\0\0p");
+        assert_eq!(open, 0);
+        assert_eq!(
+            (stats.deliveries, stats.unique, stats.duplicates),
+            (4, 3, 1)
+        );
+        assert_eq!(
+            (stats.out_of_order, stats.foreign, stats.complete_clients),
+            (1, 1, 1)
+        );
+        assert_eq!(stats.latency.count(), 3);
+        assert_eq!(stats.latency.max(), 1000);
+        assert_eq!(stats.sched_latency.count(), 1);
+
+        let mut ctx = Ctx {
+            stats: &mut stats,
+            open_incomplete: &mut open,
+            expected: Some(3),
+            event_type: b"bench",
+            now_ns: 0,
+        };
+        let err = process_frames(b"\x88\x02\x03\xe9", &mut c, &mut ctx).unwrap_err();
+        assert_eq!(err, "close frame 1001");
+    }
+}

@@ -1,0 +1,348 @@
+//! Final reports: the structs serialized as the single JSON line on stdout,
+//! and the human-readable table printed to stderr.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::stats::LatencySummary;
+
+/// Server-side samples (present with `--pid`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerFigures {
+    pub server_pid: Option<u32>,
+    pub server_rss_before_bytes: Option<u64>,
+    /// After all clients connected and idled.
+    pub server_rss_connected_bytes: Option<u64>,
+    pub server_rss_after_bytes: Option<u64>,
+    /// (connected - before) / connected clients.
+    pub server_rss_per_connection_bytes: Option<f64>,
+    pub server_cpu_connect_s: Option<f64>,
+    pub server_cpu_publish_s: Option<f64>,
+    /// Server CPU / wall time during the publish phase (1.0 = one core busy).
+    pub server_cpu_publish_util: Option<f64>,
+}
+
+/// Result of `--mode fanout`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutReport {
+    pub mode: &'static str,
+    pub target: String,
+    pub publish: &'static str,
+    pub clients: u64,
+    pub workers: usize,
+    pub connected: u64,
+    pub connect_failed: u64,
+    pub closed_early: u64,
+    pub failures: BTreeMap<String, u64>,
+    /// First connect attempt to last handshake.
+    pub connect_seconds: f64,
+    pub connects_per_sec: f64,
+    pub handshake_us: Option<LatencySummary>,
+    pub events: u64,
+    pub rate: Option<f64>,
+    pub in_flight: usize,
+    pub published: u64,
+    pub publish_ok: u64,
+    pub publish_errors: u64,
+    pub publish_error_reasons: BTreeMap<String, u64>,
+    /// First send to last send.
+    pub publish_seconds: f64,
+    pub publish_events_per_sec: f64,
+    pub publish_rtt_us: Option<LatencySummary>,
+    /// connected clients x events.
+    pub expected_deliveries: u64,
+    pub deliveries: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    /// Whether the publisher guarantees order (HTTP with in-flight 1, Redis).
+    pub order_guaranteed: bool,
+    pub foreign_frames: u64,
+    pub complete_clients: u64,
+    /// First publish to last delivery.
+    pub delivery_seconds: f64,
+    pub deliveries_per_sec: f64,
+    /// Send time to receipt.
+    pub latency_us: Option<LatencySummary>,
+    /// Scheduled send time to receipt (paced runs).
+    pub sched_latency_us: Option<LatencySummary>,
+    #[serde(flatten)]
+    pub server: ServerFigures,
+    pub connect_phase_seconds: f64,
+    /// Publish start until every delivery arrived (or the settle timeout).
+    pub publish_phase_seconds: f64,
+    /// Generator CPU seconds (all processes) per phase.
+    pub gen_cpu_connect_s: f64,
+    pub gen_cpu_publish_s: f64,
+    pub gen_cpu_publish_util: f64,
+    pub ok: bool,
+    pub problems: Vec<String>,
+}
+
+/// Result of `--mode throughput`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputReport {
+    pub mode: &'static str,
+    pub target: String,
+    pub connections: usize,
+    pub subscribers: u64,
+    pub subscribers_connected: u64,
+    pub connect_failed: u64,
+    pub workers: usize,
+    /// First request to last response.
+    pub duration_s: f64,
+    pub requests: u64,
+    pub requests_ok: u64,
+    pub request_errors: u64,
+    pub error_reasons: BTreeMap<String, u64>,
+    pub requests_per_sec: f64,
+    pub latency_us: Option<LatencySummary>,
+    pub subscriber_deliveries: u64,
+    pub deliveries_per_sec: f64,
+    #[serde(flatten)]
+    pub server: ServerFigures,
+    pub gen_cpu_s: f64,
+    pub gen_cpu_util: f64,
+    pub ok: bool,
+    pub problems: Vec<String>,
+}
+
+fn lat(l: &Option<LatencySummary>) -> String {
+    match l {
+        Some(l) => format!(
+            "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (us)",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        ),
+        None => "-".into(),
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+fn mib(v: Option<u64>) -> String {
+    v.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+}
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or("-".into(), |s| format!("{s:.3} s"))
+}
+
+fn map(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "-".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+struct Table(String);
+
+impl Table {
+    fn section(&mut self, name: &str) {
+        let _ = writeln!(self.0, "{name}");
+    }
+    fn row(&mut self, k: &str, v: impl std::fmt::Display) {
+        let _ = writeln!(self.0, "  {k:<26} {v}");
+    }
+}
+
+fn server_rows(t: &mut Table, s: &ServerFigures) {
+    if s.server_pid.is_none() {
+        return;
+    }
+    t.section(&format!("server (pid {})", opt(s.server_pid)));
+    t.row(
+        "rss before/connected/after",
+        format!(
+            "{} / {} / {}",
+            mib(s.server_rss_before_bytes),
+            mib(s.server_rss_connected_bytes),
+            mib(s.server_rss_after_bytes)
+        ),
+    );
+    t.row(
+        "rss per connection",
+        s.server_rss_per_connection_bytes
+            .map_or("-".into(), |b| format!("{b:.0} bytes")),
+    );
+    t.row(
+        "cpu connect / publish",
+        format!(
+            "{} / {}",
+            secs(s.server_cpu_connect_s),
+            secs(s.server_cpu_publish_s)
+        ),
+    );
+    t.row(
+        "cpu util during publish",
+        s.server_cpu_publish_util
+            .map_or("-".into(), |u| format!("{:.0}% of a core", u * 100.0)),
+    );
+}
+
+impl FanoutReport {
+    pub fn table(&self) -> String {
+        let mut t = Table(String::new());
+        t.section(&format!(
+            "herald-bench fanout -> {} (publish via {})",
+            self.target, self.publish
+        ));
+        t.section("connect");
+        t.row(
+            "clients",
+            format!(
+                "{} connected / {} ({} failed, {} closed early, {} workers)",
+                self.connected, self.clients, self.connect_failed, self.closed_early, self.workers
+            ),
+        );
+        t.row(
+            "connect time",
+            format!(
+                "{:.3} s ({:.0}/s)",
+                self.connect_seconds, self.connects_per_sec
+            ),
+        );
+        t.row("handshake", lat(&self.handshake_us));
+        if !self.failures.is_empty() {
+            t.row("failures", map(&self.failures));
+        }
+        t.section("publish");
+        t.row(
+            "events",
+            format!(
+                "{} sent / {} ({} ok, {} errors), rate {}, in flight {}",
+                self.published,
+                self.events,
+                self.publish_ok,
+                self.publish_errors,
+                self.rate.map_or("max".into(), |r| format!("{r}/s")),
+                self.in_flight
+            ),
+        );
+        t.row(
+            "publish time",
+            format!(
+                "{:.3} s ({:.0} events/s)",
+                self.publish_seconds, self.publish_events_per_sec
+            ),
+        );
+        t.row("request rtt", lat(&self.publish_rtt_us));
+        if !self.publish_error_reasons.is_empty() {
+            t.row("errors", map(&self.publish_error_reasons));
+        }
+        t.section("delivery");
+        t.row(
+            "deliveries",
+            format!(
+                "{} / {} expected",
+                self.deliveries, self.expected_deliveries
+            ),
+        );
+        t.row(
+            "lost / dup / out of order",
+            format!(
+                "{} / {} / {}{}",
+                self.lost,
+                self.duplicates,
+                self.out_of_order,
+                if self.order_guaranteed {
+                    ""
+                } else {
+                    " (order not guaranteed by publisher)"
+                }
+            ),
+        );
+        t.row(
+            "complete clients",
+            format!("{} / {}", self.complete_clients, self.connected),
+        );
+        t.row(
+            "deliveries/s",
+            format!(
+                "{:.0} ({} in {:.3} s)",
+                self.deliveries_per_sec, self.deliveries, self.delivery_seconds
+            ),
+        );
+        t.row("latency from send", lat(&self.latency_us));
+        if self.sched_latency_us.is_some() {
+            t.row("latency from schedule", lat(&self.sched_latency_us));
+        }
+        if self.foreign_frames > 0 {
+            t.row("foreign frames", self.foreign_frames);
+        }
+        server_rows(&mut t, &self.server);
+        t.section("generator");
+        t.row(
+            "cpu connect / publish",
+            format!(
+                "{:.3} s / {:.3} s ({:.0}% of a core during {:.3} s publish phase)",
+                self.gen_cpu_connect_s,
+                self.gen_cpu_publish_s,
+                self.gen_cpu_publish_util * 100.0,
+                self.publish_phase_seconds
+            ),
+        );
+        result_rows(&mut t, self.ok, &self.problems);
+        t.0
+    }
+}
+
+impl ThroughputReport {
+    pub fn table(&self) -> String {
+        let mut t = Table(String::new());
+        t.section(&format!("herald-bench throughput -> {}", self.target));
+        t.row(
+            "connections",
+            format!(
+                "{} publishing, {} idle subscribers ({} connected, {} failed)",
+                self.connections, self.subscribers, self.subscribers_connected, self.connect_failed
+            ),
+        );
+        t.row(
+            "requests",
+            format!(
+                "{} ({} ok, {} errors) in {:.3} s",
+                self.requests, self.requests_ok, self.request_errors, self.duration_s
+            ),
+        );
+        t.row("requests/s", format!("{:.0}", self.requests_per_sec));
+        t.row("latency", lat(&self.latency_us));
+        if !self.error_reasons.is_empty() {
+            t.row("errors", map(&self.error_reasons));
+        }
+        if self.subscribers > 0 {
+            t.row(
+                "subscriber deliveries",
+                format!(
+                    "{} ({:.0}/s)",
+                    self.subscriber_deliveries, self.deliveries_per_sec
+                ),
+            );
+        }
+        server_rows(&mut t, &self.server);
+        t.section("generator");
+        t.row(
+            "cpu",
+            format!(
+                "{:.3} s ({:.0}% of a core)",
+                self.gen_cpu_s,
+                self.gen_cpu_util * 100.0
+            ),
+        );
+        result_rows(&mut t, self.ok, &self.problems);
+        t.0
+    }
+}
+
+fn result_rows(t: &mut Table, ok: bool, problems: &[String]) {
+    t.section(if ok { "result: OK" } else { "result: FAILED" });
+    for p in problems {
+        t.row("-", p);
+    }
+}

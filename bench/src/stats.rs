@@ -1,0 +1,284 @@
+//! Mergeable measurements: latency histograms (HDR, microseconds) that
+//! serialize compactly for the worker protocol, and the per-process client
+//! pool statistics that the parent merges across workers.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Highest latency tracked: one hour, in microseconds.
+const MAX_US: u64 = 3_600_000_000;
+
+/// A latency histogram in microseconds (3 significant digits).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(into = "Vec<(u64, u64)>", try_from = "Vec<(u64, u64)>")]
+pub struct Latency {
+    hist: Histogram<u64>,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self {
+            hist: Histogram::new_with_bounds(1, MAX_US, 3).expect("valid histogram bounds"),
+        }
+    }
+}
+
+impl Latency {
+    /// Records a latency given in nanoseconds (negative values, from clock
+    /// steps, count as the minimum).
+    #[inline]
+    pub fn record_ns(&mut self, ns: i64) {
+        self.record_us((ns.max(0) as u64).div_ceil(1000));
+    }
+
+    /// Records a latency given in microseconds.
+    #[inline]
+    pub fn record_us(&mut self, us: u64) {
+        self.hist.saturating_record(us.clamp(1, MAX_US));
+    }
+
+    /// Adds every sample of `other`.
+    pub fn merge(&mut self, other: &Latency) {
+        // Same bounds on both sides, so this cannot fail.
+        let _ = self.hist.add(&other.hist);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.hist.len()
+    }
+
+    /// Value at quantile `q` (0..=1) in microseconds; 0 when empty.
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.hist.is_empty() {
+            0
+        } else {
+            self.hist.value_at_quantile(q)
+        }
+    }
+
+    pub fn max(&self) -> u64 {
+        if self.hist.is_empty() {
+            0
+        } else {
+            self.hist.max()
+        }
+    }
+
+    pub fn mean(&self) -> f64 {
+        if self.hist.is_empty() {
+            0.0
+        } else {
+            self.hist.mean()
+        }
+    }
+
+    /// p50/p90/p99/p99.9/max/mean summary, `None` when empty.
+    pub fn summary(&self) -> Option<LatencySummary> {
+        (self.count() > 0).then(|| LatencySummary {
+            p50: self.quantile(0.5),
+            p90: self.quantile(0.9),
+            p99: self.quantile(0.99),
+            p999: self.quantile(0.999),
+            max: self.max(),
+            mean: (self.mean() * 10.0).round() / 10.0,
+        })
+    }
+}
+
+/// A few percentiles of a [`Latency`], microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct LatencySummary {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+impl From<Latency> for Vec<(u64, u64)> {
+    fn from(l: Latency) -> Self {
+        l.hist
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect()
+    }
+}
+
+impl TryFrom<Vec<(u64, u64)>> for Latency {
+    type Error = String;
+    fn try_from(v: Vec<(u64, u64)>) -> Result<Self, String> {
+        let mut l = Latency::default();
+        for (value, count) in v {
+            l.hist
+                .record_n(value.clamp(1, MAX_US), count)
+                .map_err(|e| format!("histogram: {e:?}"))?;
+        }
+        Ok(l)
+    }
+}
+
+/// What one process's client pool observed. Counters add up across workers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PoolStats {
+    /// Clients this pool was asked to open.
+    pub clients: u64,
+    /// Clients whose handshake succeeded.
+    pub connected: u64,
+    /// Clients that never got a successful handshake.
+    pub failed: u64,
+    /// Failure / early-close reasons with counts.
+    pub failures: BTreeMap<String, u64>,
+    /// Open clients that the server closed (or that broke) before the end.
+    pub closed_early: u64,
+    /// Bench event frames received (duplicates included).
+    pub deliveries: u64,
+    /// Distinct (client, seq) pairs received.
+    pub unique: u64,
+    pub duplicates: u64,
+    /// New events that arrived after an event with a higher seq.
+    pub out_of_order: u64,
+    /// Frames that were not bench events of this run (other types, unparsable).
+    pub foreign: u64,
+    /// Expected (client, seq) pairs never received (connected clients only).
+    pub lost: u64,
+    /// Connected clients that received every expected event.
+    pub complete_clients: u64,
+    /// Unix time of the first / last bench delivery, nanoseconds.
+    pub first_delivery_ns: Option<u64>,
+    pub last_delivery_ns: Option<u64>,
+    /// Seconds from first connect attempt until all attempts finished.
+    pub connect_seconds: f64,
+    /// Latency from the publisher's send time to receipt.
+    pub latency: Latency,
+    /// Latency from the scheduled send time (paced runs only).
+    pub sched_latency: Latency,
+    /// Connect + handshake time per client.
+    pub handshake: Latency,
+    /// CPU seconds (user+system) spent by the process during the connect
+    /// phase, and in total.
+    pub cpu_connect_s: f64,
+    pub cpu_total_s: f64,
+}
+
+fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+impl PoolStats {
+    /// Adds another pool's results into this one.
+    pub fn merge(&mut self, o: &PoolStats) {
+        self.clients += o.clients;
+        self.connected += o.connected;
+        self.failed += o.failed;
+        for (k, v) in &o.failures {
+            *self.failures.entry(k.clone()).or_default() += v;
+        }
+        self.closed_early += o.closed_early;
+        self.deliveries += o.deliveries;
+        self.unique += o.unique;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+        self.foreign += o.foreign;
+        self.lost += o.lost;
+        self.complete_clients += o.complete_clients;
+        self.first_delivery_ns = min_opt(self.first_delivery_ns, o.first_delivery_ns);
+        self.last_delivery_ns = self.last_delivery_ns.max(o.last_delivery_ns);
+        // Workers connect concurrently: the phase lasts as long as the slowest.
+        self.connect_seconds = self.connect_seconds.max(o.connect_seconds);
+        self.latency.merge(&o.latency);
+        self.sched_latency.merge(&o.sched_latency);
+        self.handshake.merge(&o.handshake);
+        self.cpu_connect_s += o.cpu_connect_s;
+        self.cpu_total_s += o.cpu_total_s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_roundtrip_through_json() {
+        let mut l = Latency::default();
+        for us in 1..=1000u64 {
+            l.record_us(us);
+        }
+        l.record_ns(5_000_000_000); // 5 s
+        l.record_ns(-3);
+        let json = serde_json::to_string(&l).unwrap();
+        let back: Latency = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.count(), l.count());
+        assert_eq!(back.quantile(0.5), l.quantile(0.5));
+        assert_eq!(back.quantile(0.99), l.quantile(0.99));
+        assert_eq!(back.max(), l.max());
+        assert_eq!(Latency::default().summary(), None);
+    }
+
+    #[test]
+    fn pool_stats_merge() {
+        let mut a = PoolStats {
+            clients: 10,
+            connected: 9,
+            failed: 1,
+            deliveries: 90,
+            unique: 90,
+            lost: 0,
+            complete_clients: 9,
+            first_delivery_ns: Some(200),
+            last_delivery_ns: Some(900),
+            connect_seconds: 1.5,
+            cpu_total_s: 0.5,
+            ..Default::default()
+        };
+        a.failures.insert("http 503".into(), 1);
+        for us in [100, 200, 300] {
+            a.latency.record_us(us);
+        }
+        let mut b = PoolStats {
+            clients: 10,
+            connected: 10,
+            deliveries: 101,
+            unique: 98,
+            duplicates: 3,
+            out_of_order: 2,
+            lost: 2,
+            complete_clients: 8,
+            first_delivery_ns: Some(150),
+            last_delivery_ns: Some(800),
+            connect_seconds: 2.5,
+            cpu_total_s: 0.25,
+            ..Default::default()
+        };
+        b.failures.insert("http 503".into(), 2);
+        b.failures.insert("handshake timeout".into(), 1);
+        b.latency.record_us(10_000);
+        b.sched_latency.record_us(7);
+
+        // Merge through the wire format, as the parent does.
+        let b: PoolStats = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        let mut total = PoolStats::default();
+        total.merge(&a);
+        total.merge(&b);
+        a.merge(&b);
+        for m in [&a, &total] {
+            assert_eq!((m.clients, m.connected, m.failed), (20, 19, 1));
+            assert_eq!((m.deliveries, m.unique, m.duplicates), (191, 188, 3));
+            assert_eq!((m.out_of_order, m.lost, m.complete_clients), (2, 2, 17));
+            assert_eq!(m.failures["http 503"], 3);
+            assert_eq!(m.failures["handshake timeout"], 1);
+            assert_eq!(m.first_delivery_ns, Some(150));
+            assert_eq!(m.last_delivery_ns, Some(900));
+            assert_eq!(m.connect_seconds, 2.5);
+            assert_eq!(m.cpu_total_s, 0.75);
+            assert_eq!(m.latency.count(), 4);
+            assert!(m.latency.max() >= 10_000 && m.latency.max() < 10_010);
+            assert_eq!(m.sched_latency.count(), 1);
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! Byte-level protocol helpers, all allocation-free on the hot path:
+//! the WebSocket client handshake and server-frame parser (RFC 6455), the
+//! event JSON / message hand-check, the HTTP/1.1 response parser used by the
+//! publishers, and the Redis (RESP) reply parser.
+
+use std::fmt::Write as _;
+
+/// Fixed `Sec-WebSocket-Key` (the RFC 6455 example nonce) ...
+pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+/// ... and the `Sec-WebSocket-Accept` the server must answer with.
+pub const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// Builds the raw WebSocket upgrade request.
+pub fn ws_handshake_request(host_header: &str, path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\n\
+         Sec-WebSocket-Version: 13\r\nUser-Agent: herald-bench\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Outcome of looking at the bytes received so far during the handshake.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// Header block not complete yet.
+    Partial,
+    /// `101` with the right accept key; the header block was this long (any
+    /// bytes after it are already WebSocket frames).
+    Done(usize),
+    /// Anything else (the reason, short).
+    Failed(String),
+}
+
+/// Checks a server's handshake response.
+pub fn check_handshake(buf: &[u8]) -> Handshake {
+    let Some(end) = find(buf, b"\r\n\r\n") else {
+        return if buf.len() > 16 * 1024 {
+            Handshake::Failed("handshake response too large".into())
+        } else {
+            Handshake::Partial
+        };
+    };
+    let head = &buf[..end];
+    let status_line = head.split(|&b| b == b'\n').next().unwrap_or(b"");
+    let mut parts = status_line.split(|&b| b == b' ');
+    let _version = parts.next();
+    let status = parts.next().unwrap_or(b"");
+    if status != b"101" {
+        return Handshake::Failed(format!("http {}", String::from_utf8_lossy(status)));
+    }
+    if find(head, WS_ACCEPT.as_bytes()).is_none() {
+        return Handshake::Failed("bad Sec-WebSocket-Accept".into());
+    }
+    Handshake::Done(end + 4)
+}
+
+/// A WebSocket frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead {
+    pub fin: bool,
+    pub opcode: u8,
+    pub mask: Option<[u8; 4]>,
+    /// Header length in bytes.
+    pub header_len: usize,
+    /// Payload length in bytes.
+    pub payload_len: usize,
+}
+
+pub const OP_CONT: u8 = 0;
+pub const OP_TEXT: u8 = 1;
+pub const OP_BINARY: u8 = 2;
+pub const OP_CLOSE: u8 = 8;
+pub const OP_PING: u8 = 9;
+pub const OP_PONG: u8 = 10;
+
+/// Largest frame accepted from a server.
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// Parses a frame header at the start of `buf`. `Ok(None)` = need more bytes.
+pub fn parse_frame_head(buf: &[u8]) -> Result<Option<FrameHead>, String> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let (b0, b1) = (buf[0], buf[1]);
+    if b0 & 0x70 != 0 {
+        return Err("reserved bits set".into());
+    }
+    let opcode = b0 & 0x0f;
+    let masked = b1 & 0x80 != 0;
+    let (len, mut pos) = match b1 & 0x7f {
+        126 => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return Ok(None);
+            }
+            (u64::from_be_bytes(buf[2..10].try_into().unwrap()), 10)
+        }
+        n => (n as u64, 2),
+    };
+    if len > MAX_FRAME as u64 {
+        return Err(format!("frame too large ({len} bytes)"));
+    }
+    let mask = if masked {
+        if buf.len() < pos + 4 {
+            return Ok(None);
+        }
+        let m = [buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]];
+        pos += 4;
+        Some(m)
+    } else {
+        None
+    };
+    Ok(Some(FrameHead {
+        fin: b0 & 0x80 != 0,
+        opcode,
+        mask,
+        header_len: pos,
+        payload_len: len as usize,
+    }))
+}
+
+/// Builds a masked (client-to-server) control frame, e.g. a pong.
+pub fn client_control_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let payload = &payload[..payload.len().min(125)];
+    let mut f = Vec::with_capacity(6 + payload.len());
+    f.push(0x80 | opcode);
+    f.push(0x80 | payload.len() as u8);
+    f.extend_from_slice(&[0, 0, 0, 0]); // zero mask key: payload unchanged
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Finds `needle` in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Returns the raw value of the top-level-looking string field `key` in a
+/// JSON object (`"key" : "value"`), or `None` if absent, not a string, or if
+/// it contains escapes (callers then fall back to a full JSON parse).
+pub fn json_str_field<'a>(json: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let pat_len = key.len() + 2;
+    let mut from = 0;
+    // Bounded: every iteration advances `from` by at least one byte.
+    while from + pat_len <= json.len() {
+        let rel = find(&json[from..], key.as_bytes())?;
+        let at = from + rel;
+        from = at + 1;
+        if at == 0 || json[at - 1] != b'"' || json.get(at + key.len()) != Some(&b'"') {
+            continue;
+        }
+        let mut i = at + key.len() + 1;
+        while json.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        if json.get(i) != Some(&b':') {
+            continue; // a value equal to the key, not the key
+        }
+        i += 1;
+        while json.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        if json.get(i) != Some(&b'"') {
+            return None;
+        }
+        let start = i + 1;
+        let len = json[start..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\')?;
+        if json[start + len] == b'\\' {
+            return None;
+        }
+        return Some(&json[start..start + len]);
+    }
+    None
+}
+
+/// The `type` and `message` of an event frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EventFields<'a> {
+    pub kind: std::borrow::Cow<'a, [u8]>,
+    pub message: std::borrow::Cow<'a, [u8]>,
+}
+
+/// Extracts `type` and `message` from an event frame: fast hand-check first,
+/// full JSON parse as a fallback.
+pub fn event_fields(json: &[u8]) -> Option<EventFields<'_>> {
+    if let (Some(t), Some(m)) = (
+        json_str_field(json, "type"),
+        json_str_field(json, "message"),
+    ) {
+        return Some(EventFields {
+            kind: t.into(),
+            message: m.into(),
+        });
+    }
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let t = v.get("type")?.as_str()?;
+    let m = v.get("message")?.as_str()?;
+    Some(EventFields {
+        kind: t.as_bytes().to_vec().into(),
+        message: m.as_bytes().to_vec().into(),
+    })
+}
+
+/// A bench event message: `<seq>:<sent_unix_ns>[:<scheduled_unix_ns>][:<padding>]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BenchMessage {
+    pub seq: u64,
+    pub sent_ns: u64,
+    pub scheduled_ns: Option<u64>,
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add((b - b'0') as u64)?;
+    }
+    Some(v)
+}
+
+/// Parses a bench event message.
+pub fn parse_message(msg: &[u8]) -> Option<BenchMessage> {
+    let mut it = msg.split(|&b| b == b':');
+    let seq = parse_u64(it.next()?)?;
+    let sent_ns = parse_u64(it.next()?)?;
+    let scheduled_ns = it.next().and_then(parse_u64);
+    Some(BenchMessage {
+        seq,
+        sent_ns,
+        scheduled_ns,
+    })
+}
+
+/// Formats a bench event message (see [`parse_message`]).
+pub fn format_message(out: &mut String, seq: u64, sent_ns: u64, sched_ns: Option<u64>, pad: usize) {
+    let _ = write!(out, "{seq}:{sent_ns}");
+    if let Some(s) = sched_ns {
+        let _ = write!(out, ":{s}");
+    }
+    if pad > 0 {
+        out.push(':');
+        out.extend(std::iter::repeat_n('x', pad));
+    }
+}
+
+/// A complete HTTP response seen by a publisher.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Bytes of `buf` this response occupied.
+    pub len: usize,
+    /// The server asked to close the connection.
+    pub close: bool,
+}
+
+/// Parses one HTTP/1.1 response at the start of `buf` (Content-Length or
+/// chunked body). `Ok(None)` = incomplete.
+pub fn parse_http_response(buf: &[u8]) -> Result<Option<HttpResponse>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("bad http response: {e}")),
+    };
+    let status = resp.code.unwrap_or(0);
+    let mut content_len: Option<usize> = None;
+    let mut chunked = false;
+    let mut close = resp.version == Some(0);
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value).unwrap_or("").trim();
+            content_len = Some(v.parse().map_err(|_| "bad content-length".to_string())?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = find(&h.value.to_ascii_lowercase(), b"chunked").is_some();
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = h.value.to_ascii_lowercase();
+            if find(&v, b"close").is_some() {
+                close = true;
+            } else if find(&v, b"keep-alive").is_some() {
+                close = false;
+            }
+        }
+    }
+    let body = &buf[head_len..];
+    let body_len = if chunked {
+        match chunked_len(body)? {
+            Some(n) => n,
+            None => return Ok(None),
+        }
+    } else if let Some(n) = content_len {
+        if body.len() < n {
+            return Ok(None);
+        }
+        n
+    } else if status == 204 || status == 304 || (100..200).contains(&status) {
+        0
+    } else {
+        return Err("response without length (close-delimited) not supported".into());
+    };
+    Ok(Some(HttpResponse {
+        status,
+        len: head_len + body_len,
+        close,
+    }))
+}
+
+/// Length of a complete chunked body (including the final CRLF), if complete.
+fn chunked_len(body: &[u8]) -> Result<Option<usize>, String> {
+    let mut pos = 0;
+    // Bounded: each iteration consumes at least the chunk-size line.
+    for _ in 0..body.len() + 1 {
+        let Some(eol) = find(&body[pos..], b"\r\n") else {
+            return Ok(None);
+        };
+        let line = &body[pos..pos + eol];
+        let hex = line.split(|&b| b == b';').next().unwrap_or(b"");
+        let hex = std::str::from_utf8(hex)
+            .map_err(|_| "bad chunk size")?
+            .trim();
+        let size = usize::from_str_radix(hex, 16).map_err(|_| "bad chunk size")?;
+        pos += eol + 2;
+        if size == 0 {
+            // Optional trailers, then an empty line.
+            for _ in 0..64 {
+                let Some(e) = find(&body[pos..], b"\r\n") else {
+                    return Ok(None);
+                };
+                pos += e + 2;
+                if e == 0 {
+                    return Ok(Some(pos));
+                }
+            }
+            return Err("too many trailers".into());
+        }
+        if body.len() < pos + size + 2 {
+            return Ok(None);
+        }
+        pos += size + 2;
+    }
+    Err("bad chunked body".into())
+}
+
+/// One Redis reply seen by the publisher.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RespReply {
+    /// `+OK`, `:N`, or a bulk string: success.
+    Ok,
+    /// `-ERR ...`.
+    Error(String),
+}
+
+/// Parses one RESP reply at the start of `buf`: `Ok(Some((reply, len)))`.
+pub fn parse_resp_reply(buf: &[u8]) -> Result<Option<(RespReply, usize)>, String> {
+    let Some(eol) = find(buf, b"\r\n") else {
+        return Ok(None);
+    };
+    let line = &buf[1..eol];
+    match buf[0] {
+        b'+' | b':' => Ok(Some((RespReply::Ok, eol + 2))),
+        b'-' => Ok(Some((
+            RespReply::Error(String::from_utf8_lossy(line).into_owned()),
+            eol + 2,
+        ))),
+        b'$' => {
+            let n: i64 = std::str::from_utf8(line)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or("bad bulk length")?;
+            if n < 0 {
+                return Ok(Some((RespReply::Ok, eol + 2)));
+            }
+            let total = eol + 2 + n as usize + 2;
+            Ok((buf.len() >= total).then_some((RespReply::Ok, total)))
+        }
+        other => Err(format!("unexpected RESP reply type {:?}", other as char)),
+    }
+}
+
+/// Appends a RESP command (array of bulk strings).
+pub fn resp_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_ok_and_failures() {
+        let mut ok = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {WS_ACCEPT}\r\n\r\n"
+        )
+        .into_bytes();
+        ok.extend_from_slice(b"\x81\x02hi");
+        let b = &ok[..];
+        assert_eq!(check_handshake(b), Handshake::Done(b.len() - 4));
+        assert_eq!(check_handshake(&b[..20]), Handshake::Partial);
+        assert_eq!(
+            check_handshake(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            Handshake::Failed("http 404".into())
+        );
+        assert_eq!(
+            check_handshake(b"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: x\r\n\r\n"),
+            Handshake::Failed("bad Sec-WebSocket-Accept".into())
+        );
+    }
+
+    #[test]
+    fn frame_heads() {
+        let h = parse_frame_head(b"\x81\x05hello").unwrap().unwrap();
+        assert!(h.fin);
+        assert_eq!((h.opcode, h.header_len, h.payload_len), (OP_TEXT, 2, 5));
+        assert_eq!(h.mask, None);
+        assert_eq!(parse_frame_head(b"\x81").unwrap(), None);
+        let h = parse_frame_head(b"\x01\x7e\x01\x00").unwrap().unwrap();
+        assert!(!h.fin);
+        assert_eq!((h.header_len, h.payload_len), (4, 256));
+        assert_eq!(parse_frame_head(b"\x81\x7e\x01").unwrap(), None);
+        let mut b = vec![0x82, 127];
+        b.extend_from_slice(&70_000u64.to_be_bytes());
+        let h = parse_frame_head(&b).unwrap().unwrap();
+        assert_eq!(
+            (h.opcode, h.header_len, h.payload_len),
+            (OP_BINARY, 10, 70_000)
+        );
+        let h = parse_frame_head(b"\x89\x81\x01\x02\x03\x04x")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (h.opcode, h.header_len, h.mask),
+            (OP_PING, 6, Some([1, 2, 3, 4]))
+        );
+        assert!(parse_frame_head(b"\xc1\x00").is_err());
+        let mut b = vec![0x81, 127];
+        b.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert!(parse_frame_head(&b).is_err());
+        assert_eq!(client_control_frame(OP_PONG, b"ab"), b"\x8a\x82\0\0\0\0ab");
+    }
+
+    #[test]
+    fn event_json_fields() {
+        let j = br#"{"type":"bench","message":"12:1700000000000000000","id":3}"#;
+        let f = event_fields(j).unwrap();
+        assert_eq!(&*f.kind, b"bench");
+        assert_eq!(&*f.message, b"12:1700000000000000000");
+        // whitespace, other order, a value that equals a key name
+        let j = br#"{ "message" : "1:2", "channel":"message", "type": "bench" }"#;
+        let f = event_fields(j).unwrap();
+        assert_eq!((&*f.kind, &*f.message), (&b"bench"[..], &b"1:2"[..]));
+        let j = br#"{"type":"message","message":"5:6"}"#;
+        assert_eq!(&*event_fields(j).unwrap().message, b"5:6");
+        // escapes fall back to a real JSON parse
+        let j = br#"{"type":"b\u0065nch","message":"7:8"}"#;
+        assert_eq!(&*event_fields(j).unwrap().kind, b"bench");
+        assert!(event_fields(br#"{"type":"x"}"#).is_none());
+        assert!(event_fields(b"not json").is_none());
+        assert_eq!(json_str_field(br#"{"message":5}"#, "message"), None);
+    }
+
+    #[test]
+    fn messages_roundtrip() {
+        let mut s = String::new();
+        format_message(&mut s, 42, 1_700_000_000_123_456_789, None, 0);
+        assert_eq!(s, "42:1700000000123456789");
+        assert_eq!(
+            parse_message(s.as_bytes()),
+            Some(BenchMessage {
+                seq: 42,
+                sent_ns: 1_700_000_000_123_456_789,
+                scheduled_ns: None
+            })
+        );
+        s.clear();
+        format_message(&mut s, 7, 100, Some(90), 3);
+        assert_eq!(s, "7:100:90:xxx");
+        assert_eq!(parse_message(s.as_bytes()).unwrap().scheduled_ns, Some(90));
+        s.clear();
+        format_message(&mut s, 7, 100, None, 2);
+        assert_eq!(parse_message(s.as_bytes()).unwrap().scheduled_ns, None);
+        assert_eq!(parse_message(b"Order #123 placed"), None);
+        assert_eq!(parse_message(b"1"), None);
+        assert_eq!(parse_message(b"1:99999999999999999999999"), None);
+    }
+
+    #[test]
+    fn http_responses() {
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1";
+        assert_eq!(
+            parse_http_response(r).unwrap(),
+            Some(HttpResponse {
+                status: 200,
+                len: r.len() - 8,
+                close: false
+            })
+        );
+        assert_eq!(parse_http_response(&r[..30]).unwrap(), None);
+        let r = b"HTTP/1.1 503 X\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+        let p = parse_http_response(r).unwrap().unwrap();
+        assert_eq!((p.status, p.close, p.len), (503, true, r.len()));
+        let r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+        assert_eq!(parse_http_response(r).unwrap().unwrap().len, r.len());
+        assert_eq!(parse_http_response(&r[..r.len() - 2]).unwrap(), None);
+        assert!(parse_http_response(b"garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn resp_replies() {
+        assert_eq!(
+            parse_resp_reply(b":3\r\n").unwrap(),
+            Some((RespReply::Ok, 4))
+        );
+        assert_eq!(parse_resp_reply(b":3\r").unwrap(), None);
+        assert_eq!(
+            parse_resp_reply(b"-ERR no\r\n").unwrap(),
+            Some((RespReply::Error("ERR no".into()), 9))
+        );
+        assert_eq!(
+            parse_resp_reply(b"$2\r\nok\r\n").unwrap(),
+            Some((RespReply::Ok, 8))
+        );
+        assert_eq!(parse_resp_reply(b"$2\r\nok").unwrap(), None);
+        let mut v = Vec::new();
+        resp_command(&mut v, &[b"PUBLISH", b"events", b"{}"]);
+        assert_eq!(v, b"*3\r\n$7\r\nPUBLISH\r\n$6\r\nevents\r\n$2\r\n{}\r\n");
+    }
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every test Herald has: unit and integration tests (real herald binary, real
+# redis-server), the browser test (real headless Chromium), the Autobahn quick subset and
+# a load-generator smoke run. Installs what is missing first (Debian; apt-get needs root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+
+step "unit and integration tests"
+cargo build --workspace --locked --quiet
+cargo test --workspace --locked
+
+step "browser test (headless Chromium)"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+HERALD_BIN="$PWD/target/debug/herald" node --test tests/browser/
+
+step "WebSocket conformance (Autobahn quick subset, echo route)"
+cargo build --release --locked --quiet -p herald
+HERALD_BIN="$PWD/target/release/herald" bash tests/autobahn/run.sh quick
+
+echo
+echo "all tests passed"
