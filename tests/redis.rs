@@ -40,14 +40,26 @@ fn clients_get_every_event_through_redis() {
     );
     assert_eq!(form.status, 200);
     let body = json!({"type": "alert", "message": "json"}).to_string();
-    assert_eq!(post(herald.port, "/events", Some("application/json"), &body).status, 200);
+    assert_eq!(
+        post(herald.port, "/events", Some("application/json"), &body).status,
+        200
+    );
     for i in 0..20 {
         publish(herald.port, "seq", &i.to_string());
     }
     for client in [&mut alice, &mut bob] {
-        assert_eq!(next_event(client), json!({"type": "order", "message": "Order #123 placed"}));
-        assert_eq!(next_event(client), json!({"type": "deploy", "message": "v2"}));
-        assert_eq!(next_event(client), json!({"type": "alert", "message": "json"}));
+        assert_eq!(
+            next_event(client),
+            json!({"type": "order", "message": "Order #123 placed"})
+        );
+        assert_eq!(
+            next_event(client),
+            json!({"type": "deploy", "message": "v2"})
+        );
+        assert_eq!(
+            next_event(client),
+            json!({"type": "alert", "message": "json"})
+        );
         for i in 0..20 {
             assert_eq!(next_event(client)["message"], i.to_string());
         }
@@ -116,12 +128,18 @@ fn starts_without_redis_and_connects_when_it_appears() {
     let port = free_port();
     let herald = Herald::with(&[], &[("REDIS_URL", &format!("redis://127.0.0.1:{port}"))]);
     assert_eq!(get(herald.port, "/health").json()["redis"], "disconnected");
-    assert_eq!(post(herald.port, "/events?event_type=x", None, "").status, 503);
+    assert_eq!(
+        post(herald.port, "/events?event_type=x", None, "").status,
+        503
+    );
     let _redis = Redis::on_port(port);
     wait_until("herald to connect", || {
         get(herald.port, "/health").json()["redis"] == "connected"
     });
-    assert_eq!(post(herald.port, "/events?event_type=x", None, "").status, 200);
+    assert_eq!(
+        post(herald.port, "/events?event_type=x", None, "").status,
+        200
+    );
 }
 
 #[test]
@@ -135,7 +153,10 @@ fn authenticates_and_selects_the_database_from_the_url() {
     let mut client = ws_connect(herald.port, "/ws");
     publish(herald.port, "auth", "ok");
     assert_eq!(next_event(&mut client)["type"], "auth");
-    assert!(!herald.log().contains("s3cret"), "the password must not be logged");
+    assert!(
+        !herald.log().contains("s3cret"),
+        "the password must not be logged"
+    );
 }
 
 #[test]
@@ -145,9 +166,14 @@ fn a_wrong_password_is_reported_without_a_hot_loop() {
     let herald = Herald::with(&[], &[("PUBSUB_CACHE_URL", &url)]);
     wait_until("the AUTH failure to show in health", || {
         let health = get(herald.port, "/health").json();
-        health["redis_error"].as_str().is_some_and(|e| e.contains("AUTH failed"))
+        health["redis_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("AUTH failed"))
     });
-    assert_eq!(post(herald.port, "/events?event_type=x", None, "").status, 503);
+    assert_eq!(
+        post(herald.port, "/events?event_type=x", None, "").status,
+        503
+    );
     std::thread::sleep(std::time::Duration::from_secs(2));
     let attempts = herald.log().matches("AUTH failed").count();
     // Backoff: a handful of logged attempts in two seconds, not thousands.

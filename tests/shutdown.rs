@@ -19,7 +19,10 @@ fn sigterm_sends_going_away_and_exits_cleanly() {
         assert_eq!(next_event(client)["type"], "last");
         assert_eq!(close_code(client), Some(1001));
     }
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "listener closed");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "listener closed"
+    );
 }
 
 #[test]

@@ -29,7 +29,10 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
 #[test]
 fn a_stalled_client_is_cut_off_and_the_others_get_everything() {
     const EVENTS: usize = 10_000;
-    let herald = Herald::with(&["--max-queued-bytes", "1048576", "--log-level", "info"], &[]);
+    let herald = Herald::with(
+        &["--max-queued-bytes", "1048576", "--log-level", "info"],
+        &[],
+    );
     let mut readers: Vec<Client> = (0..2).map(|_| ws_connect(herald.port, "/ws")).collect();
     let mut stalled = stalled_client(herald.port);
     wait_until("three websockets", || {
@@ -50,9 +53,13 @@ fn a_stalled_client_is_cut_off_and_the_others_get_everything() {
             })
         })
         .collect();
-    publish_many(herald.port, EVENTS, 100, |i| format!("{i:08}{}", &payload[8..]));
+    publish_many(herald.port, EVENTS, 100, |i| {
+        format!("{i:08}{}", &payload[8..])
+    });
     for handle in handles {
-        handle.join().expect("a reading client missed or reordered events");
+        handle
+            .join()
+            .expect("a reading client missed or reordered events");
     }
     let rss_after = herald.rss_bytes();
 
@@ -62,7 +69,10 @@ fn a_stalled_client_is_cut_off_and_the_others_get_everything() {
     assert!(growth < 8 * 1024 * 1024, "RSS grew by {growth} bytes");
     assert!(herald.log().contains("slow consumer closed (1008)"));
     let metrics = get(herald.port, "/metrics").body;
-    assert!(metrics.contains("herald_slow_consumers_closed_total 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("herald_slow_consumers_closed_total 1\n"),
+        "{metrics}"
+    );
 
     // The stalled client, reading at last, finds its backlog cut short by a 1008 close.
     stalled.set_read_timeout(Some(WAIT)).unwrap();
@@ -70,6 +80,12 @@ fn a_stalled_client_is_cut_off_and_the_others_get_everything() {
     let _ = stalled.read_to_end(&mut received);
     // The last frame is the close: 0x88, its length, then the code 1008 (0x03f0).
     let tail = &received[received.len().saturating_sub(64)..];
-    let close_at = tail.windows(4).position(|w| w[0] == 0x88 && w[2..] == [0x03, 0xf0]);
-    assert!(close_at.is_some(), "no 1008 close frame at the end of {} bytes", received.len());
+    let close_at = tail
+        .windows(4)
+        .position(|w| w[0] == 0x88 && w[2..] == [0x03, 0xf0]);
+    assert!(
+        close_at.is_some(),
+        "no 1008 close frame at the end of {} bytes",
+        received.len()
+    );
 }

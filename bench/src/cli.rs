@@ -28,7 +28,17 @@ use clap::{Parser, ValueEnum};
 /// `taskset -c 0 herald --port 21080` and `taskset -c 1 herald-bench ...`
 /// (worker processes inherit the affinity).
 #[derive(Parser, Debug, Clone)]
-#[command(name = "herald-bench", version, verbatim_doc_comment)]
+#[command(
+    name = "herald-bench",
+    version,
+    verbatim_doc_comment,
+    after_help = "Examples:
+  herald-bench -p 21080 -c 5000 -e 100 --pid <SERVER_PID>
+  herald-bench -p 21080 -c 2000 -e 1000 --rate 200 --in-flight 4
+  herald-bench -p 21080 -c 60000 --source-ips 127.0.0.2-127.0.0.20 -e 20
+  herald-bench -p 21080 --publish redis --redis redis://127.0.0.1:6379 -c 1000 -e 100
+  herald-bench -p 21080 --mode throughput --connections 64 --duration 10 -c 1000"
+)]
 pub struct Args {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Mode::Fanout)]

@@ -3,8 +3,7 @@
 //! Every wait is a bounded loop.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-#[allow(unused_imports)]
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -237,6 +236,7 @@ impl Redis {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
+        let _ = child.wait();
         false
     }
 
