@@ -1,68 +1,147 @@
-//! Broker: where a published event goes before it reaches the sockets.
+//! Broker: where a published event goes before it reaches the sockets, and where its history
+//! is kept.
 //!
-//! - `Embedded` (no Redis configured): the event is delivered to local clients at once.
-//! - `Redis`: the event is PUBLISHed on the shared channel and comes back, to this replica
-//!   and every other, through the SUBSCRIBE link. A replica's own events take the same path
-//!   as everyone else's: one path to the sockets, one order for every client.
+//! - `Embedded` (no Redis configured): the event gets an id, goes into a bounded ring per
+//!   channel (`history.rs`) and is delivered to local clients at once.
+//! - `Redis`: one Lua script appends the event to the channel's capped stream (`XADD ...
+//!   MAXLEN ~ N`) and PUBLISHes it with the stream id inside, atomically, so the id in the live
+//!   message is the id in the history. The event comes back, to this replica and every other,
+//!   through the subscriber link: one path to the sockets, one order for every client.
 //!
-//! The broker knows events and links, not sockets: the reactor keeps the FIFO of HTTP requests
-//! waiting for a PUBLISH verdict and does the delivering.
+//! The broker knows events, channels and links, not sockets: the reactor keeps the FIFO of
+//! requests waiting for a reply and does the delivering.
 
+use bytes::Bytes;
+
+use crate::channel::RedisNames;
 use crate::config::{Config, RedisUrl};
+use crate::event::{self, Event, EventId};
+use crate::history::{History, StoredEvent, TooOld};
+use crate::resp::cmd::Reply;
 use crate::resp::link::{RedisLink, Role};
 
 /// Tokens of the two Redis links, above any slab key.
 pub const REDIS_SUB: mio::Token = mio::Token(usize::MAX - 2);
 pub const REDIS_PUB: mio::Token = mio::Token(usize::MAX - 3);
 
+/// KEYS: stream, channel. ARGV: the event's JSON (no id), the stream's MAXLEN.
+/// Returns {id, receivers}. The id is spliced in front exactly as `event::with_id` does.
+const PUBLISH_SCRIPT: &str = r#"local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
+local msg = '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2)
+return {id, redis.call('PUBLISH', KEYS[2], msg)}"#;
+
+/// KEYS: stream. ARGV: the id to resume after ('' for the latest), the most entries.
+/// Returns {first id kept or false, entries (oldest first)}: one read, so no trim can slip in
+/// between the check and the range.
+const HISTORY_SCRIPT: &str = r#"local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #first == 0 then return {false, {}} end
+local entries
+if ARGV[1] == '' then
+  entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[2])
+  local n = #entries
+  for i = 1, math.floor(n / 2) do entries[i], entries[n - i + 1] = entries[n - i + 1], entries[i] end
+else
+  entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+end
+return {first[1][1], entries}"#;
+
 #[derive(Debug)]
 pub struct RedisBroker {
     pub subscriber: RedisLink,
     pub publisher: RedisLink,
-    pub channel: String,
+    pub names: RedisNames,
+    history_len: usize,
 }
 
 #[derive(Debug)]
 pub enum Broker {
-    Embedded,
+    Embedded(History),
     Redis(Box<RedisBroker>),
 }
 
 /// What became of a publish.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Publish {
-    /// Embedded: deliver it to local clients now; the publish is done.
-    DeliverNow,
-    /// Sent to Redis: the verdict arrives later as `LinkEvent::Published`, in order.
+    /// Embedded: stored; deliver this JSON (id inside) to local clients now.
+    DeliverNow { id: EventId, json: Bytes },
+    /// Sent to Redis: the verdict arrives later as a link reply, in order.
     Pending,
     /// Cannot be published now (Redis down): answer 503, never a false success.
+    Unavailable(String),
+}
+
+/// What became of a history read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    Done(Result<Vec<StoredEvent>, TooOld>),
+    Pending,
     Unavailable(String),
 }
 
 impl Broker {
     pub fn from_config(config: &Config) -> Broker {
         match &config.redis {
-            None => Broker::Embedded,
-            Some(url) => Broker::Redis(Box::new(RedisBroker::new(url, &config.channel))),
+            None => Broker::Embedded(History::new(config.history_len, now_ms())),
+            Some(url) => Broker::Redis(Box::new(RedisBroker::new(url, config))),
         }
     }
 
-    pub fn publish(&mut self, json: &[u8]) -> Publish {
+    /// Publishes an event. `has_local_subscribers`: this replica has clients on the channel.
+    pub fn publish(&mut self, event: &Event, has_local_subscribers: bool) -> Publish {
         match self {
-            Broker::Embedded => Publish::DeliverNow,
+            Broker::Embedded(history) => {
+                let id = history.next_id(now_ms());
+                let json = Bytes::from(event.to_json(Some(id)));
+                history.push(&event.channel, id, json.clone());
+                Publish::DeliverNow { id, json }
+            }
             Broker::Redis(redis) => {
-                // Acknowledge only what will also reach this replica's own clients: with the
-                // subscription down, a "success" would be a lie to them.
-                if !redis.is_ready() {
-                    let why = redis
-                        .publisher
-                        .last_error()
-                        .or(redis.subscriber.last_error())
-                        .unwrap_or("connecting");
-                    return Publish::Unavailable(format!("Redis unavailable: {why}"));
+                let channel = redis.names.channel(&event.channel);
+                // Acknowledge only what will also reach this replica's own clients: with
+                // their subscription down, a "success" would be a lie to them.
+                if !redis.publisher.is_ready()
+                    || !redis.subscriber.is_ready()
+                    || (has_local_subscribers
+                        && !redis.subscriber.is_subscribed(channel.as_bytes()))
+                {
+                    return Publish::Unavailable(redis.unavailable());
                 }
-                redis.publisher.publish(redis.channel.as_bytes(), json);
+                let stream = redis.names.stream_key(&event.channel);
+                let maxlen = redis.history_len.to_string();
+                redis.publisher.command(&[
+                    b"EVAL",
+                    PUBLISH_SCRIPT.as_bytes(),
+                    b"2",
+                    stream.as_bytes(),
+                    channel.as_bytes(),
+                    &event.to_json(None),
+                    maxlen.as_bytes(),
+                ]);
                 Publish::Pending
+            }
+        }
+    }
+
+    /// Reads a channel's history after `since` (or the latest, without it).
+    pub fn read_history(&mut self, channel: &str, since: Option<EventId>, limit: usize) -> Read {
+        match self {
+            Broker::Embedded(history) => Read::Done(history.read(channel, since, limit)),
+            Broker::Redis(redis) => {
+                if !redis.publisher.is_ready() {
+                    return Read::Unavailable(redis.unavailable());
+                }
+                let stream = redis.names.stream_key(channel);
+                let since = since.map(|id| id.to_string()).unwrap_or_default();
+                let limit = limit.to_string();
+                redis.publisher.command(&[
+                    b"EVAL",
+                    HISTORY_SCRIPT.as_bytes(),
+                    b"1",
+                    stream.as_bytes(),
+                    since.as_bytes(),
+                    limit.as_bytes(),
+                ]);
+                Read::Pending
             }
         }
     }
@@ -70,7 +149,7 @@ impl Broker {
     /// For `/health`: `embedded`, or the Redis link state.
     pub fn state(&self) -> &'static str {
         match self {
-            Broker::Embedded => "embedded",
+            Broker::Embedded(_) => "embedded",
             Broker::Redis(redis) if redis.is_ready() => "connected",
             Broker::Redis(_) => "disconnected",
         }
@@ -78,7 +157,7 @@ impl Broker {
 
     pub fn last_error(&self) -> Option<&str> {
         match self {
-            Broker::Embedded => None,
+            Broker::Embedded(_) => None,
             Broker::Redis(redis) => redis
                 .publisher
                 .last_error()
@@ -88,16 +167,29 @@ impl Broker {
 }
 
 impl RedisBroker {
-    fn new(url: &RedisUrl, channel: &str) -> RedisBroker {
+    fn new(url: &RedisUrl, config: &Config) -> RedisBroker {
         RedisBroker {
-            subscriber: RedisLink::new(Role::Subscriber, REDIS_SUB, url.clone(), channel),
-            publisher: RedisLink::new(Role::Publisher, REDIS_PUB, url.clone(), channel),
-            channel: channel.to_string(),
+            subscriber: RedisLink::new(Role::Subscriber, REDIS_SUB, url.clone()),
+            publisher: RedisLink::new(Role::Publisher, REDIS_PUB, url.clone()),
+            names: RedisNames {
+                default_channel: config.channel.clone(),
+                prefix: config.channel_prefix.clone(),
+            },
+            history_len: config.history_len,
         }
     }
 
     pub fn is_ready(&self) -> bool {
         self.subscriber.is_ready() && self.publisher.is_ready()
+    }
+
+    fn unavailable(&self) -> String {
+        let why = self
+            .publisher
+            .last_error()
+            .or(self.subscriber.last_error())
+            .unwrap_or("connecting");
+        format!("Redis unavailable: {why}")
     }
 
     pub fn link_mut(&mut self, token: mio::Token) -> Option<&mut RedisLink> {
@@ -109,9 +201,100 @@ impl RedisBroker {
     }
 }
 
+/// The publish script's reply: `{id, receivers}`.
+pub fn parse_published(reply: Reply) -> Result<(EventId, i64), String> {
+    use redis_protocol::resp2::types::BytesFrame as F;
+    match reply {
+        Reply::Other(F::Array(parts)) => match &parts[..] {
+            [F::BulkString(id), F::Integer(n)] => std::str::from_utf8(id)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(|id| (id, *n))
+                .ok_or_else(|| "bad id in publish reply".to_string()),
+            _ => Err(format!("unexpected publish reply {parts:?}")),
+        },
+        Reply::Error(e) => Err(format!("Redis: {e}")),
+        other => Err(format!("unexpected publish reply {other:?}")),
+    }
+}
+
+/// The history script's reply, checked against `since`: the events after it, or `TooOld`
+/// if the stream is gone (Redis lost it) or no longer reaches back to `since`.
+pub fn parse_history(
+    reply: Reply,
+    since: Option<EventId>,
+) -> Result<Result<Vec<StoredEvent>, TooOld>, String> {
+    use redis_protocol::resp2::types::BytesFrame as F;
+    let parts = match reply {
+        Reply::Other(F::Array(parts)) => parts,
+        Reply::Error(e) => return Err(format!("Redis: {e}")),
+        other => return Err(format!("unexpected history reply {other:?}")),
+    };
+    let [first, F::Array(entries)] = &parts[..] else {
+        return Err(format!("unexpected history reply {parts:?}"));
+    };
+    let parse_id = |b: &Bytes| {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse::<EventId>().ok())
+    };
+    let first = match first {
+        F::BulkString(id) => Some(parse_id(id).ok_or("bad stream id")?),
+        _ => None,
+    };
+    if let Some(since) = since {
+        match first {
+            None => {
+                return Ok(Err(TooOld {
+                    reason: "history lost: Redis has no history for this channel",
+                }));
+            }
+            // Conservative: resuming is exact only if `since` is still in the stream (or
+            // newer); events between it and the oldest kept one may have been trimmed.
+            Some(first) if since < first => {
+                return Ok(Err(TooOld {
+                    reason: "the id is older than the history kept",
+                }));
+            }
+            Some(_) => {}
+        }
+    }
+    let mut events = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let F::Array(pair) = entry else { continue };
+        let [F::BulkString(id_bytes), F::Array(fields)] = &pair[..] else {
+            continue;
+        };
+        let (Some(id), Some(F::BulkString(json))) = (parse_id(id_bytes), fields.get(1)) else {
+            continue;
+        };
+        let id_text = std::str::from_utf8(id_bytes).unwrap_or_default();
+        events.push(StoredEvent {
+            id,
+            json: Bytes::from(event::with_id(json, id_text)),
+        });
+    }
+    Ok(Ok(events))
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redis_protocol::resp2::types::BytesFrame as F;
+
+    fn event() -> Event {
+        Event {
+            kind: "a".into(),
+            message: "b".into(),
+            channel: "events".into(),
+        }
+    }
 
     #[test]
     fn should_refuse_publishes_until_redis_is_up() {
@@ -119,7 +302,69 @@ mod tests {
         config.redis = Some(RedisUrl::parse("redis://127.0.0.1:1").unwrap());
         let mut broker = Broker::from_config(&config);
         assert_eq!(broker.state(), "disconnected");
-        assert!(matches!(broker.publish(b"{}"), Publish::Unavailable(_)));
-        assert_eq!(Broker::Embedded.publish(b"{}"), Publish::DeliverNow);
+        assert!(matches!(
+            broker.publish(&event(), true),
+            Publish::Unavailable(_)
+        ));
+        assert!(matches!(
+            broker.read_history("events", None, 5),
+            Read::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn should_store_and_number_embedded_events() {
+        let mut broker = Broker::from_config(&Config::local(0));
+        let Publish::DeliverNow { id, json } = broker.publish(&event(), false) else {
+            panic!()
+        };
+        assert_eq!(event::peek_id(&json), Some(id));
+        let Read::Done(Ok(events)) = broker.read_history("events", None, 10) else {
+            panic!()
+        };
+        assert_eq!(events[0].json, json);
+    }
+
+    fn bulk(s: &str) -> F {
+        F::BulkString(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn should_parse_script_replies() {
+        let published = Reply::Other(F::Array(vec![bulk("5-1"), F::Integer(3)]));
+        assert_eq!(
+            parse_published(published),
+            Ok((EventId { ms: 5, seq: 1 }, 3))
+        );
+        let entry = |id: &str| {
+            F::Array(vec![
+                bulk(id),
+                F::Array(vec![bulk("e"), bulk("{\"type\":\"x\"}")]),
+            ])
+        };
+        let history = || {
+            Reply::Other(F::Array(vec![
+                bulk("5-0"),
+                F::Array(vec![entry("6-0"), entry("7-0")]),
+            ]))
+        };
+        let events = parse_history(history(), Some(EventId { ms: 5, seq: 0 }))
+            .unwrap()
+            .unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(&events[1].json[..], br#"{"id":"7-0","type":"x"}"#);
+        assert!(
+            parse_history(history(), Some(EventId { ms: 4, seq: 0 }))
+                .unwrap()
+                .is_err()
+        );
+        let lost = Reply::Other(F::Array(vec![F::Null, F::Array(vec![])]));
+        assert!(
+            parse_history(lost, Some(EventId { ms: 4, seq: 0 }))
+                .unwrap()
+                .is_err()
+        );
+        let lost = Reply::Other(F::Array(vec![F::Null, F::Array(vec![])]));
+        assert_eq!(parse_history(lost, None), Ok(Ok(vec![])));
     }
 }

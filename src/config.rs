@@ -32,6 +32,14 @@ pub struct Cli {
     #[arg(long, env = "CHANNEL", default_value = "events")]
     pub channel: String,
 
+    /// Prefix of the Redis channels of named channels: channel `orders` is `<prefix>:orders`.
+    #[arg(long, env = "CHANNEL_PREFIX", default_value = "events")]
+    pub channel_prefix: String,
+
+    /// Events kept per channel for clients that reconnect (Redis: stream MAXLEN ~ N).
+    #[arg(long, env = "HISTORY_LEN", default_value_t = 1000)]
+    pub history_len: usize,
+
     /// Serve the page and /static/ from this folder instead of the copy built into the binary.
     #[arg(long, env = "STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
@@ -195,6 +203,8 @@ pub struct Config {
     pub port: u16,
     pub redis: Option<RedisUrl>,
     pub channel: String,
+    pub channel_prefix: String,
+    pub history_len: usize,
     pub static_dir: Option<PathBuf>,
     pub echo_path: Option<String>,
     pub publish_token: Option<Secret>,
@@ -240,6 +250,8 @@ impl Config {
             port: cli.port,
             redis,
             channel: cli.channel,
+            channel_prefix: cli.channel_prefix,
+            history_len: cli.history_len.max(1),
             static_dir: cli.static_dir,
             echo_path: cli.echo_path,
             publish_token: cli.publish_token.filter(|t| !t.is_empty()).map(Secret),
@@ -271,6 +283,8 @@ impl Config {
             port,
             redis: None,
             channel: "events".into(),
+            channel_prefix: "events".into(),
+            history_len: 1000,
             static_dir: None,
             echo_path: None,
             publish_token: None,

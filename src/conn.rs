@@ -6,7 +6,8 @@
 //! ReadingRequest --request answered, keep-alive--> ReadingRequest
 //! ReadingRequest --POST /events with Redis--> AwaitingBroker --Redis replied--> ReadingRequest
 //! ReadingRequest --GET /ws upgrade--> WebSocket
-//! ReadingRequest | AwaitingBroker | WebSocket --error, close, shutdown--> Closing
+//! ReadingRequest --GET /sse--> Sse
+//! ReadingRequest | AwaitingBroker | WebSocket | Sse --error, close, shutdown--> Closing
 //! Closing --queue flushed, peer closed or linger deadline--> Closed --reap--> (slot freed)
 //! any --socket error or EOF--> Closed
 //! ```
@@ -14,12 +15,19 @@
 //! A Conn owns no read buffer: the reactor reads into one scratch buffer and a Conn keeps only
 //! `tail`, the bytes of an incomplete request or frame. Its output queue allocates only while
 //! there is output. Timers are one `deadline` field, swept once a second by the reactor.
+//!
+//! A subscriber that asked to resume from an event id holds a `Recovery` while its history is
+//! read (from Redis, which takes a round trip): live events for it are buffered there, then
+//! released after the history, minus any the history already contained.
+
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use mio::net::TcpStream;
 use smallvec::SmallVec;
 
-use crate::fanout::Subscription;
+use crate::event::EventId;
+use crate::fanout::{ChannelId, Subscription};
 use crate::outq::OutQueue;
 use crate::ws::frame::PartialMessage;
 
@@ -33,6 +41,8 @@ pub enum Phase {
     WebSocket,
     /// An open WebSocket on the echo route (conformance testing).
     Echo,
+    /// A Server-Sent Events stream.
+    Sse,
     /// Sending the last bytes (an error reply, a close frame), then waiting for the peer to
     /// close so the last bytes are not lost to a reset.
     Closing,
@@ -48,6 +58,8 @@ pub struct Conn {
     pub tail: Vec<u8>,
     /// A fragmented WebSocket message being assembled (rare: almost always `None`).
     pub partial: Option<Box<PartialMessage>>,
+    /// History being replayed before live events (rare: almost always `None`).
+    pub recovery: Option<Box<Recovery>>,
     /// The channels this WebSocket receives, with its slot in each channel's subscriber list.
     pub subs: SmallVec<[Subscription; 1]>,
     /// Tells this connection apart from a later one that reuses its slab slot.
@@ -80,6 +92,7 @@ impl Conn {
             out: OutQueue::default(),
             tail: Vec::new(),
             partial: None,
+            recovery: None,
             subs: SmallVec::new(),
             serial,
             deadline,
@@ -96,6 +109,11 @@ impl Conn {
 
     pub fn is_websocket(&self) -> bool {
         matches!(self.phase, Phase::WebSocket | Phase::Echo)
+    }
+
+    /// A WebSocket or SSE stream that receives events.
+    pub fn is_subscriber(&self) -> bool {
+        matches!(self.phase, Phase::WebSocket | Phase::Sse)
     }
 
     /// Queues bytes and puts the connection on the dirty list; never writes.
@@ -120,6 +138,48 @@ impl Conn {
     }
 }
 
+/// Live events held back while a subscriber's history is being read.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// History reads still outstanding.
+    pub pending: u32,
+    /// Per channel, the newest id the history replay sent.
+    replayed: SmallVec<[(ChannelId, EventId); 2]>,
+    buffered: VecDeque<(ChannelId, Option<EventId>, Bytes)>,
+    pub buffered_bytes: usize,
+}
+
+impl Recovery {
+    pub fn buffer(&mut self, channel: ChannelId, id: Option<EventId>, bytes: Bytes) {
+        self.buffered_bytes += bytes.len();
+        self.buffered.push_back((channel, id, bytes));
+    }
+
+    pub fn replayed(&mut self, channel: ChannelId, id: EventId) {
+        match self.replayed.iter_mut().find(|(c, _)| *c == channel) {
+            Some(entry) => entry.1 = entry.1.max(id),
+            None => self.replayed.push((channel, id)),
+        }
+    }
+
+    /// The buffered live events that the replay did not already send, in arrival order.
+    pub fn into_live(self) -> impl Iterator<Item = Bytes> {
+        let replayed = self.replayed;
+        self.buffered
+            .into_iter()
+            .filter_map(move |(channel, id, bytes)| {
+                let seen = replayed
+                    .iter()
+                    .find(|(c, _)| *c == channel)
+                    .map(|(_, last)| *last);
+                match (id, seen) {
+                    (Some(id), Some(last)) if id <= last => None,
+                    _ => Some(bytes),
+                }
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +193,18 @@ mod tests {
         // Idle memory per WebSocket is budgeted at 400 bytes of RSS in all; the struct is
         // most of it.
         assert!(slot <= 160, "Conn grew to {size} bytes (slot {slot})");
+    }
+
+    #[test]
+    fn should_drop_live_events_the_replay_already_sent() {
+        let id = |ms| Some(EventId { ms, seq: 0 });
+        let mut r = Recovery::default();
+        r.buffer(1, id(5), Bytes::from_static(b"5"));
+        r.buffer(1, id(6), Bytes::from_static(b"6"));
+        r.buffer(2, id(5), Bytes::from_static(b"other"));
+        r.buffer(1, None, Bytes::from_static(b"no id"));
+        r.replayed(1, EventId { ms: 5, seq: 0 });
+        let live: Vec<Bytes> = r.into_live().collect();
+        assert_eq!(live, vec!["6", "other", "no id"]);
     }
 }

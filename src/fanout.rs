@@ -1,17 +1,23 @@
 //! Fanout: which connections receive which channel, and the delivery loop.
 //!
 //! A channel keeps a plain list of subscriber keys; each connection remembers its slot in that
-//! list, so unsubscribing is a swap-remove and a delivery touches only the channel's own
-//! subscribers (uWebSockets' TopicTree makes the same trade). Delivery is the hot path of the
-//! server: the frame is built once by the caller and each subscriber costs one refcount, one
-//! queue push and, if it was idle, one dirty-list entry. Nothing here writes to a socket.
+//! list, so unsubscribing is a swap-remove, and a delivery touches only the channel's own
+//! subscribers (uWebSockets' TopicTree makes the same trade): a client on a thousand channels
+//! costs nothing to publishes on other channels. A channel exists while it has subscribers;
+//! the caller hears when one gains its first or loses its last (to SUBSCRIBE or UNSUBSCRIBE
+//! in Redis).
+//!
+//! Delivery is the hot path: frames are built once by the caller, one per transport, and each
+//! subscriber costs one refcount, one queue push and, if it was idle, one dirty-list entry.
+//! Nothing here writes to a socket.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use slab::Slab;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, Phase};
+use crate::event::EventId;
 
 pub type ChannelId = u32;
 
@@ -26,35 +32,27 @@ pub struct Subscription {
 struct Channel {
     name: Box<str>,
     subscribers: Vec<usize>,
+    /// How many subscribers are Server-Sent Events streams (their bytes are built only if any).
+    sse_subscribers: usize,
 }
 
 #[derive(Debug, Default)]
 pub struct Fanout {
     by_name: HashMap<Box<str>, ChannelId>,
-    channels: Vec<Channel>,
+    channels: Slab<Channel>,
 }
 
-/// What one delivery did: how many queues got the frame, and who is over the backlog cap.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Delivered {
-    pub queued: usize,
+/// One event, ready for each transport: built once, shared by every subscriber.
+#[derive(Debug)]
+pub struct Frames {
+    pub id: Option<EventId>,
+    /// A WebSocket text frame of the event's JSON.
+    pub ws: Bytes,
+    /// The Server-Sent Events record, if the channel has SSE subscribers.
+    pub sse: Option<Bytes>,
 }
 
 impl Fanout {
-    /// The channel's id, creating the channel on first use.
-    pub fn channel_id(&mut self, name: &str) -> ChannelId {
-        if let Some(&id) = self.by_name.get(name) {
-            return id;
-        }
-        let id = ChannelId::try_from(self.channels.len()).expect("bug: over 4 billion channels");
-        self.channels.push(Channel {
-            name: name.into(),
-            subscribers: Vec::new(),
-        });
-        self.by_name.insert(name.into(), id);
-        id
-    }
-
     pub fn lookup(&self, name: &str) -> Option<ChannelId> {
         self.by_name.get(name).copied()
     }
@@ -67,30 +65,68 @@ impl Fanout {
         self.channels[channel as usize].subscribers.len()
     }
 
-    /// Adds `key` to the channel unless it is already there. Returns whether it was added.
-    pub fn subscribe(&mut self, conns: &mut Slab<Conn>, key: usize, channel: ChannelId) -> bool {
-        let conn = &mut conns[key];
-        if conn.subs.iter().any(|s| s.channel == channel) {
-            return false;
-        }
-        let list = &mut self.channels[channel as usize].subscribers;
-        let slot = u32::try_from(list.len()).expect("bug: over 4 billion subscribers");
-        list.push(key);
-        conn.subs.push(Subscription { channel, slot });
-        true
+    pub fn has_sse_subscribers(&self, channel: ChannelId) -> bool {
+        self.channels[channel as usize].sse_subscribers > 0
     }
 
-    /// Removes `key` from the channel. Returns whether it was subscribed.
-    pub fn unsubscribe(&mut self, conns: &mut Slab<Conn>, key: usize, channel: ChannelId) -> bool {
-        let conn = &mut conns[key];
-        let Some(index) = conn.subs.iter().position(|s| s.channel == channel) else {
-            return false;
+    /// Names of every channel with at least one subscriber.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.channels.iter().map(|(_, c)| &*c.name)
+    }
+
+    /// Adds `key` to the channel `name`. Returns the channel and whether the channel is new
+    /// (its first subscriber), or `None` if the connection already had it.
+    pub fn subscribe(
+        &mut self,
+        conns: &mut Slab<Conn>,
+        key: usize,
+        name: &str,
+    ) -> Option<(ChannelId, bool)> {
+        let (channel, created) = match self.by_name.get(name) {
+            Some(&id) => (id, false),
+            None => {
+                let id = self.channels.insert(Channel {
+                    name: name.into(),
+                    subscribers: Vec::new(),
+                    sse_subscribers: 0,
+                }) as ChannelId;
+                self.by_name.insert(name.into(), id);
+                (id, true)
+            }
         };
+        let conn = &mut conns[key];
+        if conn.subs.iter().any(|s| s.channel == channel) {
+            return None;
+        }
+        let entry = &mut self.channels[channel as usize];
+        let slot = u32::try_from(entry.subscribers.len()).expect("bug: over 4 billion subscribers");
+        entry.subscribers.push(key);
+        if conn.phase == Phase::Sse {
+            entry.sse_subscribers += 1;
+        }
+        conn.subs.push(Subscription { channel, slot });
+        Some((channel, created))
+    }
+
+    /// Removes `key` from the channel. Returns `None` if it was not subscribed, else whether
+    /// the channel lost its last subscriber (and is gone), with its name.
+    pub fn unsubscribe(
+        &mut self,
+        conns: &mut Slab<Conn>,
+        key: usize,
+        channel: ChannelId,
+    ) -> Option<Option<Box<str>>> {
+        let conn = &mut conns[key];
+        let index = conn.subs.iter().position(|s| s.channel == channel)?;
         let slot = conn.subs.swap_remove(index).slot as usize;
-        let list = &mut self.channels[channel as usize].subscribers;
-        list.swap_remove(slot);
+        let is_sse = conn.phase == Phase::Sse;
+        let entry = &mut self.channels[channel as usize];
+        entry.subscribers.swap_remove(slot);
+        if is_sse {
+            entry.sse_subscribers -= 1;
+        }
         // The last subscriber moved into the freed slot: tell it where it is now.
-        if let Some(&moved) = list.get(slot) {
+        if let Some(&moved) = entry.subscribers.get(slot) {
             let sub = conns[moved]
                 .subs
                 .iter_mut()
@@ -98,48 +134,71 @@ impl Fanout {
                 .expect("bug: a listed subscriber lacks its subscription");
             sub.slot = slot as u32;
         }
-        true
+        if !entry.subscribers.is_empty() {
+            return Some(None);
+        }
+        let gone = self.channels.remove(channel as usize);
+        self.by_name.remove(&gone.name);
+        Some(Some(gone.name))
     }
 
-    pub fn unsubscribe_all(&mut self, conns: &mut Slab<Conn>, key: usize) {
+    /// Removes `key` from all its channels; names of channels left empty go to `emptied`.
+    pub fn unsubscribe_all(
+        &mut self,
+        conns: &mut Slab<Conn>,
+        key: usize,
+        emptied: &mut Vec<Box<str>>,
+    ) {
         while let Some(sub) = conns[key].subs.last().copied() {
-            self.unsubscribe(conns, key, sub.channel);
+            if let Some(Some(name)) = self.unsubscribe(conns, key, sub.channel) {
+                emptied.push(name);
+            }
         }
     }
 
-    /// Queues `frame` (already framed, shared) on every open subscriber of the channel.
-    /// Subscribers whose backlog would pass `max_queued_bytes` are not queued and are pushed
-    /// onto `over_cap` for the caller to close.
+    /// Queues the event on every open subscriber of the channel: the WebSocket frame or the
+    /// SSE record, the same bytes for all. A connection still replaying history buffers it
+    /// instead. Subscribers whose backlog would pass `max_queued_bytes` are skipped and pushed
+    /// onto `over_cap` for the caller to close. Returns how many got it.
     pub fn deliver(
         &self,
         channel: ChannelId,
-        frame: &Bytes,
+        frames: &Frames,
         conns: &mut Slab<Conn>,
         dirty: &mut Vec<usize>,
         max_queued_bytes: usize,
         over_cap: &mut Vec<usize>,
-    ) -> Delivered {
+    ) -> usize {
         let mut queued = 0;
         for &key in &self.channels[channel as usize].subscribers {
             let conn = &mut conns[key];
-            if !conn.is_websocket() {
-                continue;
-            }
-            if conn.out.queued_bytes() + frame.len() > max_queued_bytes {
+            let bytes = match conn.phase {
+                Phase::WebSocket => &frames.ws,
+                Phase::Sse => match &frames.sse {
+                    Some(sse) => sse,
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let backlog =
+                conn.out.queued_bytes() + conn.recovery.as_ref().map_or(0, |r| r.buffered_bytes);
+            if backlog + bytes.len() > max_queued_bytes {
                 over_cap.push(key);
                 continue;
             }
-            conn.queue(key, frame.clone(), dirty);
+            match conn.recovery.as_mut() {
+                Some(recovery) => recovery.buffer(channel, frames.id, bytes.clone()),
+                None => conn.queue(key, bytes.clone(), dirty),
+            }
             queued += 1;
         }
-        Delivered { queued }
+        queued
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::Phase;
 
     fn conns(n: usize) -> (Slab<Conn>, Vec<std::net::TcpStream>) {
         // Real sockets: a Conn owns a mio TcpStream.
@@ -158,57 +217,68 @@ mod tests {
         (slab, peers)
     }
 
+    fn frames(ws: &'static [u8]) -> Frames {
+        Frames {
+            id: None,
+            ws: Bytes::from_static(ws),
+            sse: None,
+        }
+    }
+
     #[test]
     fn should_deliver_the_same_bytes_to_each_subscriber_only() {
         let (mut slab, _peers) = conns(3);
         let mut fanout = Fanout::default();
-        let orders = fanout.channel_id("orders");
-        let deploys = fanout.channel_id("deploys");
-        fanout.subscribe(&mut slab, 0, orders);
-        fanout.subscribe(&mut slab, 1, orders);
-        fanout.subscribe(&mut slab, 2, deploys);
-        let frame = Bytes::from_static(b"\x81\x02hi");
+        let (orders, first) = fanout.subscribe(&mut slab, 0, "orders").unwrap();
+        assert!(first);
+        assert_eq!(
+            fanout.subscribe(&mut slab, 1, "orders"),
+            Some((orders, false))
+        );
+        fanout.subscribe(&mut slab, 2, "deploys").unwrap();
         let (mut dirty, mut over) = (vec![], vec![]);
-        let done = fanout.deliver(orders, &frame, &mut slab, &mut dirty, 1 << 20, &mut over);
-        assert_eq!(done.queued, 2);
+        let event = frames(b"\x81\x02hi");
+        let done = fanout.deliver(orders, &event, &mut slab, &mut dirty, 1 << 20, &mut over);
+        assert_eq!(done, 2);
         assert_eq!(dirty, vec![0, 1]);
         assert_eq!(slab[0].out.queued_bytes(), 4);
         assert_eq!(slab[2].out.queued_bytes(), 0);
     }
 
     #[test]
-    fn should_keep_slots_consistent_through_unsubscribes() {
+    fn should_keep_slots_consistent_and_drop_empty_channels() {
         let (mut slab, _peers) = conns(5);
         let mut fanout = Fanout::default();
-        let ch = fanout.channel_id("events");
         for key in 0..5 {
-            assert!(fanout.subscribe(&mut slab, key, ch));
+            fanout.subscribe(&mut slab, key, "events").unwrap();
         }
-        assert!(!fanout.subscribe(&mut slab, 3, ch));
+        let ch = fanout.lookup("events").unwrap();
+        assert_eq!(fanout.subscribe(&mut slab, 3, "events"), None);
         for key in [1, 4, 0] {
-            assert!(fanout.unsubscribe(&mut slab, key, ch));
+            assert_eq!(fanout.unsubscribe(&mut slab, key, ch), Some(None));
         }
-        assert!(!fanout.unsubscribe(&mut slab, 1, ch));
+        assert_eq!(fanout.unsubscribe(&mut slab, 1, ch), None);
         let list = &fanout.channels[ch as usize].subscribers;
         assert_eq!(list.len(), 2);
         for (slot, &key) in list.iter().enumerate() {
             assert_eq!(slab[key].subs[0].slot as usize, slot);
         }
-        fanout.unsubscribe_all(&mut slab, 2);
-        assert_eq!(fanout.subscriber_count(ch), 1);
+        let mut emptied = vec![];
+        fanout.unsubscribe_all(&mut slab, 2, &mut emptied);
+        fanout.unsubscribe_all(&mut slab, 3, &mut emptied);
+        assert_eq!(emptied, vec![Box::from("events")]);
+        assert_eq!(fanout.lookup("events"), None);
     }
 
     #[test]
     fn should_report_subscribers_over_the_backlog_cap() {
         let (mut slab, _peers) = conns(2);
         let mut fanout = Fanout::default();
-        let ch = fanout.channel_id("events");
-        fanout.subscribe(&mut slab, 0, ch);
-        fanout.subscribe(&mut slab, 1, ch);
+        let (ch, _) = fanout.subscribe(&mut slab, 0, "events").unwrap();
+        fanout.subscribe(&mut slab, 1, "events").unwrap();
         slab[1].out.push(Bytes::from(vec![0u8; 10]));
         let (mut dirty, mut over) = (vec![], vec![]);
-        let frame = Bytes::from_static(b"12345");
-        fanout.deliver(ch, &frame, &mut slab, &mut dirty, 12, &mut over);
+        fanout.deliver(ch, &frames(b"12345"), &mut slab, &mut dirty, 12, &mut over);
         assert_eq!(over, vec![1]);
         assert_eq!(slab[0].out.queued_bytes(), 5);
     }

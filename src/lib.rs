@@ -19,21 +19,27 @@
 //! - `ws`           the upgrade handshake; frames in (validated) and out (built once)
 //! - `broker`       embedded or Redis: where a publish goes
 //! - `resp`         RESP commands and replies (redis-protocol) and the Redis link state machine
+//! - `channel`      channel names, lists, resume points, Redis names
+//! - `history`      the embedded broker's ring of recent events per channel
 //! - `fanout`       channel -> subscribers; delivery of one shared frame to each
+//! - `sse`          Server-Sent Events records
 //! - `outq`         per-connection queue of shared buffers, written with writev
 //! - `event`        the event and its one JSON encoding
 //! - `static_files` the page, built in or from STATIC_DIR, with safe names only
 //! - `metrics`      counters and the Prometheus page
 
 pub mod broker;
+pub mod channel;
 pub mod config;
 pub mod conn;
 pub mod event;
 pub mod fanout;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod outq;
 pub mod reactor;
 pub mod resp;
+pub mod sse;
 pub mod static_files;
 pub mod ws;

@@ -22,9 +22,14 @@ fn two_clients_get_every_event_in_order() {
         "",
     );
     assert_eq!(reply.status, 200);
-    assert_eq!(
-        reply.json(),
-        json!({"published": true, "type": "order", "receivers": 2})
+    let ack = reply.json();
+    assert_eq!(ack["published"], true);
+    assert_eq!(ack["type"], "order");
+    assert_eq!(ack["channel"], "events");
+    assert_eq!(ack["receivers"], 2);
+    assert!(
+        ack["id"].as_str().unwrap().contains('-'),
+        "an event id: {ack}"
     );
     let form = post(
         herald.port,
@@ -41,18 +46,9 @@ fn two_clients_get_every_event_in_order() {
     }
 
     for client in [&mut alice, &mut bob] {
-        assert_eq!(
-            next_event(client),
-            json!({"type": "order", "message": "Order #123 placed"})
-        );
-        assert_eq!(
-            next_event(client),
-            json!({"type": "deploy", "message": "v2.1 deployed to staging"})
-        );
-        assert_eq!(
-            next_event(client),
-            json!({"type": "alert", "message": "caf\u{e9} <b>&"})
-        );
+        assert_event(&next_event(client), "order", "Order #123 placed");
+        assert_event(&next_event(client), "deploy", "v2.1 deployed to staging");
+        assert_event(&next_event(client), "alert", "caf\u{e9} <b>&");
         for i in 0..20 {
             assert_eq!(next_event(client)["message"], i.to_string());
         }

@@ -108,8 +108,12 @@ fn pings_get_pongs_with_the_same_payload() {
     let mut ws = raw_ws(herald.port);
     ws.write_all(&masked(0x89, b"are you there")).unwrap();
     assert_eq!(read_frame(&mut ws), (0x8A, b"are you there".to_vec()));
-    // A text message from the client is accepted and ignored; the feed goes on.
+    // A text message that is not a control message gets a JSON error, not a disconnect.
     ws.write_all(&masked(0x81, b"hello")).unwrap();
+    let (op, payload) = read_frame(&mut ws);
+    assert_eq!(op, 0x81);
+    let notice: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(notice["op"], "error", "{notice}");
     publish(herald.port, "after", "text");
     let (op, payload) = read_frame(&mut ws);
     assert_eq!(op, 0x81);

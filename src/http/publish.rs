@@ -1,12 +1,15 @@
 //! Reading an event out of `POST /events`: the tutorial's query form
 //! (`?event_type=order&message=...`), a form body, or a JSON body `{"type", "message"}`.
 //! Query parameters win over the body, as they do for the tutorial's FastAPI handler.
+//! The channel comes from the path (`POST /events/orders`), `?channel=`, or the body, in that
+//! order; none means the default channel.
 
 use serde::Deserialize;
 
 use super::form;
 use super::parse::Request;
 use super::reply::Reply;
+use crate::channel;
 use crate::event::Event;
 
 #[derive(Deserialize)]
@@ -14,18 +17,23 @@ struct JsonEvent {
     #[serde(rename = "type", alias = "event_type")]
     kind: Option<String>,
     message: Option<String>,
+    channel: Option<String>,
 }
 
-/// The event a publish request carries, or the error reply for it.
-pub fn event_from(req: &Request<'_>) -> Result<Event, Reply> {
+/// The event a publish request carries, or the error reply for it. `path_channel` is the
+/// channel named in the path, if any.
+pub fn event_from(req: &Request<'_>, path_channel: Option<&str>) -> Result<Event, Reply> {
     let not_utf8 = |_| Reply::error(400, "form data is not valid UTF-8");
+    let field = |input: &[u8], name: &str| -> Result<Option<String>, Reply> {
+        Ok(form::get(input, name).map_err(not_utf8)?.map(String::from))
+    };
     let query = req.query.as_bytes();
-    let mut kind = form::get(query, "event_type")
-        .map_err(not_utf8)?
-        .map(String::from);
-    let mut message = form::get(query, "message")
-        .map_err(not_utf8)?
-        .map(String::from);
+    let mut kind = field(query, "event_type")?;
+    let mut message = field(query, "message")?;
+    let mut channel_name = match path_channel {
+        Some(name) => Some(name.to_string()),
+        None => field(query, "channel")?,
+    };
 
     if !req.body.is_empty() {
         let media = req
@@ -39,15 +47,12 @@ pub fn event_from(req: &Request<'_>) -> Result<Event, Reply> {
                     let status = if e.is_data() { 422 } else { 400 };
                     Reply::error(status, &format!("invalid JSON body: {e}"))
                 })?;
-                (parsed.kind, parsed.message)
+                (parsed.kind, parsed.message, parsed.channel)
             }
             Some("application/x-www-form-urlencoded") | None => (
-                form::get(req.body, "event_type")
-                    .map_err(not_utf8)?
-                    .map(String::from),
-                form::get(req.body, "message")
-                    .map_err(not_utf8)?
-                    .map(String::from),
+                field(req.body, "event_type")?,
+                field(req.body, "message")?,
+                field(req.body, "channel")?,
             ),
             Some(other) => {
                 return Err(Reply::error(
@@ -58,14 +63,18 @@ pub fn event_from(req: &Request<'_>) -> Result<Event, Reply> {
         };
         kind = kind.or(from_body.0);
         message = message.or(from_body.1);
+        channel_name = channel_name.or(from_body.2);
     }
 
     let Some(kind) = kind else {
         return Err(Reply::error(422, "missing event_type"));
     };
+    let channel_name = channel_name.unwrap_or_else(|| channel::DEFAULT.to_string());
+    channel::validate(&channel_name).map_err(|e| Reply::error(400, &e))?;
     Ok(Event {
         kind,
         message: message.unwrap_or_default(),
+        channel: channel_name,
     })
 }
 
@@ -92,32 +101,36 @@ mod tests {
         Event {
             kind: kind.into(),
             message: message.into(),
+            channel: "events".into(),
         }
     }
 
     #[test]
     fn should_accept_all_three_forms() {
         let q = post("event_type=order&message=Order+%23123+placed", None, b"");
-        assert_eq!(event_from(&q), Ok(event("order", "Order #123 placed")));
+        assert_eq!(
+            event_from(&q, None),
+            Ok(event("order", "Order #123 placed"))
+        );
         let form = post(
             "",
             Some("application/x-www-form-urlencoded"),
             b"event_type=deploy&message=v2.1",
         );
-        assert_eq!(event_from(&form), Ok(event("deploy", "v2.1")));
+        assert_eq!(event_from(&form, None), Ok(event("deploy", "v2.1")));
         let json = post(
             "",
             Some("application/json; charset=utf-8"),
             br#"{"type":"x","message":"<b>"}"#,
         );
-        assert_eq!(event_from(&json), Ok(event("x", "<b>")));
+        assert_eq!(event_from(&json, None), Ok(event("x", "<b>")));
         let no_message = post("event_type=ping", None, b"");
-        assert_eq!(event_from(&no_message), Ok(event("ping", "")));
+        assert_eq!(event_from(&no_message, None), Ok(event("ping", "")));
     }
 
     #[test]
     fn should_answer_errors_with_their_status() {
-        let status = |r: Request| event_from(&r).unwrap_err().status;
+        let status = |r: Request| event_from(&r, None).unwrap_err().status;
         assert_eq!(status(post("message=hi", None, b"")), 422);
         assert_eq!(
             status(post("", Some("application/json"), b"{\"message\":\"x\"}")),
@@ -130,5 +143,29 @@ mod tests {
         assert_eq!(status(post("", Some("application/json"), b"{nope")), 400);
         assert_eq!(status(post("event_type=%FF", None, b"")), 400);
         assert_eq!(status(post("", Some("text/plain"), b"hello")), 415);
+        assert_eq!(
+            status(post("event_type=a&channel=bad+name", None, b"")),
+            400
+        );
+    }
+
+    #[test]
+    fn should_take_the_channel_from_path_query_or_body() {
+        let channel = |r: Request, path| event_from(&r, path).unwrap().channel;
+        assert_eq!(
+            channel(post("event_type=a", None, b""), Some("orders")),
+            "orders"
+        );
+        assert_eq!(
+            channel(post("event_type=a&channel=q", None, b""), None),
+            "q"
+        );
+        let json = post(
+            "",
+            Some("application/json"),
+            br#"{"type":"a","channel":"j"}"#,
+        );
+        assert_eq!(channel(json, None), "j");
+        assert_eq!(channel(post("event_type=a", None, b""), None), "events");
     }
 }

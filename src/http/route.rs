@@ -4,11 +4,13 @@
 
 use subtle::ConstantTimeEq;
 
+use super::form;
 use super::parse::{Method, Request};
 use super::publish;
 use super::reply::{PAGE_CSP, Reply};
+use crate::channel::{self, Wanted};
 use crate::config::Config;
-use crate::event::Event;
+use crate::event::{Event, EventId};
 use crate::static_files::StaticFiles;
 use crate::ws::handshake;
 
@@ -25,8 +27,22 @@ pub enum Action {
     Upgrade {
         accept_key: String,
         echo: bool,
+        wanted: Wanted,
+    },
+    /// Turn this connection into a Server-Sent Events stream of these channels.
+    Sse {
+        wanted: Wanted,
+    },
+    /// `GET /events/<channel>`: the channel's history as JSON.
+    History {
+        channel: String,
+        since: Option<EventId>,
+        limit: usize,
     },
 }
+
+/// Most events one history request returns.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
 
 pub fn route(req: &Request<'_>, config: &Config, statics: &StaticFiles) -> Action {
     let path = req.path;
@@ -38,19 +54,24 @@ pub fn route(req: &Request<'_>, config: &Config, statics: &StaticFiles) -> Actio
         }
         (Method::Get | Method::Head, "/health") => Action::Health,
         (Method::Get | Method::Head, "/metrics") => Action::Metrics,
-        (Method::Post, "/events") => match authorize(req, config) {
-            Err(reply) => Action::Reply(reply),
-            Ok(()) => match publish::event_from(req) {
-                Ok(event) => Action::Publish(event),
-                Err(reply) => Action::Reply(reply),
-            },
-        },
+        (Method::Post, "/events") => publish(req, config, None),
+        (Method::Post, _) if path.starts_with("/events/") => {
+            publish(req, config, Some(&path["/events/".len()..]))
+        }
+        (Method::Get | Method::Head, _) if path.starts_with("/events/") => {
+            history(req, &path["/events/".len()..])
+        }
         (Method::Get, "/ws") => upgrade(req, config, false),
+        (Method::Get, "/sse") => match wanted(req, req.headers.last_event_id) {
+            Ok(wanted) => Action::Sse { wanted },
+            Err(reply) => Action::Reply(reply),
+        },
         (Method::Get, _) if is_echo => upgrade(req, config, true),
         (_, "/" | "/health" | "/metrics") => not_allowed("GET, HEAD"),
         (_, _) if path.starts_with("/static/") => not_allowed("GET, HEAD"),
         (_, "/events") => not_allowed("POST"),
-        (_, "/ws") => not_allowed("GET"),
+        (_, _) if path.starts_with("/events/") => not_allowed("GET, HEAD, POST"),
+        (_, "/ws" | "/sse") => not_allowed("GET"),
         (_, _) if is_echo => not_allowed("GET"),
         _ => Action::Reply(Reply::error(404, "not found")),
     }
@@ -78,9 +99,69 @@ fn not_allowed(allow: &'static str) -> Action {
 }
 
 fn upgrade(req: &Request<'_>, config: &Config, echo: bool) -> Action {
+    let wanted = match wanted(req, None) {
+        Ok(wanted) => wanted,
+        Err(reply) => return Action::Reply(reply),
+    };
     match handshake::accept_key(req, config.allowed_origins.as_deref()) {
-        Ok(accept_key) => Action::Upgrade { accept_key, echo },
+        Ok(accept_key) => Action::Upgrade {
+            accept_key,
+            echo,
+            wanted,
+        },
         Err(reply) => Action::Reply(reply),
+    }
+}
+
+fn publish(req: &Request<'_>, config: &Config, path_channel: Option<&str>) -> Action {
+    if let Err(reply) = authorize(req, config) {
+        return Action::Reply(reply);
+    }
+    match publish::event_from(req, path_channel) {
+        Ok(event) => Action::Publish(event),
+        Err(reply) => Action::Reply(reply),
+    }
+}
+
+/// The channels and resume points of a subscription: `?channels=` and `?since=`, or for SSE
+/// the `Last-Event-ID` a reconnecting browser sends.
+fn wanted(req: &Request<'_>, last_event_id: Option<&str>) -> Result<Wanted, Reply> {
+    let query = req.query.as_bytes();
+    let bad = |e: String| Reply::error(400, &e).closing();
+    let not_utf8 = |_| bad("query is not valid UTF-8".into());
+    let channels = form::get(query, "channels").map_err(not_utf8)?;
+    let since = form::get(query, "since").map_err(not_utf8)?;
+    let since = since.as_deref().or(last_event_id);
+    channel::parse_wanted(channels.as_deref(), since).map_err(bad)
+}
+
+fn history(req: &Request<'_>, name: &str) -> Action {
+    if let Err(e) = channel::validate(name) {
+        return Action::Reply(Reply::error(400, &e));
+    }
+    let query = req.query.as_bytes();
+    let param = |key| form::get(query, key).ok().flatten();
+    let since = match param("since") {
+        None => None,
+        Some(text) => match text.parse::<EventId>() {
+            Ok(id) => Some(id),
+            Err(()) => return Action::Reply(Reply::error(400, "invalid since: an event id")),
+        },
+    };
+    let limit = match param("limit") {
+        None => 100,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_HISTORY_LIMIT).contains(&n) => n,
+            _ => {
+                let why = format!("invalid limit: 1 to {MAX_HISTORY_LIMIT}");
+                return Action::Reply(Reply::error(400, &why));
+            }
+        },
+    };
+    Action::History {
+        channel: name.to_string(),
+        since,
+        limit,
     }
 }
 
@@ -138,6 +219,39 @@ mod tests {
             Action::Publish(_)
         ));
         assert_eq!(status(act("GET /ws HTTP/1.1\r\n\r\n", &c)), 426);
+        assert!(matches!(
+            act("POST /events/orders?event_type=a HTTP/1.1\r\n\r\n", &c),
+            Action::Publish(Event { ref channel, .. }) if channel == "orders"
+        ));
+        assert_eq!(
+            act("GET /events/orders?since=5-1&limit=7 HTTP/1.1\r\n\r\n", &c),
+            Action::History {
+                channel: "orders".into(),
+                since: Some(EventId { ms: 5, seq: 1 }),
+                limit: 7
+            }
+        );
+        assert_eq!(
+            status(act("GET /events/bad%20name HTTP/1.1\r\n\r\n", &c)),
+            400
+        );
+        assert_eq!(
+            status(act("GET /events/a?limit=0 HTTP/1.1\r\n\r\n", &c)),
+            400
+        );
+        assert_eq!(
+            act(
+                "GET /sse?channels=a HTTP/1.1\r\nLast-Event-ID: 3-0\r\n\r\n",
+                &c
+            ),
+            Action::Sse {
+                wanted: vec![("a".into(), Some(EventId { ms: 3, seq: 0 }))]
+            }
+        );
+        assert_eq!(
+            status(act("GET /sse?channels=a*b HTTP/1.1\r\n\r\n", &c)),
+            400
+        );
     }
 
     #[test]

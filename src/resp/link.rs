@@ -1,8 +1,10 @@
 //! RedisLink: one non-blocking connection to Redis, driven by the reactor.
 //!
-//! Herald keeps two links: a subscriber (SUBSCRIBE on the events channel; every message that
-//! arrives is relayed to local clients) and a publisher (PUBLISH, pipelined; replies come back
-//! in order and are matched to the waiting HTTP requests by the reactor's FIFO).
+//! Herald keeps two links: a subscriber (SUBSCRIBE to the channels local clients want; every
+//! message that arrives is relayed to them) and a command link (publish and history scripts,
+//! pipelined; replies come back in order and the reactor matches them to its FIFO of waiting
+//! requests). The subscriber remembers what it should be subscribed to and restores it after
+//! every reconnect; a channel counts as subscribed only once Redis confirmed it.
 //!
 //! Transitions:
 //!
@@ -19,7 +21,7 @@
 //! A host name is resolved on a short-lived thread (getaddrinfo blocks, and a slow DNS server
 //! must not stall every client); the thread wakes the reactor through its `Waker`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -67,8 +69,10 @@ pub enum LinkEvent {
         channel: Bytes,
         payload: Bytes,
     },
-    /// The verdict on the oldest outstanding PUBLISH: receiver count, or why it failed.
-    Published(Result<i64, String>),
+    /// Redis confirmed a subscription: messages on this channel now reach us.
+    Subscribed(Bytes),
+    /// The reply to the oldest outstanding command (`command`), or why there will be none.
+    Reply(Result<Reply, String>),
 }
 
 #[derive(Debug)]
@@ -90,12 +94,15 @@ enum State {
 }
 
 /// The reply each command sent is waiting for, oldest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
     Auth,
     Select,
-    Subscribe,
-    Publish,
+    /// One confirmation per channel; the generation tells a stale confirmation (of a
+    /// subscription since dropped and asked for again) from the current one.
+    Subscribe(Bytes, u64),
+    Unsubscribe,
+    Command,
     Ping,
 }
 
@@ -104,7 +111,10 @@ pub struct RedisLink {
     role: Role,
     token: Token,
     url: RedisUrl,
-    channel: Bytes,
+    /// Channels to be subscribed to: the generation of the latest SUBSCRIBE sent for each,
+    /// and whether Redis confirmed that one.
+    wanted: HashMap<Bytes, (u64, bool)>,
+    generation: u64,
     state: State,
     stream: Option<TcpStream>,
     input: BytesMut,
@@ -116,13 +126,14 @@ pub struct RedisLink {
 }
 
 impl RedisLink {
-    pub fn new(role: Role, token: Token, url: RedisUrl, channel: &str) -> RedisLink {
+    pub fn new(role: Role, token: Token, url: RedisUrl) -> RedisLink {
         let now = Instant::now();
         RedisLink {
             role,
             token,
             url,
-            channel: Bytes::copy_from_slice(channel.as_bytes()),
+            wanted: HashMap::new(),
+            generation: 0,
             state: State::Waiting { retry_at: now },
             stream: None,
             input: BytesMut::new(),
@@ -158,11 +169,47 @@ impl RedisLink {
         }
     }
 
-    /// Appends a PUBLISH; its verdict arrives later as `LinkEvent::Published`, in order.
-    pub fn publish(&mut self, channel: &[u8], payload: &[u8]) {
-        debug_assert!(self.is_ready(), "bug: publish on a link that is not ready");
-        cmd::encode(&mut self.output, &[b"PUBLISH", channel, payload]);
-        self.expect.push_back(Expect::Publish);
+    /// Appends a command; its reply arrives later as `LinkEvent::Reply`, in order.
+    pub fn command(&mut self, args: &[&[u8]]) {
+        debug_assert!(self.is_ready(), "bug: command on a link that is not ready");
+        cmd::encode(&mut self.output, args);
+        self.expect.push_back(Expect::Command);
+    }
+
+    /// Wants `channel`; subscribes now if connected, else on the next connection.
+    pub fn subscribe(&mut self, channel: &[u8]) {
+        if self.wanted.contains_key(channel) {
+            return;
+        }
+        self.generation += 1;
+        let channel = Bytes::copy_from_slice(channel);
+        self.wanted
+            .insert(channel.clone(), (self.generation, false));
+        if self.is_connected() {
+            cmd::encode(&mut self.output, &[b"SUBSCRIBE", &channel]);
+            self.expect
+                .push_back(Expect::Subscribe(channel, self.generation));
+        }
+    }
+
+    pub fn unsubscribe(&mut self, channel: &[u8]) {
+        if self.wanted.remove(channel).is_some() && self.is_connected() {
+            cmd::encode(&mut self.output, &[b"UNSUBSCRIBE", channel]);
+            self.expect.push_back(Expect::Unsubscribe);
+        }
+    }
+
+    /// Redis confirmed the current subscription to `channel`.
+    pub fn is_subscribed(&self, channel: &[u8]) -> bool {
+        self.is_ready()
+            && self
+                .wanted
+                .get(channel)
+                .is_some_and(|&(_, confirmed)| confirmed)
+    }
+
+    fn is_connected(&self) -> bool {
+        matches!(self.state, State::Handshaking { .. } | State::Ready)
     }
 
     /// Time-driven work: start a connection when the backoff is over, give up on a stuck
@@ -313,9 +360,19 @@ impl RedisLink {
             cmd::encode(&mut self.output, &[b"SELECT", db.as_bytes()]);
             self.expect.push_back(Expect::Select);
         }
-        if self.role == Role::Subscriber {
-            cmd::encode(&mut self.output, &[b"SUBSCRIBE", &self.channel]);
-            self.expect.push_back(Expect::Subscribe);
+        if !self.wanted.is_empty() {
+            // Restore every subscription in one command; Redis confirms each channel.
+            let channels: Vec<Bytes> = self.wanted.keys().cloned().collect();
+            let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+            args.extend(channels.iter().map(|c| &c[..]));
+            cmd::encode(&mut self.output, &args);
+            for channel in channels {
+                self.generation += 1;
+                self.wanted
+                    .insert(channel.clone(), (self.generation, false));
+                self.expect
+                    .push_back(Expect::Subscribe(channel, self.generation));
+            }
         }
         self.last_heard = Instant::now();
         self.state = State::Handshaking { since };
@@ -326,7 +383,7 @@ impl RedisLink {
         let handshaking = self
             .expect
             .iter()
-            .any(|e| matches!(e, Expect::Auth | Expect::Select | Expect::Subscribe));
+            .any(|e| matches!(e, Expect::Auth | Expect::Select));
         if matches!(self.state, State::Handshaking { .. }) && !handshaking {
             if self.failures > 0 {
                 info!(
@@ -399,11 +456,20 @@ impl RedisLink {
             (Expect::Select, Reply::Error(e)) => {
                 return Err(format!("SELECT {} failed: {e}", self.url.db));
             }
-            (Expect::Subscribe, Reply::Error(e)) => return Err(format!("SUBSCRIBE failed: {e}")),
+            (Expect::Subscribe(..), Reply::Error(e)) => {
+                return Err(format!("SUBSCRIBE failed: {e}"));
+            }
             (Expect::Auth | Expect::Select, Reply::Status(_)) => {}
-            (Expect::Subscribe, Reply::SubscriptionChange { .. }) => {}
-            (Expect::Publish, Reply::Integer(n)) => events.push(LinkEvent::Published(Ok(n))),
-            (Expect::Publish, Reply::Error(e)) => events.push(LinkEvent::Published(Err(e))),
+            (Expect::Subscribe(channel, generation), Reply::SubscriptionChange { .. }) => {
+                if let Some(entry) = self.wanted.get_mut(&channel)
+                    && entry.0 == generation
+                {
+                    entry.1 = true;
+                    events.push(LinkEvent::Subscribed(channel));
+                }
+            }
+            (Expect::Unsubscribe, Reply::SubscriptionChange { .. }) => {}
+            (Expect::Command, reply) => events.push(LinkEvent::Reply(Ok(reply))),
             // A PING answers +PONG, or ["pong", ""] in subscribed mode.
             (Expect::Ping, _) => {}
             (expected, reply) => return Err(format!("reply {reply:?} to {expected:?}")),
@@ -444,11 +510,14 @@ impl RedisLink {
             let _ = registry.deregister(&mut stream);
         }
         for expected in self.expect.drain(..) {
-            if expected == Expect::Publish {
-                events.push(LinkEvent::Published(Err(format!(
+            if expected == Expect::Command {
+                events.push(LinkEvent::Reply(Err(format!(
                     "Redis connection lost: {reason}"
                 ))));
             }
+        }
+        for (_, confirmed) in self.wanted.values_mut() {
+            *confirmed = false;
         }
         if matches!(self.state, State::Ready) {
             warn!(

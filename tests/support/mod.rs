@@ -46,6 +46,8 @@ pub struct Herald {
     log: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// A command that runs herald (`prlimit ... --`), empty to run it directly.
+    prefix: Vec<String>,
 }
 
 impl Herald {
@@ -56,6 +58,14 @@ impl Herald {
 
     /// Starts herald with extra flags and environment variables.
     pub fn with(args: &[&str], env: &[(&str, &str)]) -> Herald {
+        Herald::with_prefix(&[], args, env)
+    }
+
+    /// Starts herald through a wrapper command that ends by exec'ing it, so the PID is
+    /// herald's own: `&["prlimit", "--nofile=64:64", "--"]` runs it with 64 file
+    /// descriptors (util-linux's `prlimit` sets the limit, then execs the command).
+    pub fn with_prefix(prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> Herald {
+        let prefix: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env
             .iter()
@@ -69,6 +79,7 @@ impl Herald {
                 log: log_path("herald", port),
                 args: args.clone(),
                 env: env.clone(),
+                prefix: prefix.clone(),
             };
             if herald.spawn() {
                 return herald;
@@ -80,7 +91,15 @@ impl Herald {
     /// Starts the process on `self.port`; true once /health answers.
     fn spawn(&mut self) -> bool {
         let log = std::fs::File::create(&self.log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        let herald_bin = env!("CARGO_BIN_EXE_herald");
+        let mut cmd = match self.prefix.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(herald_bin);
+                cmd
+            }
+            None => Command::new(herald_bin),
+        };
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(&self.args)
             .env_remove("PUBSUB_CACHE_URL")
@@ -112,6 +131,25 @@ impl Herald {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// True once the process has exited (crashed, or was stopped).
+    pub fn has_exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// CPU time the process has used so far (user + system, from /proc/PID/stat).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name, which is in parentheses and may contain spaces:
+        // state is field 3, utime 14, stime 15 (proc(5)).
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second() as f64)
     }
 
     /// Sends SIGTERM and waits for the exit; returns the exit code.
@@ -167,6 +205,17 @@ impl Drop for Herald {
         }
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// The kernel's clock tick (`getconf CLK_TCK`, almost always 100), for /proc CPU times.
+fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100)
 }
 
 pub fn signal(pid: u32, name: &str) {
@@ -255,6 +304,29 @@ impl Redis {
     pub fn restart(&mut self) {
         self.stop();
         wait_until("redis-server to restart on its port", || self.spawn());
+    }
+
+    /// Starts it again on the same port with other extra arguments.
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|s| s.to_string()).collect();
+        self.restart();
+    }
+
+    /// One numeric field of `INFO` (e.g. `total_connections_received`).
+    pub fn info_field(&self, field: &str) -> Option<u64> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.write_all(b"*1\r\n$4\r\nINFO\r\n").ok()?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let len: usize = line.trim_end().strip_prefix('$')?.parse().ok()?;
+        let mut body = vec![0; len];
+        std::io::Read::read_exact(&mut reader, &mut body).ok()?;
+        let body = String::from_utf8(body).ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// Runs one command with redis-cli-like RESP over a socket; returns the raw reply.
@@ -440,4 +512,84 @@ pub fn publish_many(port: u16, count: usize, window: usize, message: impl Fn(usi
         }
         sent += batch;
     }
+}
+
+/// One sample of `GET /metrics`, by its exact name and labels as printed
+/// (`herald_connections_closed_total{reason="ping_timeout"}`); `None` if absent.
+pub fn metric(port: u16, sample: &str) -> Option<f64> {
+    let reply = get(port, "/metrics");
+    assert_eq!(reply.status, 200, "GET /metrics: {reply:?}");
+    metric_in(&reply.body, sample)
+}
+
+/// One sample in a `/metrics` page already fetched.
+pub fn metric_in(page: &str, sample: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+/// A raw upgraded WebSocket on `/ws` (no client library in the way), read timeout `WAIT`.
+pub fn ws_upgrade_raw(port: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        std::io::Read::read_exact(&mut stream, &mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream
+}
+
+/// A client frame: first byte (FIN, RSV, opcode) as given, payload masked as RFC 6455
+/// requires of clients.
+pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut out = vec![first];
+    if payload.len() < 126 {
+        out.push(0x80 | payload.len() as u8);
+    } else {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Reads one server frame: (first byte, payload). `Err` on EOF, reset or read timeout.
+pub fn read_ws_frame(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head)?;
+    assert_eq!(head[1] & 0x80, 0, "server frames are never masked");
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut ext = [0u8; 2];
+            stream.read_exact(&mut ext)?;
+            u16::from_be_bytes(ext) as usize
+        }
+        127 => panic!("unexpected huge frame"),
+        n => n as usize,
+    };
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload)?;
+    Ok((head[0], payload))
+}
+
+/// Checks an event's type and message, and that it carries an id and its channel.
+pub fn assert_event(event: &Value, kind: &str, message: &str) {
+    assert_eq!(event["type"], kind, "{event}");
+    assert_eq!(event["message"], message, "{event}");
+    assert!(event["id"].is_string(), "no id in {event}");
+    assert!(event["channel"].is_string(), "no channel in {event}");
 }

@@ -14,30 +14,36 @@
 //! Data flows one way: socket readable -> scratch -> Conn tail -> http::parse | ws::frame ->
 //! route -> broker -> fanout (frame once) -> OutQueues -> dirty list -> flush.
 
+mod publishing;
+mod subscriptions;
+
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
+use bytes::Bytes;
+use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use serde_json::json;
 use slab::Slab;
 
-use crate::broker::{Broker, Publish, REDIS_PUB, REDIS_SUB};
+use crate::broker::{Broker, REDIS_PUB, REDIS_SUB};
 use crate::config::Config;
 use crate::conn::{Conn, Phase};
-use crate::fanout::{ChannelId, Fanout};
+use crate::fanout::Fanout;
 use crate::http::parse::{Method, parse_request};
 use crate::http::reply::Reply;
 use crate::http::route::{Action, route};
 use crate::metrics::{Gauges, Metrics, reason};
 use crate::resp::link::LinkEvent;
+use crate::sse;
 use crate::static_files::StaticFiles;
 use crate::ws::frame::{self, Message, close_code};
-use crate::ws::handshake;
+use publishing::Pending;
+use subscriptions::Replay;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -59,16 +65,6 @@ const CLOSE_TIMEOUT_SECS: u32 = 5;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// A request waiting for Redis's verdict on its PUBLISH, in the order they were sent.
-#[derive(Debug)]
-struct Waiter {
-    key: usize,
-    serial: u32,
-    keep_alive: bool,
-    kind: String,
-    since: Instant,
-}
-
 pub struct Reactor {
     poll: Poll,
     listener: Option<TcpListener>,
@@ -79,9 +75,11 @@ pub struct Reactor {
     statics: StaticFiles,
     conns: Slab<Conn>,
     fanout: Fanout,
-    default_channel: ChannelId,
     broker: Broker,
-    waiters: VecDeque<Waiter>,
+    /// What each outstanding Redis command is for, oldest first (replies come in order).
+    pending: VecDeque<Pending>,
+    /// Replays that wait for Redis to confirm a subscription before reading history.
+    awaiting_subscription: Vec<Replay>,
     metrics: Metrics,
     scratch: Vec<u8>,
     /// Connections with output to flush this turn.
@@ -110,8 +108,6 @@ impl Reactor {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let statics = StaticFiles::new(config.static_dir.as_deref())?;
-        let mut fanout = Fanout::default();
-        let default_channel = fanout.channel_id(&config.channel);
         let broker = Broker::from_config(&config);
         let mut reactor = Reactor {
             poll,
@@ -122,10 +118,10 @@ impl Reactor {
             config,
             statics,
             conns: Slab::with_capacity(1024),
-            fanout,
-            default_channel,
+            fanout: Fanout::default(),
             broker,
-            waiters: VecDeque::new(),
+            pending: VecDeque::new(),
+            awaiting_subscription: Vec::new(),
             metrics: Metrics::default(),
             scratch: vec![0; SCRATCH_BYTES],
             dirty: Vec::new(),
@@ -412,6 +408,8 @@ impl Reactor {
         match self.conns[key].phase {
             Phase::ReadingRequest => self.process_http(key, buf),
             Phase::WebSocket | Phase::Echo => self.process_frames(key, buf),
+            // A stream only sends; whatever the client says is read and dropped.
+            Phase::Sse => buf.len(),
             Phase::AwaitingBroker => 0,
             // We sent a close frame: wait for the peer's, so the handshake completes.
             Phase::Closing if self.conns[key].upgraded => self.await_close_frame(key, buf),
@@ -464,14 +462,24 @@ impl Reactor {
                     let reply = Reply::new(200, "text/plain; version=0.0.4; charset=utf-8", text);
                     self.send_reply(key, reply, keep_alive, head_only);
                 }
-                Action::Publish(event) => {
-                    let json = event.to_json();
-                    self.publish(key, event.kind, json, keep_alive);
-                }
-                Action::Upgrade { accept_key, echo } => {
-                    self.open_websocket(key, &accept_key, echo);
+                Action::Publish(event) => self.publish(key, event, keep_alive),
+                Action::History {
+                    channel,
+                    since,
+                    limit,
+                } => self.read_history(key, channel, since, limit, keep_alive),
+                Action::Upgrade {
+                    accept_key,
+                    echo,
+                    wanted,
+                } => {
+                    self.open_websocket(key, &accept_key, echo, wanted);
                     // Frames may follow the handshake in the same packet.
                     return used + self.process_frames(key, &mut buf[used..]);
+                }
+                Action::Sse { wanted } => {
+                    self.open_sse(key, wanted);
+                    return buf.len();
                 }
             }
         }
@@ -497,12 +505,12 @@ impl Reactor {
 
     fn health(&self) -> Reply {
         let redis = match &self.broker {
-            Broker::Embedded => serde_json::Value::Null,
+            Broker::Embedded(_) => serde_json::Value::Null,
             broker => json!(broker.state()),
         };
         let mut body = json!({
             "status": "ok",
-            "broker": if matches!(self.broker, Broker::Embedded) { "embedded" } else { "redis" },
+            "broker": if matches!(self.broker, Broker::Embedded(_)) { "embedded" } else { "redis" },
             "redis": redis,
             "connections": self.conns.len(),
             "websockets": self.websockets,
@@ -519,92 +527,10 @@ impl Reactor {
             http: self.conns.len() - self.websockets,
             websockets: self.websockets,
             redis_up: match &self.broker {
-                Broker::Embedded => None,
+                Broker::Embedded(_) => None,
                 Broker::Redis(redis) => Some(redis.is_ready()),
             },
         }
-    }
-
-    // ---- publishing -------------------------------------------------------------------------
-
-    fn publish(&mut self, key: usize, kind: String, json: Vec<u8>, keep_alive: bool) {
-        match self.broker.publish(&json) {
-            Publish::DeliverNow => {
-                self.metrics.events_published += 1;
-                self.metrics.events_received += 1;
-                let receivers = self.broadcast(self.default_channel, &json);
-                let reply = published_reply(&kind, receivers as i64);
-                self.send_reply(key, reply, keep_alive, false);
-            }
-            Publish::Unavailable(why) => {
-                self.log_peer(key, log::Level::Warn, &format!("publish refused: {why}"));
-                self.send_reply(key, Reply::error(503, &why), keep_alive, false);
-            }
-            Publish::Pending => {
-                let conn = &mut self.conns[key];
-                conn.phase = Phase::AwaitingBroker;
-                self.waiters.push_back(Waiter {
-                    key,
-                    serial: conn.serial,
-                    keep_alive,
-                    kind,
-                    since: Instant::now(),
-                });
-            }
-        }
-    }
-
-    /// Frames the event once and queues the same bytes on every subscriber of the channel.
-    fn broadcast(&mut self, channel: ChannelId, json: &[u8]) -> usize {
-        let frame = frame::text(json);
-        let delivered = self.fanout.deliver(
-            channel,
-            &frame,
-            &mut self.conns,
-            &mut self.dirty,
-            self.config.limits.max_queued_bytes,
-            &mut self.over_cap,
-        );
-        self.metrics.events_delivered += delivered.queued as u64;
-        for key in std::mem::take(&mut self.over_cap) {
-            self.close_slow_consumer(key);
-        }
-        delivered.queued
-    }
-
-    /// The verdict on the oldest PUBLISH: answer the request that sent it, then let that
-    /// connection's pipelined requests go on.
-    fn on_published(&mut self, result: Result<i64, String>) {
-        let Some(waiter) = self.waiters.pop_front() else {
-            error!("bug: a PUBLISH verdict with no request waiting for it");
-            return;
-        };
-        let latency = waiter.since.elapsed();
-        let reply = match result {
-            Ok(receivers) => {
-                self.metrics.events_published += 1;
-                self.metrics.publish_latency.observe(latency);
-                published_reply(&waiter.kind, receivers)
-            }
-            Err(why) => {
-                self.log_peer(
-                    waiter.key,
-                    log::Level::Warn,
-                    &format!("publish failed: {why}"),
-                );
-                Reply::error(503, &why)
-            }
-        };
-        let alive = self
-            .conns
-            .get(waiter.key)
-            .is_some_and(|c| c.serial == waiter.serial && c.phase == Phase::AwaitingBroker);
-        if !alive {
-            return;
-        }
-        self.conns[waiter.key].phase = Phase::ReadingRequest;
-        self.send_reply(waiter.key, reply, waiter.keep_alive, false);
-        self.resume_reading(waiter.key);
     }
 
     /// Parses what waited in the tail, and reads again if the socket may hold more.
@@ -626,26 +552,6 @@ impl Reactor {
     }
 
     // ---- WebSockets -------------------------------------------------------------------------
-
-    fn open_websocket(&mut self, key: usize, accept_key: &str, echo: bool) {
-        let now = self.clock();
-        let conn = &mut self.conns[key];
-        conn.queue(
-            key,
-            handshake::switching_protocols(accept_key),
-            &mut self.dirty,
-        );
-        conn.phase = if echo { Phase::Echo } else { Phase::WebSocket };
-        conn.deadline = now + self.config.limits.ping_interval_secs;
-        conn.upgraded = true;
-        self.websockets += 1;
-        self.metrics.websockets_opened += 1;
-        self.metrics.responded(101);
-        if !echo {
-            self.fanout
-                .subscribe(&mut self.conns, key, self.default_channel);
-        }
-    }
 
     fn process_frames(&mut self, key: usize, buf: &mut [u8]) -> usize {
         let max = self.config.limits.max_message_bytes;
@@ -737,8 +643,12 @@ impl Reactor {
                 let frame = frame::encode(OpCode::Data(Data::Binary), &data);
                 conn.queue(key, frame, &mut self.dirty);
             }
-            // The feed is one-way for now: client messages are read and ignored.
-            Message::Text(_) | Message::Binary(_) => {}
+            Message::Text(text) => {
+                let text = text.into_owned();
+                self.on_control_message(key, &text);
+            }
+            // The feed speaks JSON text; binary messages are read and ignored.
+            Message::Binary(_) => {}
         }
     }
 
@@ -852,19 +762,11 @@ impl Reactor {
         let mut events = std::mem::take(&mut self.link_events);
         for event in events.drain(..) {
             match event {
-                LinkEvent::Message { payload, .. } => {
-                    // A text frame must hold UTF-8 (RFC 6455 8.1); relay JSON as published.
-                    if std::str::from_utf8(&payload).is_err() {
-                        warn!(
-                            "dropping a non-UTF-8 message from Redis ({} bytes)",
-                            payload.len()
-                        );
-                        continue;
-                    }
-                    self.metrics.events_received += 1;
-                    self.broadcast(self.default_channel, &payload);
+                LinkEvent::Message { channel, payload } => {
+                    self.on_redis_message(&channel, &payload)
                 }
-                LinkEvent::Published(result) => self.on_published(result),
+                LinkEvent::Subscribed(channel) => self.on_redis_subscribed(&channel),
+                LinkEvent::Reply(reply) => self.on_redis_reply(reply),
                 LinkEvent::Up(_) => self.metrics.redis_reconnects += 1,
                 LinkEvent::Down(_) => {}
             }
@@ -973,7 +875,7 @@ impl Reactor {
             if self.conns.get(key).is_none_or(|c| c.phase != Phase::Closed) {
                 continue;
             }
-            self.fanout.unsubscribe_all(&mut self.conns, key);
+            self.unsubscribe_all(key);
             let mut conn = self.conns.remove(key);
             if conn.upgraded {
                 self.websockets -= 1;
@@ -1007,6 +909,10 @@ impl Reactor {
                     conn.queue(key, frame::ping(b""), &mut self.dirty);
                     conn.awaiting_pong = true;
                     conn.deadline = now + limits.pong_timeout_secs;
+                }
+                Phase::Sse => {
+                    conn.queue(key, Bytes::from_static(sse::HEARTBEAT), &mut self.dirty);
+                    conn.deadline = now + limits.ping_interval_secs;
                 }
                 Phase::Closing => expired.push((key, reason::DONE)),
                 Phase::AwaitingBroker | Phase::Closed => {}
@@ -1058,7 +964,7 @@ impl Reactor {
             "shutting down: {} connections ({} WebSockets), {} publishes in flight; grace {:?}",
             self.conns.len(),
             self.websockets,
-            self.waiters.len(),
+            self.pending.len(),
             self.config.shutdown_grace
         );
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
@@ -1071,6 +977,11 @@ impl Reactor {
                         frame::close(close_code::GOING_AWAY, "server shutting down"),
                         &mut self.dirty,
                     );
+                    self.begin_closing(key);
+                    self.metrics.closed(reason::SHUTDOWN);
+                }
+                Phase::Sse => {
+                    // EventSource reconnects by itself, with Last-Event-ID.
                     self.begin_closing(key);
                     self.metrics.closed(reason::SHUTDOWN);
                 }
@@ -1094,7 +1005,7 @@ impl Reactor {
                 }
                 true
             }
-            Some(_) => self.conns.is_empty() && self.waiters.is_empty(),
+            Some(_) => self.conns.is_empty() && self.pending.is_empty(),
         }
     }
 
@@ -1111,13 +1022,6 @@ impl Reactor {
             .map_or_else(|| "?".to_string(), |a| a.to_string());
         log::log!(level, "conn {key} {peer}: {message}");
     }
-}
-
-fn published_reply(kind: &str, receivers: i64) -> Reply {
-    Reply::json(
-        200,
-        &json!({ "published": true, "type": kind, "receivers": receivers }),
-    )
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {

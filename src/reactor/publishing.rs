@@ -1,0 +1,262 @@
+//! Publishing and history, the reactor's side: a request goes to the broker; an event comes
+//! back (at once when embedded, through the Redis subscription otherwise) and is framed once
+//! per transport and handed to the fan-out; Redis replies are matched, in order, to the
+//! requests that wait for them.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use log::{error, warn};
+use serde_json::json;
+
+use super::Reactor;
+use super::subscriptions::Replay;
+use crate::broker::{self, Publish, Read};
+use crate::conn::Phase;
+use crate::event::{Event, EventId};
+use crate::fanout::Frames;
+use crate::history::{StoredEvent, TooOld};
+use crate::http::reply::Reply;
+use crate::resp::cmd;
+use crate::{event, sse, ws::frame};
+
+/// What an outstanding Redis command is for. Replies arrive in the order commands were
+/// sent, so a FIFO of these matches each reply to its purpose.
+#[derive(Debug)]
+pub(super) enum Pending {
+    Publish {
+        key: usize,
+        serial: u32,
+        keep_alive: bool,
+        kind: String,
+        channel: String,
+        since: Instant,
+    },
+    HttpHistory {
+        key: usize,
+        serial: u32,
+        keep_alive: bool,
+        channel: String,
+        since: Option<EventId>,
+    },
+    Replay(Replay),
+}
+
+impl Reactor {
+    pub(super) fn publish(&mut self, key: usize, event: Event, keep_alive: bool) {
+        let has_local = self.fanout.lookup(&event.channel).is_some();
+        match self.broker.publish(&event, has_local) {
+            Publish::DeliverNow { id, json } => {
+                self.metrics.events_published += 1;
+                self.metrics.events_received += 1;
+                let receivers = self.broadcast(&event.channel, Some(id), &json);
+                let reply = published_reply(&event, id, receivers as i64);
+                self.send_reply(key, reply, keep_alive, false);
+            }
+            Publish::Unavailable(why) => {
+                self.log_peer(key, log::Level::Warn, &format!("publish refused: {why}"));
+                self.send_reply(key, Reply::error(503, &why), keep_alive, false);
+            }
+            Publish::Pending => {
+                let conn = &mut self.conns[key];
+                conn.phase = Phase::AwaitingBroker;
+                self.pending.push_back(Pending::Publish {
+                    key,
+                    serial: conn.serial,
+                    keep_alive,
+                    kind: event.kind,
+                    channel: event.channel,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    /// Frames the event once per transport and queues the same bytes on every subscriber of
+    /// the channel. Returns how many subscribers got it.
+    pub(super) fn broadcast(&mut self, channel: &str, id: Option<EventId>, json: &[u8]) -> usize {
+        let Some(channel) = self.fanout.lookup(channel) else {
+            return 0;
+        };
+        let frames = Frames {
+            id,
+            ws: frame::text(json),
+            sse: self
+                .fanout
+                .has_sse_subscribers(channel)
+                .then(|| sse::event_record(json)),
+        };
+        let queued = self.fanout.deliver(
+            channel,
+            &frames,
+            &mut self.conns,
+            &mut self.dirty,
+            self.config.limits.max_queued_bytes,
+            &mut self.over_cap,
+        );
+        self.metrics.events_delivered += queued as u64;
+        for key in std::mem::take(&mut self.over_cap) {
+            self.close_slow_consumer(key);
+        }
+        queued
+    }
+
+    /// A message on one of our Redis channels: relay it as published.
+    pub(super) fn on_redis_message(&mut self, redis_channel: &[u8], payload: &Bytes) {
+        // A text frame must hold UTF-8 (RFC 6455 8.1).
+        if std::str::from_utf8(payload).is_err() {
+            warn!(
+                "dropping a non-UTF-8 message from Redis ({} bytes)",
+                payload.len()
+            );
+            return;
+        }
+        let broker::Broker::Redis(redis) = &self.broker else {
+            return;
+        };
+        let Some(name) = std::str::from_utf8(redis_channel)
+            .ok()
+            .and_then(|c| redis.names.local(c))
+            .map(str::to_string)
+        else {
+            return;
+        };
+        self.metrics.events_received += 1;
+        self.broadcast(&name, event::peek_id(payload), payload);
+    }
+
+    /// The reply to the oldest outstanding Redis command.
+    pub(super) fn on_redis_reply(&mut self, reply: Result<cmd::Reply, String>) {
+        let Some(pending) = self.pending.pop_front() else {
+            error!("bug: a Redis reply with no request waiting for it");
+            return;
+        };
+        match pending {
+            Pending::Publish {
+                key,
+                serial,
+                keep_alive,
+                kind,
+                channel,
+                since,
+            } => {
+                let reply = match reply.and_then(broker::parse_published) {
+                    Ok((id, receivers)) => {
+                        self.metrics.events_published += 1;
+                        self.metrics.publish_latency.observe(since.elapsed());
+                        let event = Event {
+                            kind,
+                            message: String::new(),
+                            channel,
+                        };
+                        published_reply(&event, id, receivers)
+                    }
+                    Err(why) => {
+                        self.log_peer(key, log::Level::Warn, &format!("publish failed: {why}"));
+                        Reply::error(503, &why)
+                    }
+                };
+                self.answer_waiting(key, serial, reply, keep_alive);
+            }
+            Pending::HttpHistory {
+                key,
+                serial,
+                keep_alive,
+                channel,
+                since,
+            } => {
+                let reply = match reply.and_then(|r| broker::parse_history(r, since)) {
+                    Ok(result) => history_reply(&channel, result),
+                    Err(why) => Reply::error(503, &why),
+                };
+                self.answer_waiting(key, serial, reply, keep_alive);
+            }
+            Pending::Replay(replay) => {
+                let since = Some(replay.since);
+                let result = reply.and_then(|r| broker::parse_history(r, since));
+                self.on_replay_read(replay, result);
+            }
+        }
+    }
+
+    /// `GET /events/<channel>`: history as JSON, for scripts.
+    pub(super) fn read_history(
+        &mut self,
+        key: usize,
+        channel: String,
+        since: Option<EventId>,
+        limit: usize,
+        keep_alive: bool,
+    ) {
+        match self.broker.read_history(&channel, since, limit) {
+            Read::Done(result) => {
+                let reply = history_reply(&channel, result);
+                self.send_reply(key, reply, keep_alive, false);
+            }
+            Read::Unavailable(why) => {
+                self.send_reply(key, Reply::error(503, &why), keep_alive, false)
+            }
+            Read::Pending => {
+                let conn = &mut self.conns[key];
+                conn.phase = Phase::AwaitingBroker;
+                self.pending.push_back(Pending::HttpHistory {
+                    key,
+                    serial: conn.serial,
+                    keep_alive,
+                    channel,
+                    since,
+                });
+            }
+        }
+    }
+
+    /// Answers a request that waited for Redis, if its connection is still the same one,
+    /// then lets that connection's pipelined requests go on.
+    fn answer_waiting(&mut self, key: usize, serial: u32, reply: Reply, keep_alive: bool) {
+        let alive = self
+            .conns
+            .get(key)
+            .is_some_and(|c| c.serial == serial && c.phase == Phase::AwaitingBroker);
+        if !alive {
+            return;
+        }
+        self.conns[key].phase = Phase::ReadingRequest;
+        self.send_reply(key, reply, keep_alive, false);
+        self.resume_reading(key);
+    }
+}
+
+fn published_reply(event: &Event, id: EventId, receivers: i64) -> Reply {
+    Reply::json(
+        200,
+        &json!({
+            "published": true,
+            "type": event.kind,
+            "channel": event.channel,
+            "id": id.to_string(),
+            "receivers": receivers,
+        }),
+    )
+}
+
+/// `{"channel": ..., "events": [...]}` with each event's JSON as stored, or 410 when the
+/// history no longer reaches back to `since`.
+fn history_reply(channel: &str, result: Result<Vec<StoredEvent>, TooOld>) -> Reply {
+    match result {
+        Ok(events) => {
+            let mut body = format!("{{\"channel\":{},\"events\":[", json!(channel)).into_bytes();
+            for (i, e) in events.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&e.json);
+            }
+            body.extend_from_slice(b"]}\n");
+            Reply::new(200, "application/json", body)
+        }
+        Err(too_old) => Reply::json(
+            410,
+            &json!({ "error": too_old.reason, "reset": true, "channel": channel }),
+        ),
+    }
+}

@@ -1,0 +1,337 @@
+//! Subscriptions, the reactor's side: opening WebSocket and SSE subscribers, the JSON control
+//! messages that change their channels, Redis subscriptions counted by local interest, and
+//! the replay of missed events for a subscriber that resumes from an event id.
+//!
+//! Replay without a gap or a duplicate at the seam: the subscriber joins the channel first;
+//! embedded, its history is read at once (one thread: nothing can slip in between); with Redis,
+//! live events are buffered on the connection (`conn::Recovery`) while the history is read
+//! (only after Redis confirmed the subscription, so nothing published before it can be missed),
+//! then the history is sent, then the buffered events it did not already contain.
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Reactor;
+use super::publishing::Pending;
+use crate::broker::{Broker, Read};
+use crate::channel::{self, Wanted};
+use crate::conn::{Phase, Recovery};
+use crate::event::EventId;
+use crate::history::{StoredEvent, TooOld};
+use crate::sse;
+use crate::ws::{frame, handshake};
+
+/// A subscriber's history read, from request to reply.
+#[derive(Debug, Clone)]
+pub(super) struct Replay {
+    key: usize,
+    serial: u32,
+    channel: String,
+    pub since: EventId,
+}
+
+/// A control message from a WebSocket client: `{"op":"subscribe","channel":"orders"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Control {
+    op: String,
+    channel: Option<String>,
+    since: Option<String>,
+}
+
+impl Reactor {
+    pub(super) fn open_websocket(
+        &mut self,
+        key: usize,
+        accept_key: &str,
+        echo: bool,
+        wanted: Wanted,
+    ) {
+        let now = self.clock();
+        let conn = &mut self.conns[key];
+        conn.queue(
+            key,
+            handshake::switching_protocols(accept_key),
+            &mut self.dirty,
+        );
+        conn.phase = if echo { Phase::Echo } else { Phase::WebSocket };
+        conn.deadline = now + self.config.limits.ping_interval_secs;
+        conn.upgraded = true;
+        self.websockets += 1;
+        self.metrics.websockets_opened += 1;
+        self.metrics.responded(101);
+        if !echo {
+            self.subscribe_wanted(key, wanted);
+        }
+    }
+
+    pub(super) fn open_sse(&mut self, key: usize, wanted: Wanted) {
+        let now = self.clock();
+        let conn = &mut self.conns[key];
+        conn.queue(key, sse::head(), &mut self.dirty);
+        conn.phase = Phase::Sse;
+        conn.deadline = now + self.config.limits.ping_interval_secs;
+        self.metrics.responded(200);
+        self.subscribe_wanted(key, wanted);
+    }
+
+    fn subscribe_wanted(&mut self, key: usize, wanted: Wanted) {
+        for (name, since) in wanted {
+            self.subscribe_to(key, &name, since);
+        }
+    }
+
+    /// Joins a channel (subscribing in Redis if it is the first local subscriber), then replays
+    /// what came after `since`. Returns false if the connection already had the channel.
+    fn subscribe_to(&mut self, key: usize, name: &str, since: Option<EventId>) -> bool {
+        let Some((_, first)) = self.fanout.subscribe(&mut self.conns, key, name) else {
+            return false;
+        };
+        if let Broker::Redis(redis) = &mut self.broker
+            && first
+        {
+            let redis_channel = redis.names.channel(name);
+            redis.subscriber.subscribe(redis_channel.as_bytes());
+        }
+        if let Some(since) = since {
+            self.start_replay(key, name, since);
+        }
+        true
+    }
+
+    fn unsubscribe_from(&mut self, key: usize, name: &str) -> bool {
+        let Some(channel) = self.fanout.lookup(name) else {
+            return false;
+        };
+        match self.fanout.unsubscribe(&mut self.conns, key, channel) {
+            None => false,
+            Some(emptied) => {
+                if let Some(name) = emptied {
+                    self.forget_channel(&name);
+                }
+                true
+            }
+        }
+    }
+
+    /// Leaves every channel (the connection is going away).
+    pub(super) fn unsubscribe_all(&mut self, key: usize) {
+        let mut emptied = Vec::new();
+        self.fanout
+            .unsubscribe_all(&mut self.conns, key, &mut emptied);
+        for name in emptied {
+            self.forget_channel(&name);
+        }
+    }
+
+    /// No local client wants the channel any more: stop receiving it from Redis.
+    fn forget_channel(&mut self, name: &str) {
+        if let Broker::Redis(redis) = &mut self.broker {
+            let redis_channel = redis.names.channel(name);
+            redis.subscriber.unsubscribe(redis_channel.as_bytes());
+        }
+    }
+
+    /// `{"op":"subscribe"|"unsubscribe","channel":...,"since":...}`, each acknowledged; anything
+    /// else gets a JSON error message, not a disconnect.
+    pub(super) fn on_control_message(&mut self, key: usize, text: &str) {
+        let control: Control = match serde_json::from_str(text) {
+            Ok(control) => control,
+            Err(e) => {
+                let error = format!("invalid control message: {e}");
+                return self.send_notice(key, json!({ "op": "error", "error": error }));
+            }
+        };
+        let name = match control
+            .channel
+            .as_deref()
+            .map(|n| (n, channel::validate(n)))
+        {
+            Some((name, Ok(()))) => name.to_string(),
+            Some((_, Err(e))) => {
+                return self.send_notice(key, json!({ "op": "error", "error": e }));
+            }
+            None => {
+                let error = "a control message needs a \"channel\"";
+                return self.send_notice(key, json!({ "op": "error", "error": error }));
+            }
+        };
+        match control.op.as_str() {
+            "subscribe" => {
+                let since = match control.since.as_deref().map(str::parse::<EventId>) {
+                    None => None,
+                    Some(Ok(id)) => Some(id),
+                    Some(Err(())) => {
+                        let error = "invalid since: an event id";
+                        return self.send_notice(key, json!({ "op": "error", "error": error }));
+                    }
+                };
+                if self.conns[key].subs.len() >= channel::MAX_PER_CONNECTION {
+                    let error = format!(
+                        "at most {} channels per connection",
+                        channel::MAX_PER_CONNECTION
+                    );
+                    return self.send_notice(key, json!({ "op": "error", "error": error }));
+                }
+                self.send_notice(key, json!({ "op": "subscribed", "channel": name }));
+                self.subscribe_to(key, &name, since);
+            }
+            "unsubscribe" => {
+                self.unsubscribe_from(key, &name);
+                self.send_notice(key, json!({ "op": "unsubscribed", "channel": name }));
+            }
+            other => {
+                let error = format!("unknown op {other:?}: use subscribe or unsubscribe");
+                self.send_notice(key, json!({ "op": "error", "error": error }));
+            }
+        }
+    }
+
+    // ---- replay -----------------------------------------------------------------------------
+
+    fn start_replay(&mut self, key: usize, name: &str, since: EventId) {
+        let replay = Replay {
+            key,
+            serial: self.conns[key].serial,
+            channel: name.to_string(),
+            since,
+        };
+        let limit = self.config.history_len;
+        let subscribed = match &mut self.broker {
+            Broker::Embedded(history) => {
+                // One thread: the history and the live stream cannot interleave here.
+                let result = history.read(name, Some(since), limit);
+                return self.send_replay(&replay, result);
+            }
+            Broker::Redis(redis) => {
+                let redis_channel = redis.names.channel(name);
+                redis.subscriber.is_subscribed(redis_channel.as_bytes())
+            }
+        };
+        let conn = &mut self.conns[key];
+        conn.recovery
+            .get_or_insert_with(Box::<Recovery>::default)
+            .pending += 1;
+        if subscribed {
+            self.read_replay(replay);
+        } else {
+            self.awaiting_subscription.push(replay);
+        }
+    }
+
+    /// Redis confirmed a subscription: replays waiting for it may read their history now.
+    pub(super) fn on_redis_subscribed(&mut self, redis_channel: &[u8]) {
+        let Broker::Redis(redis) = &self.broker else {
+            return;
+        };
+        let Some(name) = std::str::from_utf8(redis_channel)
+            .ok()
+            .and_then(|c| redis.names.local(c))
+            .map(str::to_string)
+        else {
+            return;
+        };
+        let (ready, waiting): (Vec<Replay>, Vec<Replay>) =
+            std::mem::take(&mut self.awaiting_subscription)
+                .into_iter()
+                .partition(|r| r.channel == name);
+        self.awaiting_subscription = waiting;
+        for replay in ready {
+            self.read_replay(replay);
+        }
+    }
+
+    fn read_replay(&mut self, replay: Replay) {
+        match self
+            .broker
+            .read_history(&replay.channel, Some(replay.since), self.config.history_len)
+        {
+            Read::Pending => self.pending.push_back(Pending::Replay(replay)),
+            Read::Unavailable(why) => self.on_replay_read(replay, Err(why)),
+            Read::Done(result) => self.on_replay_read(replay, Ok(result)),
+        }
+    }
+
+    /// A history read for a replay came back: send it, then the live events held meanwhile.
+    pub(super) fn on_replay_read(
+        &mut self,
+        replay: Replay,
+        result: Result<Result<Vec<StoredEvent>, TooOld>, String>,
+    ) {
+        let alive = self
+            .conns
+            .get(replay.key)
+            .is_some_and(|c| c.serial == replay.serial && c.is_subscriber());
+        if !alive {
+            return;
+        }
+        let result = result.unwrap_or_else(|why| {
+            log::warn!("history read for a resuming subscriber failed: {why}");
+            Err(TooOld {
+                reason: "history unavailable",
+            })
+        });
+        self.send_replay(&replay, result);
+        let conn = &mut self.conns[replay.key];
+        let Some(recovery) = conn.recovery.as_mut() else {
+            return;
+        };
+        recovery.pending -= 1;
+        if recovery.pending > 0 {
+            return;
+        }
+        let recovery = conn.recovery.take().expect("bug: checked above");
+        for bytes in recovery.into_live() {
+            conn.queue(replay.key, bytes, &mut self.dirty);
+        }
+    }
+
+    /// Queues replayed events (or the reset notice) straight onto the connection, ahead of
+    /// any live events held in its recovery buffer.
+    fn send_replay(&mut self, replay: &Replay, result: Result<Vec<StoredEvent>, TooOld>) {
+        match result {
+            Ok(events) => {
+                let channel = self.fanout.lookup(&replay.channel);
+                let sse = self.conns[replay.key].phase == Phase::Sse;
+                let conn = &mut self.conns[replay.key];
+                for stored in &events {
+                    let bytes = if sse {
+                        sse::event_record(&stored.json)
+                    } else {
+                        frame::text(&stored.json)
+                    };
+                    conn.queue(replay.key, bytes, &mut self.dirty);
+                }
+                if let (Some(channel), Some(last), Some(recovery)) =
+                    (channel, events.last(), conn.recovery.as_mut())
+                {
+                    recovery.replayed(channel, last.id);
+                }
+            }
+            Err(too_old) => {
+                let notice = json!({
+                    "op": "reset",
+                    "channel": replay.channel,
+                    "since": replay.since.to_string(),
+                    "reason": too_old.reason,
+                });
+                self.send_notice(replay.key, notice);
+            }
+        }
+    }
+
+    /// A message for this subscriber alone (acknowledgement, error, reset).
+    fn send_notice(&mut self, key: usize, notice: serde_json::Value) {
+        let body = notice.to_string();
+        let conn = &mut self.conns[key];
+        let bytes = match conn.phase {
+            Phase::WebSocket => frame::text(body.as_bytes()),
+            Phase::Sse => {
+                let op = notice["op"].as_str().unwrap_or("notice");
+                sse::record(None, Some(op), body.as_bytes())
+            }
+            _ => return,
+        };
+        conn.queue(key, bytes, &mut self.dirty);
+    }
+}
