@@ -171,10 +171,19 @@ impl Herald {
 
     /// Kills the process (SIGKILL) and starts it again on the same port.
     pub fn restart(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+
+    /// Kills the process (SIGKILL); `start_again` brings it back on the same port.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    pub fn start_again(&mut self) {
         wait_until("herald to restart on its port", || self.spawn());
     }
 
@@ -342,6 +351,37 @@ impl Redis {
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();
         line.trim_end().to_string()
+    }
+}
+
+impl Redis {
+    /// Runs a command whose reply is an array of bulk strings and integers (`PUBSUB NUMSUB`,
+    /// `XRANGE` ids...); returns its elements as text.
+    pub fn command_array(&self, args: &[&str]) -> Vec<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        stream.write_all(out.as_bytes()).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let count: usize = line.trim_end().trim_start_matches('*').parse().unwrap();
+        let mut items = Vec::new();
+        for _ in 0..count {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if let Some(n) = line.trim_end().strip_prefix(':') {
+                items.push(n.to_string());
+            } else {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                items.push(line.trim_end().to_string());
+            }
+        }
+        items
     }
 }
 

@@ -1,0 +1,210 @@
+//! Recovery: a client that reconnects with the id of the last event it saw gets everything it
+//! missed, in order, exactly once, then live events; one whose id is too old is told to reset.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+fn publish_to(port: u16, channel: &str, message: &str) -> String {
+    let reply = post(
+        port,
+        &format!("/events/{channel}?event_type=e&message={message}"),
+        None,
+        "",
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()["id"].as_str().unwrap().to_string()
+}
+
+fn redis_herald(redis: &Redis) -> Herald {
+    let herald = Herald::with(&[], &[("PUBSUB_CACHE_URL", &redis.url())]);
+    wait_until("redis connected", || {
+        get(herald.port, "/health").json()["redis"] == "connected"
+    });
+    herald
+}
+
+fn resume_after_a_dropped_connection(herald: &Herald) {
+    let mut ws = ws_connect(herald.port, "/ws?channels=orders");
+    publish_to(herald.port, "orders", "1");
+    publish_to(herald.port, "orders", "2");
+    assert_eq!(next_event(&mut ws)["message"], "1");
+    let last = next_event(&mut ws);
+    assert_eq!(last["message"], "2");
+    drop(ws);
+    for m in ["3", "4", "5"] {
+        publish_to(herald.port, "orders", m);
+    }
+    let since = last["id"].as_str().unwrap();
+    let mut back = ws_connect(herald.port, &format!("/ws?channels=orders&since={since}"));
+    publish_to(herald.port, "orders", "6");
+    let got: Vec<Value> = (0..4)
+        .map(|_| next_event(&mut back)["message"].clone())
+        .collect();
+    assert_eq!(got, vec!["3", "4", "5", "6"]);
+    // And nothing twice: the next event is the next one published.
+    publish_to(herald.port, "orders", "7");
+    assert_eq!(next_event(&mut back)["message"], "7");
+}
+
+#[test]
+fn resumes_after_a_dropped_connection_embedded() {
+    resume_after_a_dropped_connection(&Herald::start());
+}
+
+#[test]
+fn resumes_after_a_dropped_connection_through_redis() {
+    let redis = Redis::start();
+    resume_after_a_dropped_connection(&redis_herald(&redis));
+}
+
+/// Publishes `total` events on `channel` at a steady pace from another thread.
+fn publish_steadily(port: u16, channel: &'static str, total: usize) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for i in 0..total {
+            publish_to(port, channel, &i.to_string());
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    })
+}
+
+/// Drops and resumes the connection several times while events keep coming; the messages
+/// received, joined up, must be exactly 0..total.
+fn no_gap_no_duplicate_while_publishing(herald: &Herald) {
+    const TOTAL: usize = 300;
+    let mut ws = ws_connect(herald.port, "/ws?channels=orders");
+    let publisher = publish_steadily(herald.port, "orders", TOTAL);
+    let mut received: Vec<usize> = Vec::new();
+    let mut last_id = String::new();
+    let start = Instant::now();
+    let mut reconnects = 0;
+    while received.len() < TOTAL {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "stuck at {}",
+            received.len()
+        );
+        let event = next_event(&mut ws);
+        if event["op"] == "reset" {
+            panic!("unexpected reset: {event}");
+        }
+        received.push(event["message"].as_str().unwrap().parse().unwrap());
+        last_id = event["id"].as_str().unwrap().to_string();
+        if received.len() % 70 == 0 {
+            drop(ws);
+            std::thread::sleep(Duration::from_millis(25));
+            ws = ws_connect(herald.port, &format!("/ws?channels=orders&since={last_id}"));
+            reconnects += 1;
+        }
+    }
+    publisher.join().unwrap();
+    assert_eq!(reconnects, 4);
+    assert_eq!(
+        received,
+        (0..TOTAL).collect::<Vec<_>>(),
+        "gaps or duplicates"
+    );
+}
+
+#[test]
+fn no_gap_no_duplicate_at_the_seam_embedded() {
+    no_gap_no_duplicate_while_publishing(&Herald::start());
+}
+
+#[test]
+fn no_gap_no_duplicate_at_the_seam_through_redis() {
+    let redis = Redis::start();
+    no_gap_no_duplicate_while_publishing(&redis_herald(&redis));
+}
+
+#[test]
+fn resumes_after_a_herald_restart_with_events_from_another_replica() {
+    let redis = Redis::start();
+    let mut first = redis_herald(&redis);
+    let second = redis_herald(&redis);
+    let mut ws = ws_connect(first.port, "/ws?channels=orders");
+    publish_to(second.port, "orders", "before");
+    let last = next_event(&mut ws);
+    assert_eq!(last["message"], "before");
+
+    // The replica goes down for a while; the other keeps publishing.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let port = second.port;
+    let outage = std::thread::spawn(move || {
+        let mut sent = 0;
+        while !flag.load(Ordering::Relaxed) || sent < 10 {
+            publish_to(port, "orders", &format!("outage-{sent}"));
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        sent
+    });
+    first.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    first.start_again();
+    stop.store(true, Ordering::Relaxed);
+    let sent = outage.join().unwrap();
+    wait_until("the restarted replica to reconnect to redis", || {
+        get(first.port, "/health").json()["redis"] == "connected"
+    });
+    drop(ws);
+
+    let since = last["id"].as_str().unwrap();
+    let mut back = ws_connect(first.port, &format!("/ws?channels=orders&since={since}"));
+    publish_to(second.port, "orders", "after");
+    let mut got = Vec::new();
+    for _ in 0..=sent {
+        got.push(
+            next_event(&mut back)["message"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let mut expected: Vec<String> = (0..sent).map(|i| format!("outage-{i}")).collect();
+    expected.push("after".into());
+    assert_eq!(got, expected);
+    eprintln!(
+        "recovery after restart: {sent} events published during the outage, {} received, 0 duplicates",
+        got.len() - 1
+    );
+}
+
+#[test]
+fn an_id_older_than_the_history_gets_a_reset() {
+    let herald = Herald::with(&["--history-len", "3"], &[]);
+    let first = publish_to(herald.port, "orders", "0");
+    for i in 1..6 {
+        publish_to(herald.port, "orders", &i.to_string());
+    }
+    let mut ws = ws_connect(herald.port, &format!("/ws?channels=orders&since={first}"));
+    let reset = next_event(&mut ws);
+    assert_eq!(reset["op"], "reset", "{reset}");
+    assert_eq!(reset["channel"], "orders");
+    publish_to(herald.port, "orders", "live");
+    assert_eq!(next_event(&mut ws)["message"], "live");
+}
+
+#[test]
+fn history_lost_with_redis_gets_a_reset() {
+    let mut redis = Redis::start();
+    let herald = redis_herald(&redis);
+    let id = publish_to(herald.port, "orders", "gone");
+    redis.restart(); // started empty: no persistence
+    wait_until("reconnected", || {
+        get(herald.port, "/health").json()["redis"] == "connected"
+    });
+    let mut ws = ws_connect(herald.port, &format!("/ws?channels=orders&since={id}"));
+    let reset = next_event(&mut ws);
+    assert_eq!(reset["op"], "reset", "{reset}");
+    assert!(
+        reset["reason"].as_str().unwrap().contains("lost"),
+        "{reset}"
+    );
+}
