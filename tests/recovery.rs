@@ -80,7 +80,6 @@ fn no_gap_no_duplicate_while_publishing(herald: &Herald) {
     let mut ws = ws_connect(herald.port, "/ws?channels=orders");
     let publisher = publish_steadily(herald.port, "orders", TOTAL);
     let mut received: Vec<usize> = Vec::new();
-    let mut last_id = String::new();
     let start = Instant::now();
     let mut reconnects = 0;
     while received.len() < TOTAL {
@@ -94,8 +93,8 @@ fn no_gap_no_duplicate_while_publishing(herald: &Herald) {
             panic!("unexpected reset: {event}");
         }
         received.push(event["message"].as_str().unwrap().parse().unwrap());
-        last_id = event["id"].as_str().unwrap().to_string();
-        if received.len() % 70 == 0 {
+        let last_id = event["id"].as_str().unwrap().to_string();
+        if received.len().is_multiple_of(70) {
             drop(ws);
             std::thread::sleep(Duration::from_millis(25));
             ws = ws_connect(herald.port, &format!("/ws?channels=orders&since={last_id}"));
