@@ -67,7 +67,11 @@ fn a_stalled_client_is_cut_off_and_the_others_get_everything() {
     let growth = rss_after.saturating_sub(rss_before);
     eprintln!("RSS before {rss_before} after {rss_after} growth {growth}");
     assert!(growth < 8 * 1024 * 1024, "RSS grew by {growth} bytes");
-    assert!(herald.log().contains("slow consumer closed (1008)"));
+    assert!(
+        herald
+            .log()
+            .contains("slow consumer closed (1008 for WebSockets)")
+    );
     let metrics = get(herald.port, "/metrics").body;
     assert!(
         metrics.contains("herald_slow_consumers_closed_total 1\n"),
@@ -88,4 +92,37 @@ fn a_stalled_client_is_cut_off_and_the_others_get_everything() {
         "no 1008 close frame at the end of {} bytes",
         received.len()
     );
+}
+
+#[test]
+fn a_stalled_sse_stream_is_cut_off_too() {
+    let herald = Herald::with(&["--max-queued-bytes", "262144"], &[]);
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], herald.port).into();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    use std::io::Write;
+    stream
+        .write_all(b"GET /sse HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut reader = ws_connect(herald.port, "/ws");
+    let payload = "y".repeat(1000);
+    publish_many(herald.port, 3000, 100, |i| {
+        format!("{i:08}{}", &payload[8..])
+    });
+    for i in 0..3000 {
+        let event = next_event(&mut reader);
+        assert_eq!(event["message"].as_str().unwrap()[..8], format!("{i:08}"));
+    }
+    wait_until("the stalled stream to be closed", || {
+        get(herald.port, "/metrics")
+            .body
+            .contains("herald_slow_consumers_closed_total 1\n")
+    });
+    // Reading at last, the client finds its stream ended (EOF), not an endless backlog.
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    assert!(received.starts_with(b"HTTP/1.1 200 OK"));
 }

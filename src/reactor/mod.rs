@@ -672,16 +672,17 @@ impl Reactor {
     /// started receiving, tell it why, and let everyone else go on.
     fn close_slow_consumer(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        if !conn.is_websocket() {
+        if !conn.is_subscriber() {
             return;
         }
         let queued = conn.out.queued_bytes();
         conn.out.discard_unstarted();
-        conn.queue(
-            key,
-            frame::close(close_code::POLICY_VIOLATION, "too slow: backlog over limit"),
-            &mut self.dirty,
-        );
+        conn.recovery = None;
+        if conn.phase == Phase::WebSocket {
+            let close = frame::close(close_code::POLICY_VIOLATION, "too slow: backlog over limit");
+            conn.queue(key, close, &mut self.dirty);
+        }
+        // An SSE stream just ends: EventSource reconnects with Last-Event-ID and catches up.
         self.begin_closing(key);
         self.metrics.slow_consumers += 1;
         self.metrics.closed(reason::SLOW_CONSUMER);
@@ -689,7 +690,7 @@ impl Reactor {
             key,
             log::Level::Warn,
             &format!(
-                "slow consumer closed (1008): {queued} bytes queued, limit {}",
+                "slow consumer closed (1008 for WebSockets): {queued} bytes queued, limit {}",
                 self.config.limits.max_queued_bytes
             ),
         );
@@ -876,6 +877,8 @@ impl Reactor {
                 continue;
             }
             self.unsubscribe_all(key);
+            self.awaiting_subscription
+                .retain(|replay| replay.key != key);
             let mut conn = self.conns.remove(key);
             if conn.upgraded {
                 self.websockets -= 1;

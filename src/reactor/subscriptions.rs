@@ -24,7 +24,7 @@ use crate::ws::{frame, handshake};
 /// A subscriber's history read, from request to reply.
 #[derive(Debug, Clone)]
 pub(super) struct Replay {
-    key: usize,
+    pub key: usize,
     serial: u32,
     channel: String,
     pub since: EventId,
