@@ -34,6 +34,9 @@ struct Channel {
     subscribers: Vec<usize>,
     /// How many subscribers are Server-Sent Events streams (their bytes are built only if any).
     sse_subscribers: usize,
+    /// The newest event id delivered on this channel: where to catch up from if the
+    /// subscription to Redis was lost for a while.
+    last_id: Option<EventId>,
 }
 
 #[derive(Debug, Default)]
@@ -65,8 +68,26 @@ impl Fanout {
         self.channels[channel as usize].subscribers.len()
     }
 
+    pub fn subscribers(&self, channel: ChannelId) -> &[usize] {
+        &self.channels[channel as usize].subscribers
+    }
+
     pub fn has_sse_subscribers(&self, channel: ChannelId) -> bool {
         self.channels[channel as usize].sse_subscribers > 0
+    }
+
+    /// Remembers the newest event id delivered on the channel.
+    pub fn delivered(&mut self, channel: ChannelId, id: EventId) {
+        let last = &mut self.channels[channel as usize].last_id;
+        *last = Some(last.map_or(id, |l| l.max(id)));
+    }
+
+    /// Every channel that has delivered an event with an id, with the newest such id.
+    pub fn last_ids(&self) -> Vec<(String, EventId)> {
+        self.channels
+            .iter()
+            .filter_map(|(_, c)| c.last_id.map(|id| (c.name.to_string(), id)))
+            .collect()
     }
 
     /// Names of every channel with at least one subscriber.
@@ -89,6 +110,7 @@ impl Fanout {
                     name: name.into(),
                     subscribers: Vec::new(),
                     sse_subscribers: 0,
+                    last_id: None,
                 }) as ChannelId;
                 self.by_name.insert(name.into(), id);
                 (id, true)

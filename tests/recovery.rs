@@ -207,3 +207,46 @@ fn history_lost_with_redis_gets_a_reset() {
         "{reset}"
     );
 }
+
+#[test]
+fn a_lost_redis_subscription_catches_up_without_the_client_noticing() {
+    let redis = Redis::start();
+    let ours = redis_herald(&redis);
+    let other = redis_herald(&redis);
+    let mut ws = ws_connect(ours.port, "/ws?channels=orders");
+    wait_until("our subscription", || {
+        redis.command_array(&["PUBSUB", "NUMSUB", "events:orders"])[1] == "1"
+    });
+    publish_to(other.port, "orders", "0");
+    assert_eq!(next_event(&mut ws)["message"], "0");
+
+    const TOTAL: usize = 200;
+    let port = other.port;
+    let publisher = std::thread::spawn(move || {
+        for i in 1..TOTAL {
+            publish_to(port, "orders", &i.to_string());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    // Drop our replica's subscriber connection mid-stream; it reconnects with backoff.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        redis
+            .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+            .starts_with(':')
+    );
+    publisher.join().unwrap();
+
+    let got: Vec<String> = (1..TOTAL)
+        .map(|_| next_event(&mut ws)["message"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = (1..TOTAL).map(|i| i.to_string()).collect();
+    assert_eq!(
+        got, expected,
+        "every event once, in order, across the lost subscription"
+    );
+    assert!(
+        ours.log().contains("redis subscriber link down"),
+        "the link did drop"
+    );
+}

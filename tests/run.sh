@@ -12,6 +12,10 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs npm)
+command -v prlimit >/dev/null || missing+=(util-linux)
+# The metrics test parses /metrics with Prometheus's own Python parser.
+{ python3 -c 'import prometheus_client.parser' || /usr/bin/python3 -c 'import prometheus_client.parser'; } 2>/dev/null \
+  || missing+=(python3-prometheus-client)
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

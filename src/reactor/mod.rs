@@ -17,7 +17,7 @@
 mod publishing;
 mod subscriptions;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,11 +38,11 @@ use crate::http::parse::{Method, parse_request};
 use crate::http::reply::Reply;
 use crate::http::route::{Action, route};
 use crate::metrics::{Gauges, Metrics, reason};
-use crate::resp::link::LinkEvent;
+use crate::resp::link::{LinkEvent, Role};
 use crate::sse;
 use crate::static_files::StaticFiles;
 use crate::ws::frame::{self, Message, close_code};
-use publishing::Pending;
+use publishing::{CatchUp, Pending};
 use subscriptions::Replay;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
@@ -80,6 +80,8 @@ pub struct Reactor {
     pending: VecDeque<Pending>,
     /// Replays that wait for Redis to confirm a subscription before reading history.
     awaiting_subscription: Vec<Replay>,
+    /// Channels reading what they missed while the Redis subscription was down.
+    catch_ups: HashMap<String, CatchUp>,
     metrics: Metrics,
     scratch: Vec<u8>,
     /// Connections with output to flush this turn.
@@ -122,6 +124,7 @@ impl Reactor {
             broker,
             pending: VecDeque::new(),
             awaiting_subscription: Vec::new(),
+            catch_ups: HashMap::new(),
             metrics: Metrics::default(),
             scratch: vec![0; SCRATCH_BYTES],
             dirty: Vec::new(),
@@ -769,7 +772,8 @@ impl Reactor {
                 LinkEvent::Subscribed(channel) => self.on_redis_subscribed(&channel),
                 LinkEvent::Reply(reply) => self.on_redis_reply(reply),
                 LinkEvent::Up(_) => self.metrics.redis_reconnects += 1,
-                LinkEvent::Down(_) => {}
+                LinkEvent::Down(Role::Subscriber) => self.begin_catch_up(),
+                LinkEvent::Down(Role::Publisher) => {}
             }
         }
         self.link_events = events;
@@ -1042,19 +1046,35 @@ mod libc_errno {
     pub const ENOBUFS: i32 = 105;
 }
 
-/// The first bytes of bad input, with non-printables masked, for a log line.
+/// The first bytes of bad input for a log line: non-printables masked, and the values of
+/// headers that carry credentials replaced, so a token never reaches the logs.
 fn printable_sample(bytes: &[u8]) -> String {
-    let sample: String = bytes
-        .iter()
-        .take(48)
-        .map(|&b| {
+    const SHOWN: usize = 48;
+    const SECRET_HEADERS: [&[u8]; 3] = [b"authorization", b"proxy-authorization", b"cookie"];
+    let mut sample = String::new();
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let secret = SECRET_HEADERS
+            .iter()
+            .find(|name| line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name));
+        let shown: &[u8] = match secret {
+            Some(name) => &line[..name.len()],
+            None => line,
+        };
+        sample.extend(shown.iter().map(|&b| {
             if (0x20..0x7f).contains(&b) {
                 b as char
             } else {
                 '.'
             }
-        })
-        .collect();
+        }));
+        if secret.is_some() {
+            sample.push_str(": ***..");
+        }
+        if sample.len() >= SHOWN {
+            break;
+        }
+    }
+    sample.truncate(SHOWN);
     format!("{sample:?}")
 }
 
@@ -1066,4 +1086,21 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable_sample;
+
+    #[test]
+    fn should_mask_credentials_in_log_samples() {
+        let input = b"POST /events HTTP/1.1\r\nAuthorization: Bearer tok3n\r\nBroken header\r\n";
+        let sample = printable_sample(input);
+        assert!(!sample.contains("tok3n"), "{sample}");
+        assert!(
+            sample.starts_with("\"POST /events HTTP/1.1..Authorization: ***"),
+            "{sample}"
+        );
+        assert_eq!(printable_sample(b"\x00ab"), "\".ab\"");
+    }
 }

@@ -40,6 +40,20 @@ pub(super) enum Pending {
         since: Option<EventId>,
     },
     Replay(Replay),
+    /// The events a channel missed while this replica's Redis subscription was down.
+    CatchUp {
+        channel: String,
+        since: EventId,
+    },
+}
+
+/// A channel whose Redis subscription was lost and restored: its history since the last event
+/// delivered is being read; live events wait here meanwhile, so nothing is lost or doubled.
+#[derive(Debug)]
+pub(super) struct CatchUp {
+    since: EventId,
+    read_sent: bool,
+    live: Vec<(Option<EventId>, Bytes)>,
 }
 
 impl Reactor {
@@ -78,6 +92,9 @@ impl Reactor {
         let Some(channel) = self.fanout.lookup(channel) else {
             return 0;
         };
+        if let Some(id) = id {
+            self.fanout.delivered(channel, id);
+        }
         let frames = Frames {
             id,
             ws: frame::text(json),
@@ -122,7 +139,85 @@ impl Reactor {
             return;
         };
         self.metrics.events_received += 1;
-        self.broadcast(&name, event::peek_id(payload), payload);
+        let id = event::peek_id(payload);
+        if let Some(catch_up) = self.catch_ups.get_mut(&name) {
+            catch_up.live.push((id, payload.clone()));
+            return;
+        }
+        self.broadcast(&name, id, payload);
+    }
+
+    /// The subscriber link went down: every channel that had events will need what it misses
+    /// meanwhile, read from its stream once the subscription is back.
+    pub(super) fn begin_catch_up(&mut self) {
+        for (channel, since) in self.fanout.last_ids() {
+            self.catch_ups.entry(channel).or_insert(CatchUp {
+                since,
+                read_sent: false,
+                live: Vec::new(),
+            });
+        }
+    }
+
+    /// A channel's subscription is confirmed again: read what it missed.
+    pub(super) fn continue_catch_up(&mut self, channel: &str) {
+        let Some(catch_up) = self.catch_ups.get_mut(channel) else {
+            return;
+        };
+        if catch_up.read_sent {
+            return;
+        }
+        catch_up.read_sent = true;
+        let since = catch_up.since;
+        match self
+            .broker
+            .read_history(channel, Some(since), self.config.history_len)
+        {
+            Read::Pending => self.pending.push_back(Pending::CatchUp {
+                channel: channel.to_string(),
+                since,
+            }),
+            Read::Unavailable(why) => self.finish_catch_up(channel, Err(why)),
+            Read::Done(result) => self.finish_catch_up(channel, Ok(result)),
+        }
+    }
+
+    /// Delivers the missed events, then the live ones held meanwhile (minus those the history
+    /// already had). If the history cannot cover the gap, subscribers are told to reset.
+    fn finish_catch_up(
+        &mut self,
+        channel: &str,
+        result: Result<Result<Vec<StoredEvent>, TooOld>, String>,
+    ) {
+        let Some(catch_up) = self.catch_ups.remove(channel) else {
+            return;
+        };
+        let mut last = catch_up.since;
+        match result {
+            Ok(Ok(events)) => {
+                if !events.is_empty() {
+                    log::info!(
+                        "channel {channel}: delivering {} events missed while the Redis subscription was down",
+                        events.len()
+                    );
+                }
+                for stored in events {
+                    last = last.max(stored.id);
+                    self.broadcast(channel, Some(stored.id), &stored.json);
+                }
+            }
+            Ok(Err(TooOld { reason })) => self.reset_channel(channel, catch_up.since, reason),
+            Err(why) => {
+                warn!("channel {channel}: cannot read what was missed: {why}");
+                self.reset_channel(channel, catch_up.since, "history unavailable");
+            }
+        }
+        for (id, payload) in catch_up.live {
+            if id.is_some_and(|id| id <= last) {
+                continue;
+            }
+            self.broadcast(channel, id, &payload);
+        }
     }
 
     /// The reply to the oldest outstanding Redis command.
@@ -175,6 +270,10 @@ impl Reactor {
                 let since = Some(replay.since);
                 let result = reply.and_then(|r| broker::parse_history(r, since));
                 self.on_replay_read(replay, result);
+            }
+            Pending::CatchUp { channel, since } => {
+                let result = reply.and_then(|r| broker::parse_history(r, Some(since)));
+                self.finish_catch_up(&channel, result);
             }
         }
     }

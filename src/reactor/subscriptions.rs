@@ -231,6 +231,7 @@ impl Reactor {
         else {
             return;
         };
+        self.continue_catch_up(&name);
         let (ready, waiting): (Vec<Replay>, Vec<Replay>) =
             std::mem::take(&mut self.awaiting_subscription)
                 .into_iter()
@@ -317,6 +318,20 @@ impl Reactor {
                 });
                 self.send_notice(replay.key, notice);
             }
+        }
+    }
+
+    /// Tells every subscriber of a channel that events may be missing (the history could not
+    /// cover a gap): like a client's own reset, they should reload.
+    pub(super) fn reset_channel(&mut self, name: &str, since: EventId, reason: &str) {
+        let Some(channel) = self.fanout.lookup(name) else {
+            return;
+        };
+        let keys = self.fanout.subscribers(channel).to_vec();
+        let notice =
+            json!({ "op": "reset", "channel": name, "since": since.to_string(), "reason": reason });
+        for key in keys {
+            self.send_notice(key, notice.clone());
         }
     }
 
