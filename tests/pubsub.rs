@@ -3,56 +3,18 @@
 
 mod support;
 
-use serde_json::json;
 use support::*;
 
 #[test]
 fn two_clients_get_every_event_in_order() {
     let herald = Herald::start();
-    let mut alice = ws_connect(herald.port, "/ws");
-    let mut bob = ws_connect(herald.port, "/ws");
+    let alice = ws_connect(herald.port, "/ws");
+    let bob = ws_connect(herald.port, "/ws");
     wait_until("both clients counted", || {
         get(herald.port, "/health").json()["websockets"] == 2
     });
 
-    let reply = post(
-        herald.port,
-        "/events?event_type=order&message=Order+%23123+placed",
-        None,
-        "",
-    );
-    assert_eq!(reply.status, 200);
-    let ack = reply.json();
-    assert_eq!(ack["published"], true);
-    assert_eq!(ack["type"], "order");
-    assert_eq!(ack["channel"], "events");
-    assert_eq!(ack["receivers"], 2);
-    assert!(
-        ack["id"].as_str().unwrap().contains('-'),
-        "an event id: {ack}"
-    );
-    let form = post(
-        herald.port,
-        "/events",
-        Some("application/x-www-form-urlencoded"),
-        "event_type=deploy&message=v2.1+deployed+to+staging",
-    );
-    assert_eq!(form.status, 200);
-    let body = json!({"type": "alert", "message": "caf\u{e9} <b>&"}).to_string();
-    let json_reply = post(herald.port, "/events", Some("application/json"), &body);
-    assert_eq!(json_reply.status, 200);
-    for i in 0..20 {
-        publish(herald.port, "seq", &i.to_string());
-    }
-
-    for client in [&mut alice, &mut bob] {
-        assert_event(&next_event(client), "order", "Order #123 placed");
-        assert_event(&next_event(client), "deploy", "v2.1 deployed to staging");
-        assert_event(&next_event(client), "alert", "caf\u{e9} <b>&");
-        for i in 0..20 {
-            assert_eq!(next_event(client)["message"], i.to_string());
-        }
-    }
+    every_client_gets_every_event_in_order(herald.port, &mut [alice, bob], 2);
 }
 
 #[test]

@@ -3,7 +3,6 @@
 
 mod support;
 
-use serde_json::json;
 use support::*;
 
 fn herald_on(redis: &Redis) -> Herald {
@@ -18,48 +17,10 @@ fn herald_on(redis: &Redis) -> Herald {
 fn clients_get_every_event_through_redis() {
     let redis = Redis::start();
     let herald = herald_on(&redis);
-    let mut alice = ws_connect(herald.port, "/ws");
-    let mut bob = ws_connect(herald.port, "/ws");
-    let reply = post(
-        herald.port,
-        "/events?event_type=order&message=Order+%23123+placed",
-        None,
-        "",
-    );
-    assert_eq!(reply.status, 200);
+    let alice = ws_connect(herald.port, "/ws");
+    let bob = ws_connect(herald.port, "/ws");
     // Redis counts its subscribers: this replica's one subscription.
-    let ack = reply.json();
-    assert_eq!(ack["published"], true);
-    assert_eq!(ack["type"], "order");
-    assert_eq!(ack["channel"], "events");
-    assert_eq!(ack["receivers"], 1);
-    assert!(
-        ack["id"].as_str().unwrap().contains('-'),
-        "an event id: {ack}"
-    );
-    let form = post(
-        herald.port,
-        "/events",
-        Some("application/x-www-form-urlencoded"),
-        "event_type=deploy&message=v2",
-    );
-    assert_eq!(form.status, 200);
-    let body = json!({"type": "alert", "message": "json"}).to_string();
-    assert_eq!(
-        post(herald.port, "/events", Some("application/json"), &body).status,
-        200
-    );
-    for i in 0..20 {
-        publish(herald.port, "seq", &i.to_string());
-    }
-    for client in [&mut alice, &mut bob] {
-        assert_event(&next_event(client), "order", "Order #123 placed");
-        assert_event(&next_event(client), "deploy", "v2");
-        assert_event(&next_event(client), "alert", "json");
-        for i in 0..20 {
-            assert_eq!(next_event(client)["message"], i.to_string());
-        }
-    }
+    every_client_gets_every_event_in_order(herald.port, &mut [alice, bob], 1);
 }
 
 #[test]
@@ -114,6 +75,14 @@ fn publishes_fail_while_redis_is_down_and_work_again_after() {
     wait_until("herald to reconnect", || {
         get(herald.port, "/health").json()["redis"] == "connected"
     });
+    // Redis came back empty (no persistence): the channel's history is gone, so Herald cannot
+    // prove nothing was missed and tells its clients to reset.
+    let reset = next_event(&mut client);
+    assert_eq!(reset["op"], "reset", "{reset}");
+    assert!(
+        reset["reason"].as_str().unwrap().contains("lost"),
+        "{reset}"
+    );
     publish(herald.port, "after", "outage");
     assert_eq!(next_event(&mut client)["type"], "after");
     assert!(herald.log().contains("link up again"));

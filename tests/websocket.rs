@@ -9,59 +9,12 @@ use std::net::TcpStream;
 use support::*;
 use tungstenite::Message;
 
-/// A raw upgraded socket (no client library in the way).
 fn raw_ws(port: u16) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream
-        .write_all(
-            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
-    stream
+    ws_upgrade_raw(port)
 }
 
-fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [1u8, 2, 3, 4];
-    let mut out = vec![first];
-    if payload.len() < 126 {
-        out.push(0x80 | payload.len() as u8);
-    } else {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
-
-/// Reads one server frame: (opcode byte, payload).
 fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut head = [0u8; 2];
-    stream.read_exact(&mut head).unwrap();
-    assert_eq!(head[1] & 0x80, 0, "server frames are never masked");
-    let len = match head[1] & 0x7f {
-        126 => {
-            let mut ext = [0u8; 2];
-            stream.read_exact(&mut ext).unwrap();
-            u16::from_be_bytes(ext) as usize
-        }
-        127 => panic!("unexpected huge frame"),
-        n => n as usize,
-    };
-    let mut payload = vec![0; len];
-    stream.read_exact(&mut payload).unwrap();
-    (head[0], payload)
+    read_ws_frame(stream).expect("a server frame")
 }
 
 fn close_code_of(stream: &mut TcpStream) -> u16 {
@@ -78,13 +31,13 @@ fn protocol_violations_close_with_the_rfc_code() {
     let herald = Herald::with(&["--max-message-bytes", "1000"], &[]);
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("unmasked frame", vec![0x81, 0x02, b'h', b'i'], 1002),
-        ("reserved bits", masked(0xC1, b"x"), 1002),
-        ("reserved opcode", masked(0x83, b"x"), 1002),
-        ("fragmented ping", masked(0x09, b"x"), 1002),
-        ("orphan continuation", masked(0x80, b"x"), 1002),
-        ("invalid UTF-8", masked(0x81, &[0xff, 0xfe]), 1007),
-        ("message too big", masked(0x82, &[0u8; 1001]), 1009),
-        ("one-byte close", masked(0x88, &[1]), 1002),
+        ("reserved bits", masked_frame(0xC1, b"x"), 1002),
+        ("reserved opcode", masked_frame(0x83, b"x"), 1002),
+        ("fragmented ping", masked_frame(0x09, b"x"), 1002),
+        ("orphan continuation", masked_frame(0x80, b"x"), 1002),
+        ("invalid UTF-8", masked_frame(0x81, &[0xff, 0xfe]), 1007),
+        ("message too big", masked_frame(0x82, &[0u8; 1001]), 1009),
+        ("one-byte close", masked_frame(0x88, &[1]), 1002),
     ];
     for (name, frame, code) in cases {
         let mut ws = raw_ws(herald.port);
@@ -106,10 +59,10 @@ fn protocol_violations_close_with_the_rfc_code() {
 fn pings_get_pongs_with_the_same_payload() {
     let herald = Herald::start();
     let mut ws = raw_ws(herald.port);
-    ws.write_all(&masked(0x89, b"are you there")).unwrap();
+    ws.write_all(&masked_frame(0x89, b"are you there")).unwrap();
     assert_eq!(read_frame(&mut ws), (0x8A, b"are you there".to_vec()));
     // A text message that is not a control message gets a JSON error, not a disconnect.
-    ws.write_all(&masked(0x81, b"hello")).unwrap();
+    ws.write_all(&masked_frame(0x81, b"hello")).unwrap();
     let (op, payload) = read_frame(&mut ws);
     assert_eq!(op, 0x81);
     let notice: serde_json::Value = serde_json::from_slice(&payload).unwrap();

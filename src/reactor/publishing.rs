@@ -128,14 +128,7 @@ impl Reactor {
             );
             return;
         }
-        let broker::Broker::Redis(redis) = &self.broker else {
-            return;
-        };
-        let Some(name) = std::str::from_utf8(redis_channel)
-            .ok()
-            .and_then(|c| redis.names.local(c))
-            .map(str::to_string)
-        else {
+        let Some(name) = self.local_channel(redis_channel) else {
             return;
         };
         self.metrics.events_received += 1;
@@ -145,6 +138,15 @@ impl Reactor {
             return;
         }
         self.broadcast(&name, id, payload);
+    }
+
+    /// The local channel a Redis channel carries, if it is one of ours.
+    pub(super) fn local_channel(&self, redis_channel: &[u8]) -> Option<String> {
+        let broker::Broker::Redis(redis) = &self.broker else {
+            return None;
+        };
+        let redis_channel = std::str::from_utf8(redis_channel).ok()?;
+        redis.names.local(redis_channel).map(str::to_string)
     }
 
     /// The subscriber link went down: every channel that had events will need what it misses

@@ -221,14 +221,7 @@ impl Reactor {
 
     /// Redis confirmed a subscription: replays waiting for it may read their history now.
     pub(super) fn on_redis_subscribed(&mut self, redis_channel: &[u8]) {
-        let Broker::Redis(redis) = &self.broker else {
-            return;
-        };
-        let Some(name) = std::str::from_utf8(redis_channel)
-            .ok()
-            .and_then(|c| redis.names.local(c))
-            .map(str::to_string)
-        else {
+        let Some(name) = self.local_channel(redis_channel) else {
             return;
         };
         self.continue_catch_up(&name);

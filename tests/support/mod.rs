@@ -587,6 +587,8 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     }
     let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // RFC 6455 1.3's example key and its accept value.
+    assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     stream
 }
 
@@ -632,4 +634,49 @@ pub fn assert_event(event: &Value, kind: &str, message: &str) {
     assert_eq!(event["message"], message, "{event}");
     assert!(event["id"].is_string(), "no id in {event}");
     assert!(event["channel"].is_string(), "no channel in {event}");
+}
+
+/// The same story in every broker mode: events posted with the tutorial's curl form, a form
+/// body and a JSON body, then 20 numbered ones, reach every client in order. `receivers` is
+/// what the first publish must report (local clients embedded, replicas with Redis).
+pub fn every_client_gets_every_event_in_order(port: u16, clients: &mut [Client], receivers: u64) {
+    let reply = post(
+        port,
+        "/events?event_type=order&message=Order+%23123+placed",
+        None,
+        "",
+    );
+    assert_eq!(reply.status, 200);
+    let ack = reply.json();
+    assert_eq!(ack["published"], true);
+    assert_eq!(ack["type"], "order");
+    assert_eq!(ack["channel"], "events");
+    assert_eq!(ack["receivers"], receivers);
+    assert!(
+        ack["id"].as_str().unwrap().contains('-'),
+        "an event id: {ack}"
+    );
+    let form = post(
+        port,
+        "/events",
+        Some("application/x-www-form-urlencoded"),
+        "event_type=deploy&message=v2.1+deployed+to+staging",
+    );
+    assert_eq!(form.status, 200);
+    let body = serde_json::json!({"type": "alert", "message": "caf\u{e9} <b>&"}).to_string();
+    assert_eq!(
+        post(port, "/events", Some("application/json"), &body).status,
+        200
+    );
+    for i in 0..20 {
+        publish(port, "seq", &i.to_string());
+    }
+    for client in clients {
+        assert_event(&next_event(client), "order", "Order #123 placed");
+        assert_event(&next_event(client), "deploy", "v2.1 deployed to staging");
+        assert_event(&next_event(client), "alert", "caf\u{e9} <b>&");
+        for i in 0..20 {
+            assert_eq!(next_event(client)["message"], i.to_string());
+        }
+    }
 }
