@@ -14,8 +14,11 @@
 //! Data flows one way: socket readable -> scratch -> Conn tail -> http::parse | ws::frame ->
 //! route -> broker -> fanout (frame once) -> OutQueues -> dirty list -> flush.
 
+mod http;
 mod publishing;
+mod redis;
 mod subscriptions;
+mod websocket;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -27,24 +30,20 @@ use bytes::Bytes;
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use serde_json::json;
 use slab::Slab;
 
 use crate::broker::{Broker, REDIS_PUB, REDIS_SUB};
 use crate::config::Config;
 use crate::conn::{Conn, Phase};
 use crate::fanout::Fanout;
-use crate::http::parse::{Method, parse_request};
 use crate::http::reply::Reply;
-use crate::http::route::{Action, route};
-use crate::metrics::{Gauges, Metrics, reason};
-use crate::resp::link::{LinkEvent, Role};
+use crate::metrics::{Metrics, reason};
+use crate::resp::link::LinkEvent;
 use crate::sse;
 use crate::static_files::StaticFiles;
-use crate::ws::frame::{self, Message, close_code};
+use crate::ws::frame::{self, close_code};
 use publishing::{CatchUp, Pending};
 use subscriptions::Replay;
-use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNAL: Token = Token(usize::MAX - 4);
@@ -60,7 +59,7 @@ const READ_BUDGET: usize = 16;
 /// NET_MAX_WRITES_PER_EVENT).
 const WRITE_BUDGET: usize = 1024 * 1024;
 /// How long a closing connection may take to drain its last bytes and see the peer close.
-const CLOSE_TIMEOUT_SECS: u32 = 5;
+pub(super) const CLOSE_TIMEOUT_SECS: u32 = 5;
 /// After EMFILE and the like, accept again this much later instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -421,315 +420,12 @@ impl Reactor {
         }
     }
 
-    fn process_http(&mut self, key: usize, buf: &mut [u8]) -> usize {
-        let mut used = 0;
-        let head_by = self.clock() + self.config.limits.head_timeout_secs;
-        loop {
-            let conn = &mut self.conns[key];
-            if conn.phase != Phase::ReadingRequest {
-                return used;
-            }
-            if conn.out.queued_bytes() > self.config.limits.max_queued_bytes {
-                conn.read_pending = true;
-                return used;
-            }
-            let request = match parse_request(&buf[used..], &self.config.limits) {
-                Ok(Some(parsed)) => parsed,
-                Ok(None) => {
-                    if used < buf.len() {
-                        // A request has begun: it must complete within the head timeout.
-                        conn.deadline = conn.deadline.min(head_by);
-                    }
-                    return used;
-                }
-                Err(e) => {
-                    let sample = printable_sample(&buf[used..]);
-                    self.log_peer(key, log::Level::Info, &format!("{e}; input {sample}"));
-                    self.metrics.closed(reason::BAD_REQUEST);
-                    self.send_reply(key, e.reply(), false, false);
-                    return buf.len();
-                }
-            };
-            let (req, n) = request;
-            used += n;
-            let keep_alive = req.keep_alive && self.shutdown_deadline.is_none();
-            let head_only = req.method == Method::Head;
-            match route(&req, &self.config, &self.statics) {
-                Action::Reply(reply) => self.send_reply(key, reply, keep_alive, head_only),
-                Action::Health => {
-                    let reply = self.health();
-                    self.send_reply(key, reply, keep_alive, head_only);
-                }
-                Action::Metrics => {
-                    let text = self.metrics.render(&self.gauges());
-                    let reply = Reply::new(200, "text/plain; version=0.0.4; charset=utf-8", text);
-                    self.send_reply(key, reply, keep_alive, head_only);
-                }
-                Action::Publish(event) => self.publish(key, event, keep_alive),
-                Action::History {
-                    channel,
-                    since,
-                    limit,
-                } => self.read_history(key, channel, since, limit, keep_alive),
-                Action::Upgrade {
-                    accept_key,
-                    echo,
-                    wanted,
-                } => {
-                    self.open_websocket(key, &accept_key, echo, wanted);
-                    // Frames may follow the handshake in the same packet.
-                    return used + self.process_frames(key, &mut buf[used..]);
-                }
-                Action::Sse { wanted } => {
-                    self.open_sse(key, wanted);
-                    return buf.len();
-                }
-            }
-        }
-    }
-
-    /// Queues a reply; closes after it when asked to or when the request was not keep-alive.
-    fn send_reply(&mut self, key: usize, reply: Reply, keep_alive: bool, head_only: bool) {
-        let close = reply.close || !keep_alive;
-        self.metrics.responded(reply.status);
-        let now = self.clock();
-        let conn = &mut self.conns[key];
-        conn.queue(key, reply.encode_head(!close), &mut self.dirty);
-        if !head_only {
-            conn.queue(key, reply.body, &mut self.dirty);
-        }
-        if close {
-            conn.phase = Phase::Closing;
-            conn.deadline = now + CLOSE_TIMEOUT_SECS;
-        } else {
-            conn.deadline = now + self.config.limits.idle_timeout_secs;
-        }
-    }
-
-    fn health(&self) -> Reply {
-        let redis = match &self.broker {
-            Broker::Embedded(_) => serde_json::Value::Null,
-            broker => json!(broker.state()),
-        };
-        let mut body = json!({
-            "status": "ok",
-            "broker": if matches!(self.broker, Broker::Embedded(_)) { "embedded" } else { "redis" },
-            "redis": redis,
-            "connections": self.conns.len(),
-            "websockets": self.websockets,
-            "publish_token_required": self.config.publish_token.is_some(),
-        });
-        if let Some(e) = self.broker.last_error() {
-            body["redis_error"] = json!(e);
-        }
-        Reply::json(200, &body).header("Cache-Control", "no-store")
-    }
-
-    fn gauges(&self) -> Gauges {
-        Gauges {
-            http: self.conns.len() - self.websockets,
-            websockets: self.websockets,
-            redis_up: match &self.broker {
-                Broker::Embedded(_) => None,
-                Broker::Redis(redis) => Some(redis.is_ready()),
-            },
-        }
-    }
-
-    /// Parses what waited in the tail, and reads again if the socket may hold more.
-    fn resume_reading(&mut self, key: usize) {
-        let conn = &mut self.conns[key];
-        if conn.phase != Phase::ReadingRequest {
-            return;
-        }
-        if !conn.tail.is_empty() {
-            let buf = std::mem::take(&mut conn.tail);
-            self.process_tail(key, buf);
-        }
-        if let Some(conn) = self.conns.get_mut(key)
-            && conn.read_pending
-        {
-            conn.read_pending = false;
-            self.read_later.push(key);
-        }
-    }
-
-    // ---- WebSockets -------------------------------------------------------------------------
-
-    fn process_frames(&mut self, key: usize, buf: &mut [u8]) -> usize {
-        let max = self.config.limits.max_message_bytes;
-        let mut used = 0;
-        if !buf.is_empty() {
-            let now = self.clock();
-            let conn = &mut self.conns[key];
-            // Any traffic proves the peer alive: the next ping is due a full interval later.
-            conn.awaiting_pong = false;
-            conn.deadline = now + self.config.limits.ping_interval_secs;
-        }
-        while self.conns[key].is_websocket() {
-            let (header, range, n) = match frame::decode_frame(&mut buf[used..], max) {
-                Ok(Some(decoded)) => decoded,
-                Ok(None) => break,
-                Err(e) => {
-                    self.close_websocket_for(key, &e);
-                    return buf.len();
-                }
-            };
-            let payload = &buf[used + range.start..used + range.end];
-            let mut partial = self.conns[key].partial.take();
-            let message = frame::assemble(&header, payload, &mut partial, max);
-            self.conns[key].partial = partial;
-            match message {
-                Ok(Some(message)) => self.on_message(key, message),
-                Ok(None) => {}
-                Err(e) => {
-                    self.close_websocket_for(key, &e);
-                    return buf.len();
-                }
-            }
-            used += n;
-        }
-        used
-    }
-
-    /// In Closing after our close frame: drop data frames, end at the peer's close frame.
-    fn await_close_frame(&mut self, key: usize, buf: &mut [u8]) -> usize {
-        let max = self.config.limits.max_message_bytes;
-        let mut used = 0;
-        loop {
-            match frame::decode_frame(&mut buf[used..], max) {
-                Ok(Some((header, _, n))) => {
-                    used += n;
-                    if header.opcode == OpCode::Control(Control::Close) {
-                        self.peer_closed(key);
-                        return buf.len();
-                    }
-                }
-                Ok(None) => return used,
-                // Garbage after our close: nothing more worth reading.
-                Err(_) => {
-                    self.peer_closed(key);
-                    return buf.len();
-                }
-            }
-        }
-    }
-
-    /// The peer sent its last word; close as soon as ours is flushed.
-    fn peer_closed(&mut self, key: usize) {
-        let conn = &mut self.conns[key];
-        conn.peer_done = true;
-        if conn.out.is_empty() {
-            self.close_now(key, reason::DONE, "closed");
-        }
-    }
-
-    fn on_message(&mut self, key: usize, message: Message<'_>) {
-        let conn = &mut self.conns[key];
-        let echo = conn.phase == Phase::Echo;
-        match message {
-            Message::Ping(data) => conn.queue(key, frame::pong(data), &mut self.dirty),
-            Message::Pong => {}
-            Message::Close(code, _) => {
-                // RFC 6455 5.5.1: answer a close with a close, echoing its status code.
-                let reply = frame::close(code.unwrap_or(close_code::NORMAL), "");
-                conn.queue(key, reply, &mut self.dirty);
-                // RFC 6455 7.1.1: the server closes the TCP connection first, right after.
-                conn.peer_done = true;
-                self.begin_closing(key);
-                self.metrics.closed(reason::PEER_CLOSED);
-            }
-            Message::Text(text) if echo => {
-                conn.queue(key, frame::text(text.as_bytes()), &mut self.dirty)
-            }
-            Message::Binary(data) if echo => {
-                let frame = frame::encode(OpCode::Data(Data::Binary), &data);
-                conn.queue(key, frame, &mut self.dirty);
-            }
-            Message::Text(text) => {
-                let text = text.into_owned();
-                self.on_control_message(key, &text);
-            }
-            // The feed speaks JSON text; binary messages are read and ignored.
-            Message::Binary(_) => {}
-        }
-    }
-
-    fn close_websocket_for(&mut self, key: usize, error: &frame::WsError) {
-        self.log_peer(
-            key,
-            log::Level::Info,
-            &format!("closing WebSocket: {error}"),
-        );
-        self.metrics.closed(reason::PROTOCOL_ERROR);
-        let conn = &mut self.conns[key];
-        conn.queue(
-            key,
-            frame::close(error.close_code(), &error.to_string()),
-            &mut self.dirty,
-        );
-        self.begin_closing(key);
-    }
-
-    /// A subscriber whose backlog passed its cap: it stopped reading. Drop what it has not
-    /// started receiving, tell it why, and let everyone else go on.
-    fn close_slow_consumer(&mut self, key: usize) {
-        let conn = &mut self.conns[key];
-        if !conn.is_subscriber() {
-            return;
-        }
-        let queued = conn.out.queued_bytes();
-        conn.out.discard_unstarted();
-        conn.recovery = None;
-        if conn.phase == Phase::WebSocket {
-            let close = frame::close(close_code::POLICY_VIOLATION, "too slow: backlog over limit");
-            conn.queue(key, close, &mut self.dirty);
-        }
-        // An SSE stream just ends: EventSource reconnects with Last-Event-ID and catches up.
-        self.begin_closing(key);
-        self.metrics.slow_consumers += 1;
-        self.metrics.closed(reason::SLOW_CONSUMER);
-        self.log_peer(
-            key,
-            log::Level::Warn,
-            &format!(
-                "slow consumer closed (1008 for WebSockets): {queued} bytes queued, limit {}",
-                self.config.limits.max_queued_bytes
-            ),
-        );
-    }
-
     fn begin_closing(&mut self, key: usize) {
         let deadline = self.clock() + CLOSE_TIMEOUT_SECS;
         let conn = &mut self.conns[key];
         conn.phase = Phase::Closing;
         conn.deadline = deadline;
         conn.partial = None;
-    }
-
-    // ---- Redis ------------------------------------------------------------------------------
-
-    fn on_link_ready(&mut self, token: Token) {
-        let Broker::Redis(redis) = &mut self.broker else {
-            return;
-        };
-        if let Some(link) = redis.link_mut(token) {
-            link.on_ready(
-                self.poll.registry(),
-                &mut self.scratch,
-                &mut self.link_events,
-            );
-        }
-        self.drain_link_events();
-    }
-
-    fn on_wake(&mut self) {
-        if let Broker::Redis(redis) = &mut self.broker {
-            let registry = self.poll.registry();
-            redis.subscriber.on_wake(registry, &mut self.link_events);
-            redis.publisher.on_wake(registry, &mut self.link_events);
-        }
-        self.drain_link_events();
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -747,36 +443,6 @@ impl Reactor {
                 .on_timer(now, registry, &self.waker, &mut self.link_events);
         }
         self.drain_link_events();
-    }
-
-    fn flush_links(&mut self) {
-        if let Broker::Redis(redis) = &mut self.broker {
-            let registry = self.poll.registry();
-            if redis.publisher.has_output() {
-                redis.publisher.flush(registry, &mut self.link_events);
-            }
-            if redis.subscriber.has_output() {
-                redis.subscriber.flush(registry, &mut self.link_events);
-            }
-        }
-        self.drain_link_events();
-    }
-
-    fn drain_link_events(&mut self) {
-        let mut events = std::mem::take(&mut self.link_events);
-        for event in events.drain(..) {
-            match event {
-                LinkEvent::Message { channel, payload } => {
-                    self.on_redis_message(&channel, &payload)
-                }
-                LinkEvent::Subscribed(channel) => self.on_redis_subscribed(&channel),
-                LinkEvent::Reply(reply) => self.on_redis_reply(reply),
-                LinkEvent::Up(_) => self.metrics.redis_reconnects += 1,
-                LinkEvent::Down(Role::Subscriber) => self.begin_catch_up(),
-                LinkEvent::Down(Role::Publisher) => {}
-            }
-        }
-        self.link_events = events;
     }
 
     // ---- writing ----------------------------------------------------------------------------
@@ -1046,38 +712,6 @@ mod libc_errno {
     pub const ENOBUFS: i32 = 105;
 }
 
-/// The first bytes of bad input for a log line: non-printables masked, and the values of
-/// headers that carry credentials replaced, so a token never reaches the logs.
-fn printable_sample(bytes: &[u8]) -> String {
-    const SHOWN: usize = 48;
-    const SECRET_HEADERS: [&[u8]; 3] = [b"authorization", b"proxy-authorization", b"cookie"];
-    let mut sample = String::new();
-    for line in bytes.split_inclusive(|&b| b == b'\n') {
-        let secret = SECRET_HEADERS
-            .iter()
-            .find(|name| line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name));
-        let shown: &[u8] = match secret {
-            Some(name) => &line[..name.len()],
-            None => line,
-        };
-        sample.extend(shown.iter().map(|&b| {
-            if (0x20..0x7f).contains(&b) {
-                b as char
-            } else {
-                '.'
-            }
-        }));
-        if secret.is_some() {
-            sample.push_str(": ***..");
-        }
-        if sample.len() >= SHOWN {
-            break;
-        }
-    }
-    sample.truncate(SHOWN);
-    format!("{sample:?}")
-}
-
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -1086,21 +720,4 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(TcpListener::from_std(socket.into()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::printable_sample;
-
-    #[test]
-    fn should_mask_credentials_in_log_samples() {
-        let input = b"POST /events HTTP/1.1\r\nAuthorization: Bearer tok3n\r\nBroken header\r\n";
-        let sample = printable_sample(input);
-        assert!(!sample.contains("tok3n"), "{sample}");
-        assert!(
-            sample.starts_with("\"POST /events HTTP/1.1..Authorization: ***"),
-            "{sample}"
-        );
-        assert_eq!(printable_sample(b"\x00ab"), "\".ab\"");
-    }
 }

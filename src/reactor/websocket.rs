@@ -1,0 +1,155 @@
+//! WebSocket frames on a connection, the reactor's side: decode and act (pings, closes, echo,
+//! control messages), close with the RFC code on a violation, and cut off subscribers that
+//! stopped reading.
+
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+use super::Reactor;
+use crate::conn::Phase;
+use crate::metrics::reason;
+use crate::ws::frame::{self, Message, close_code};
+
+impl Reactor {
+    pub(super) fn process_frames(&mut self, key: usize, buf: &mut [u8]) -> usize {
+        let max = self.config.limits.max_message_bytes;
+        let mut used = 0;
+        if !buf.is_empty() {
+            let now = self.clock();
+            let conn = &mut self.conns[key];
+            // Any traffic proves the peer alive: the next ping is due a full interval later.
+            conn.awaiting_pong = false;
+            conn.deadline = now + self.config.limits.ping_interval_secs;
+        }
+        while self.conns[key].is_websocket() {
+            let (header, range, n) = match frame::decode_frame(&mut buf[used..], max) {
+                Ok(Some(decoded)) => decoded,
+                Ok(None) => break,
+                Err(e) => {
+                    self.close_websocket_for(key, &e);
+                    return buf.len();
+                }
+            };
+            let payload = &buf[used + range.start..used + range.end];
+            let mut partial = self.conns[key].partial.take();
+            let message = frame::assemble(&header, payload, &mut partial, max);
+            self.conns[key].partial = partial;
+            match message {
+                Ok(Some(message)) => self.on_message(key, message),
+                Ok(None) => {}
+                Err(e) => {
+                    self.close_websocket_for(key, &e);
+                    return buf.len();
+                }
+            }
+            used += n;
+        }
+        used
+    }
+
+    /// In Closing after our close frame: drop data frames, end at the peer's close frame.
+    pub(super) fn await_close_frame(&mut self, key: usize, buf: &mut [u8]) -> usize {
+        let max = self.config.limits.max_message_bytes;
+        let mut used = 0;
+        loop {
+            match frame::decode_frame(&mut buf[used..], max) {
+                Ok(Some((header, _, n))) => {
+                    used += n;
+                    if header.opcode == OpCode::Control(Control::Close) {
+                        self.peer_closed(key);
+                        return buf.len();
+                    }
+                }
+                Ok(None) => return used,
+                // Garbage after our close: nothing more worth reading.
+                Err(_) => {
+                    self.peer_closed(key);
+                    return buf.len();
+                }
+            }
+        }
+    }
+
+    /// The peer sent its last word; close as soon as ours is flushed.
+    pub(super) fn peer_closed(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        conn.peer_done = true;
+        if conn.out.is_empty() {
+            self.close_now(key, reason::DONE, "closed");
+        }
+    }
+
+    pub(super) fn on_message(&mut self, key: usize, message: Message<'_>) {
+        let conn = &mut self.conns[key];
+        let echo = conn.phase == Phase::Echo;
+        match message {
+            Message::Ping(data) => conn.queue(key, frame::pong(data), &mut self.dirty),
+            Message::Pong => {}
+            Message::Close(code, _) => {
+                // RFC 6455 5.5.1: answer a close with a close, echoing its status code.
+                let reply = frame::close(code.unwrap_or(close_code::NORMAL), "");
+                conn.queue(key, reply, &mut self.dirty);
+                // RFC 6455 7.1.1: the server closes the TCP connection first, right after.
+                conn.peer_done = true;
+                self.begin_closing(key);
+                self.metrics.closed(reason::PEER_CLOSED);
+            }
+            Message::Text(text) if echo => {
+                conn.queue(key, frame::text(text.as_bytes()), &mut self.dirty)
+            }
+            Message::Binary(data) if echo => {
+                let frame = frame::encode(OpCode::Data(Data::Binary), &data);
+                conn.queue(key, frame, &mut self.dirty);
+            }
+            Message::Text(text) => {
+                let text = text.into_owned();
+                self.on_control_message(key, &text);
+            }
+            // The feed speaks JSON text; binary messages are read and ignored.
+            Message::Binary(_) => {}
+        }
+    }
+
+    pub(super) fn close_websocket_for(&mut self, key: usize, error: &frame::WsError) {
+        self.log_peer(
+            key,
+            log::Level::Info,
+            &format!("closing WebSocket: {error}"),
+        );
+        self.metrics.closed(reason::PROTOCOL_ERROR);
+        let conn = &mut self.conns[key];
+        conn.queue(
+            key,
+            frame::close(error.close_code(), &error.to_string()),
+            &mut self.dirty,
+        );
+        self.begin_closing(key);
+    }
+
+    /// A subscriber whose backlog passed its cap: it stopped reading. Drop what it has not
+    /// started receiving, tell it why, and let everyone else go on.
+    pub(super) fn close_slow_consumer(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.is_subscriber() {
+            return;
+        }
+        let queued = conn.out.queued_bytes();
+        conn.out.discard_unstarted();
+        conn.recovery = None;
+        if conn.phase == Phase::WebSocket {
+            let close = frame::close(close_code::POLICY_VIOLATION, "too slow: backlog over limit");
+            conn.queue(key, close, &mut self.dirty);
+        }
+        // An SSE stream just ends: EventSource reconnects with Last-Event-ID and catches up.
+        self.begin_closing(key);
+        self.metrics.slow_consumers += 1;
+        self.metrics.closed(reason::SLOW_CONSUMER);
+        self.log_peer(
+            key,
+            log::Level::Warn,
+            &format!(
+                "slow consumer closed (1008 for WebSockets): {queued} bytes queued, limit {}",
+                self.config.limits.max_queued_bytes
+            ),
+        );
+    }
+}
