@@ -64,6 +64,17 @@ pub(super) const CLOSE_TIMEOUT_SECS: u32 = 5;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// How far to read a readable socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// Until `WouldBlock` or EOF.
+    ToEnd,
+    /// Stop after a read that did not fill the buffer: the socket was empty then, and data
+    /// arriving later raises a new edge, so the `WouldBlock` read would be a wasted syscall.
+    /// Not when the peer has closed (`ToEnd` then), as its EOF would raise no further edge.
+    UntilShortRead,
+}
+
 pub struct Reactor {
     poll: Poll,
     listener: Option<TcpListener>,
@@ -184,8 +195,10 @@ impl Reactor {
                     WAKER => self.on_wake(),
                     REDIS_SUB | REDIS_PUB => self.on_link_ready(event.token()),
                     Token(key) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(key);
+                        if event.is_read_closed() || event.is_error() {
+                            self.on_readable(key, Drain::ToEnd);
+                        } else if event.is_readable() {
+                            self.on_readable(key, Drain::UntilShortRead);
                         }
                         if event.is_writable()
                             && let Some(conn) = self.conns.get_mut(key)
@@ -196,7 +209,7 @@ impl Reactor {
                 }
             }
             for key in std::mem::take(&mut self.read_later) {
-                self.on_readable(key);
+                self.on_readable(key, Drain::ToEnd);
             }
             let now = Instant::now();
             self.on_timers(now);
@@ -315,7 +328,7 @@ impl Reactor {
 
     // ---- reading and parsing --------------------------------------------------------------
 
-    fn on_readable(&mut self, key: usize) {
+    fn on_readable(&mut self, key: usize, drain: Drain) {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut reads = 0;
         while let Some(conn) = self.conns.get_mut(key) {
@@ -349,6 +362,9 @@ impl Reactor {
                     reads += 1;
                     conn.read_pending = false;
                     self.on_input(key, &mut scratch[..n]);
+                    if n < scratch.len() && drain == Drain::UntilShortRead {
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
