@@ -7,13 +7,21 @@
  * only ever inserted as text (textContent), never parsed as HTML.
  *
  * Layout of this file:
- *   config        readFeedConfig()           page options from the URL
- *   URLs          buildWsUrl()               ws(s)://host/ws[?channels=..&since=..]
- *   events        parseEvent(), renderEvent() one JSON frame -> one <li class="event">
- *   feed          createFeed()               list, counter, empty state
- *   connection    connectFeed()              WebSocket with capped backoff + jitter
- *   server info   loadHealth()               GET /health
- *   publish       setupPublishForm()         POST /events
+ *   config        readFeedConfig()            channels from the page URL
+ *   URLs          buildWsUrl()                ws(s)://host/ws?channels=..&since=..
+ *   events        parseEvent(), renderEvent() one JSON frame -> event or notice
+ *   resume        createResume()              last id per channel, dedupe, stats
+ *   feed          createFeed()                list, counter, empty state, notices
+ *   connection    connectFeed()               WebSocket with capped backoff + jitter
+ *   channels      createChannelPicker()       followed channels (chips + input)
+ *   server info   loadHealth()                GET /health
+ *   publish       setupPublishForm()          POST /events
+ *
+ * Resuming: the page remembers the id of the last event it saw on each
+ * channel (in memory, and in sessionStorage so a reload resumes too) and
+ * reconnects with `since=<channel>:<id>,...`; the server then replays what
+ * was missed before going live. If it cannot (history lost or too short) it
+ * sends {"op":"reset"} and the page says events may be missing.
  */
 (function () {
   'use strict';
@@ -37,25 +45,49 @@
   // Number of colour variants for type badges (see .type-color-N in app.css).
   var TYPE_COLORS = 8;
 
+  // Channels: same rules as the server (1-64 letters, digits, _ - ., not
+  // starting with a dot). `events` is the server's default channel.
+  var DEFAULT_CHANNEL = 'events';
+  var CHANNEL_NAME = /^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$/;
+  var MAX_CHANNELS = 64;
+  var CHANNEL_RULES = 'Channel names are 1–64 letters, digits, “_”, “-” or “.”.';
+
+  // Event keys remembered for de-duplication (a safety net; see createResume).
+  var SEEN_LIMIT = 5000;
+  var STORAGE_KEY = 'herald.resume.v1';
+
   /* ------------------------------------------------------------------ */
   /* config                                                              */
   /* ------------------------------------------------------------------ */
 
+  function isChannelName(name) {
+    return typeof name === 'string' && CHANNEL_NAME.test(name);
+  }
+
+  /** "a, b,,#c" -> { names: ['a', 'b', 'c'], invalid: [] } (deduplicated, in order). */
+  function parseChannelList(text) {
+    var names = [];
+    var invalid = [];
+    String(text || '').split(',').forEach(function (part) {
+      var name = part.trim().replace(/^#/, '');
+      if (!name) return;
+      if (!isChannelName(name)) invalid.push(name);
+      else if (names.indexOf(name) < 0) names.push(name);
+    });
+    return { names: names, invalid: invalid };
+  }
+
   /**
-   * Options for the feed, from the page URL. `channels` is passed through to
-   * the WebSocket URL (`?channels=a,b`) when given; `resume` makes
-   * reconnects ask for `since=<last id>` so missed events can be replayed
-   * once the server supports it.
+   * Options for the feed, from the page URL: `?channels=orders,deploys`
+   * (default: the server's default channel, `events`).
    */
   function readFeedConfig(search) {
     var params = new URLSearchParams(search || '');
-    var channels = (params.get('channels') || '')
-      .split(',')
-      .map(function (c) { return c.trim(); })
-      .filter(Boolean);
+    var parsed = parseChannelList(params.get('channels'));
+    var channels = parsed.names.slice(0, MAX_CHANNELS);
     return {
-      channels: channels,
-      resume: params.get('resume') === '1'
+      channels: channels.length ? channels : [DEFAULT_CHANNEL],
+      invalidChannels: parsed.invalid
     };
   }
 
@@ -66,18 +98,21 @@
   /**
    * WebSocket URL on the page's own host: wss: for https pages, ws: otherwise.
    * opts.channels: array of channel names -> ?channels=a,b
-   * opts.since: last event id seen -> &since=<id>
+   * opts.since: { channel: lastId } -> &since=a:<id>,b:<id> (channels with an id only)
    */
   function buildWsUrl(loc, opts) {
     opts = opts || {};
     var url = new URL('/ws', loc.href);
     url.protocol = loc.protocol === 'https:' ? 'wss:' : 'ws:';
-    if (opts.channels && opts.channels.length) {
-      url.searchParams.set('channels', opts.channels.join(','));
+    var channels = opts.channels || [];
+    if (channels.length) {
+      url.searchParams.set('channels', channels.join(','));
     }
-    if (opts.since !== undefined && opts.since !== null && opts.since !== '') {
-      url.searchParams.set('since', String(opts.since));
-    }
+    var since = opts.since || {};
+    var pairs = channels
+      .filter(function (c) { return typeof since[c] === 'string' && since[c] !== ''; })
+      .map(function (c) { return c + ':' + since[c]; });
+    if (pairs.length) url.searchParams.set('since', pairs.join(','));
     return url.toString();
   }
 
@@ -99,8 +134,23 @@
     try { return JSON.stringify(value); } catch (e) { return String(value); }
   }
 
+  /** "1718000000000-3" -> [1718000000000, 3], or null if it is not an event id. */
+  function parseId(id) {
+    var m = /^(\d{1,16})-(\d{1,16})$/.exec(typeof id === 'string' ? id : '');
+    return m ? [Number(m[1]), Number(m[2])] : null;
+  }
+
+  /** <0, 0, >0 like a comparator; null if either is not an event id. */
+  function compareIds(a, b) {
+    var x = parseId(a);
+    var y = parseId(b);
+    if (!x || !y) return null;
+    return x[0] !== y[0] ? x[0] - y[0] : x[1] - y[1];
+  }
+
   /**
-   * One WebSocket text frame -> normalized event, or null if unusable.
+   * One WebSocket text frame -> { kind: 'event', type, message, id, channel }
+   * or, for server messages with an "op" field, { kind: 'notice', op, ... }.
    * Unknown fields are kept on `raw` and otherwise ignored.
    */
   function parseEvent(data) {
@@ -110,12 +160,24 @@
       obj = JSON.parse(data);
     } catch (e) {
       // Not JSON: still show it, as plain text.
-      return { type: 'message', message: data, id: null, channel: null, raw: null };
+      return { kind: 'event', type: 'message', message: data, id: null, channel: null, raw: null };
     }
     if (!obj || typeof obj !== 'object' || Array.isArray(obj)) {
-      return { type: 'message', message: asText(obj), id: null, channel: null, raw: obj };
+      return { kind: 'event', type: 'message', message: asText(obj), id: null, channel: null, raw: obj };
+    }
+    if (typeof obj.op === 'string') {
+      return {
+        kind: 'notice',
+        op: obj.op,
+        channel: typeof obj.channel === 'string' ? obj.channel : null,
+        since: typeof obj.since === 'string' ? obj.since : null,
+        reason: asText(obj.reason),
+        error: asText(obj.error),
+        raw: obj
+      };
     }
     return {
+      kind: 'event',
       type: asText(obj.type) || 'event',
       message: asText(obj.message),
       id: obj.id === undefined || obj.id === null ? null : asText(obj.id),
@@ -146,7 +208,7 @@
 
   /**
    * Render one event as a list item. All event data goes in via textContent.
-   *   <li class="event">
+   *   <li class="event" data-id="…" data-channel="orders">
    *     <div class="event-meta">
    *       <span class="event-type">order</span>
    *       <span class="event-channel">#orders</span>      (only with a channel)
@@ -158,10 +220,11 @@
   function renderEvent(evt, receivedAt) {
     var li = el('li', 'event');
     if (evt.id !== null) li.dataset.id = evt.id;
+    if (evt.channel !== null) li.dataset.channel = evt.channel;
 
     var meta = el('div', 'event-meta');
     var type = el('span', 'event-type type-color-' + typeColor(evt.type), evt.type);
-    type.title = evt.type;
+    type.title = 'Type ' + evt.type;
     meta.appendChild(type);
 
     if (evt.channel !== null) {
@@ -172,7 +235,7 @@
 
     var time = el('time', 'event-time', formatTime(receivedAt));
     time.dateTime = receivedAt.toISOString();
-    time.title = 'Received ' + receivedAt.toLocaleString();
+    time.title = 'Received ' + receivedAt.toLocaleString() + (evt.id !== null ? ' · id ' + evt.id : '');
     meta.appendChild(time);
 
     li.appendChild(meta);
@@ -187,6 +250,132 @@
   }
 
   /* ------------------------------------------------------------------ */
+  /* resume                                                              */
+  /* ------------------------------------------------------------------ */
+
+  function sessionStore() {
+    try {
+      var s = window.sessionStorage;
+      var probe = STORAGE_KEY + '.probe';
+      s.setItem(probe, '1');
+      s.removeItem(probe);
+      return s;
+    } catch (e) {
+      return null; // storage disabled: resume within this page only
+    }
+  }
+
+  /**
+   * Where to resume each channel from, and a de-duplication safety net.
+   *
+   * - last[ch]: id of the newest event seen on `ch`. Ids increase per channel.
+   * - floor[ch]: for a channel that has had no event yet, the newest id seen
+   *   live on another channel while both were subscribed (without a replay)
+   *   on the same connection. Ids are time-based and ordered across
+   *   channels, so nothing on `ch` after it was missed: resuming from it
+   *   loses nothing on a quiet channel.
+   * - seen: recent channel+id keys. The server never sends an event twice;
+   *   anything dropped here is counted in stats.duplicates (or
+   *   stats.outOfOrder for an id older than the channel's last one).
+   *
+   * last/floor are kept in sessionStorage (when available) so a reload of the
+   * tab resumes where it left off; only for `channels`, the ones followed now.
+   */
+  function createResume(stats, storage, channels) {
+    var last = Object.create(null);
+    var floor = Object.create(null);
+    var seen = new Set();
+    var seenOrder = [];
+
+    (function load() {
+      if (!storage) return;
+      try {
+        var saved = JSON.parse(storage.getItem(STORAGE_KEY) || 'null');
+        if (!saved || typeof saved !== 'object') return;
+        ['last', 'floor'].forEach(function (k) {
+          var src = saved[k] && typeof saved[k] === 'object' ? saved[k] : {};
+          Object.keys(src).forEach(function (ch) {
+            if (channels.indexOf(ch) >= 0 && parseId(src[ch])) (k === 'last' ? last : floor)[ch] = src[ch];
+          });
+        });
+      } catch (e) { /* ignore a corrupt entry */ }
+    })();
+
+    var saveTimer = null;
+    function save() {
+      if (!storage || saveTimer !== null) return;
+      saveTimer = setTimeout(flush, 200);
+    }
+    function flush() {
+      clearTimeout(saveTimer);
+      saveTimer = null;
+      if (!storage) return;
+      try {
+        storage.setItem(STORAGE_KEY, JSON.stringify({ last: last, floor: floor }));
+      } catch (e) { /* quota or disabled: in-memory only */ }
+    }
+    window.addEventListener('pagehide', flush);
+
+    function remember(key) {
+      seen.add(key);
+      seenOrder.push(key);
+      if (seenOrder.length > SEEN_LIMIT) seen.delete(seenOrder.shift());
+    }
+
+    /**
+     * True if `evt` is new (and records it), false if it was already shown.
+     * `liveOnly`: channels subscribed on this connection without a replay.
+     */
+    function accept(evt, liveOnly) {
+      if (evt.id === null) return true; // published without an id: nothing to compare
+      var ch = evt.channel === null ? '' : evt.channel;
+      var key = ch + '\n' + evt.id;
+      if (seen.has(key)) {
+        stats.duplicates += 1;
+        return false;
+      }
+      var cmp = last[ch] !== undefined ? compareIds(evt.id, last[ch]) : null;
+      if (cmp !== null && cmp <= 0) {
+        stats.outOfOrder += 1;
+        return false;
+      }
+      remember(key);
+      if (ch && parseId(evt.id)) {
+        last[ch] = evt.id;
+        delete floor[ch];
+        if (liveOnly.has(ch)) {
+          liveOnly.forEach(function (other) {
+            if (other === ch || last[other] !== undefined) return;
+            var c = floor[other] !== undefined ? compareIds(evt.id, floor[other]) : 1;
+            if (c !== null && c > 0) floor[other] = evt.id;
+          });
+        }
+        save();
+      }
+      return true;
+    }
+
+    /** { channel: id } to resume from, for the channels that have one. */
+    function sinceFor(channels) {
+      var out = {};
+      channels.forEach(function (ch) {
+        var id = last[ch] !== undefined ? last[ch] : floor[ch];
+        if (id !== undefined) out[ch] = id;
+      });
+      return out;
+    }
+
+    /** Stop resuming `channel` (after a reset, or when it is unfollowed). */
+    function forget(channel) {
+      delete last[channel];
+      delete floor[channel];
+      save();
+    }
+
+    return { accept: accept, sinceFor: sinceFor, forget: forget };
+  }
+
+  /* ------------------------------------------------------------------ */
   /* feed                                                                */
   /* ------------------------------------------------------------------ */
 
@@ -196,7 +385,6 @@
     var counter = opts.counter;
     var clearButton = opts.clearButton;
     var received = 0;
-    var lastId = null;
 
     function update() {
       counter.textContent = received === 1 ? '1 event' : received + ' events';
@@ -212,7 +400,6 @@
 
     function add(evt) {
       received += 1;
-      if (evt.id !== null) lastId = evt.id;
       var item = renderEvent(evt, new Date());
       item.classList.add('is-new');
       list.insertBefore(item, list.firstChild);
@@ -222,15 +409,26 @@
       update();
     }
 
-    /** A divider noting that events sent while disconnected may be missing. */
-    function markGap(since) {
-      if (!list.querySelector('.event')) return; // nothing to separate
-      if (list.firstElementChild && list.firstElementChild.classList.contains('feed-gap')) return;
-      var gap = el('li', 'feed-gap');
-      gap.appendChild(el('span', 'feed-gap-text',
-        'Connection lost at ' + formatTime(since) + ' · events sent before reconnecting may be missing'));
-      list.insertBefore(gap, list.firstChild);
+    /**
+     * A divider in the feed: events around it may be missing. `kind` is
+     * 'reset' (the server could not replay) or 'gap' (no resume point).
+     */
+    function addNotice(kind, text, title) {
+      var first = list.firstElementChild;
+      if (first && first.classList.contains('feed-gap')
+        && first.querySelector('.feed-gap-text').textContent === text) return;
+      var li = el('li', 'feed-gap');
+      li.dataset.kind = kind;
+      li.appendChild(el('span', 'feed-gap-icon', '!'));
+      li.lastChild.setAttribute('aria-hidden', 'true');
+      li.appendChild(el('span', 'feed-gap-text', text));
+      if (title) li.title = title;
+      list.insertBefore(li, list.firstChild);
       update();
+    }
+
+    function hasEvents() {
+      return !!list.querySelector('.event');
     }
 
     function clear() {
@@ -242,12 +440,7 @@
     clearButton.addEventListener('click', clear);
     update();
 
-    return {
-      add: add,
-      markGap: markGap,
-      clear: clear,
-      lastId: function () { return lastId; }
-    };
+    return { add: add, addNotice: addNotice, hasEvents: hasEvents, clear: clear };
   }
 
   /* ------------------------------------------------------------------ */
@@ -256,9 +449,13 @@
 
   /**
    * Keep a WebSocket open to the feed, reconnecting by itself.
-   *   opts.url():        URL for the next attempt (called on every attempt)
-   *   opts.onEvent(evt): parsed event
+   *   opts.url():               URL for the next attempt (called on every attempt)
+   *   opts.onSocket(ws):        a new WebSocket was created
+   *   opts.onOpen(info):        connected (info.reconnected, info.lostAt)
+   *   opts.onMessage(msg):      parsed event or notice
+   *   opts.onClose():           the open connection was lost
    *   opts.onState(state, info): 'connecting' | 'open' | 'reconnecting'
+   * Returns { send(obj) -> bool, isOpen(), retryNow(), close() }.
    */
   function connectFeed(opts) {
     var ws = null;
@@ -268,6 +465,10 @@
     var openedAt = 0;
     var lostAt = null;
     var stopped = false;
+    var noop = function () {};
+    var onSocket = opts.onSocket || noop;
+    var onOpen = opts.onOpen || noop;
+    var onClose = opts.onClose || noop;
 
     function setState(state, info) {
       opts.onState(state, info || {});
@@ -292,27 +493,31 @@
         return;
       }
       ws = socket;
+      onSocket(socket);
 
       socket.onopen = function () {
         if (ws !== socket) return;
         openedAt = Date.now();
-        var wasLost = lostAt;
+        var info = { reconnected: lostAt !== null, lostAt: lostAt };
         everOpened = true;
         lostAt = null;
-        setState('open', { reconnected: wasLost !== null, lostAt: wasLost });
+        onOpen(info);
+        setState('open', info);
       };
 
       socket.onmessage = function (e) {
         if (ws !== socket) return;
-        var evt = parseEvent(e.data);
-        if (evt) opts.onEvent(evt);
+        var msg = parseEvent(e.data);
+        if (msg) opts.onMessage(msg);
       };
 
       socket.onclose = function (e) {
         if (ws !== socket) return;
         ws = null;
+        var wasOpen = openedAt !== 0;
+        if (wasOpen) onClose();
         if (stopped) return;
-        if (openedAt) {
+        if (wasOpen) {
           if (lostAt === null) lostAt = new Date();
           var stable = Date.now() - openedAt >= STABLE_AFTER_MS;
           openedAt = 0;
@@ -340,6 +545,16 @@
       open();
     }
 
+    function isOpen() {
+      return !!ws && ws.readyState === WebSocket.OPEN && openedAt !== 0;
+    }
+
+    function send(obj) {
+      if (!isOpen()) return false;
+      ws.send(JSON.stringify(obj));
+      return true;
+    }
+
     window.addEventListener('online', retryNow);
     document.addEventListener('visibilitychange', function () {
       if (document.visibilityState === 'visible') retryNow();
@@ -349,12 +564,127 @@
     open();
 
     return {
+      send: send,
+      isOpen: isOpen,
       retryNow: retryNow,
       close: function () {
         stopped = true;
         clearTimeout(timer);
         if (ws) ws.close(1000);
       }
+    };
+  }
+
+  /* ------------------------------------------------------------------ */
+  /* channels                                                            */
+  /* ------------------------------------------------------------------ */
+
+  /**
+   * The followed channels as removable chips, plus an input to add more.
+   *   ui.list (<ul>), ui.form, ui.input, ui.status (role=status)
+   *   initial: channel names; onChange(names): called after every change.
+   * Chips carry data-state="live" (receiving) or "pending" (subscribing or
+   * disconnected), set with setState().
+   */
+  function createChannelPicker(ui, initial, onChange) {
+    var channels = initial.slice();
+    var states = Object.create(null);
+
+    function say(text, kind) {
+      ui.status.dataset.kind = kind || 'info';
+      ui.status.textContent = text;
+    }
+
+    function render(focusAfter) {
+      ui.list.textContent = '';
+      channels.forEach(function (name) {
+        var li = el('li', 'chip');
+        li.dataset.channel = name;
+        li.dataset.state = states[name] || 'pending';
+        li.title = states[name] === 'live' ? 'Receiving #' + name : 'Subscribing to #' + name + '…';
+        var dot = el('span', 'chip-dot');
+        dot.setAttribute('aria-hidden', 'true');
+        li.appendChild(dot);
+        li.appendChild(el('span', 'chip-name', '#' + name));
+        var remove = el('button', 'chip-remove', '×');
+        remove.type = 'button';
+        remove.setAttribute('aria-label', 'Stop following ' + name);
+        if (channels.length === 1) {
+          remove.disabled = true;
+          remove.title = 'Follow another channel before removing this one';
+        } else {
+          remove.title = 'Stop following #' + name;
+        }
+        remove.addEventListener('click', function () { removeChannel(name); });
+        li.appendChild(remove);
+        ui.list.appendChild(li);
+      });
+      if (focusAfter !== undefined) {
+        var buttons = ui.list.querySelectorAll('.chip-remove:not(:disabled)');
+        var target = buttons[Math.min(focusAfter, buttons.length - 1)];
+        (target || ui.input).focus();
+      }
+    }
+
+    function add(text) {
+      var parsed = parseChannelList(text);
+      if (parsed.invalid.length) {
+        say('“' + parsed.invalid[0] + '” is not a channel name. ' + CHANNEL_RULES, 'error');
+        return false;
+      }
+      var fresh = parsed.names.filter(function (n) { return channels.indexOf(n) < 0; });
+      if (!parsed.names.length) {
+        say('Type a channel name to follow.', 'error');
+        return false;
+      }
+      if (!fresh.length) {
+        say('Already following ' + parsed.names.map(function (n) { return '#' + n; }).join(', ') + '.', 'info');
+        return true;
+      }
+      if (channels.length + fresh.length > MAX_CHANNELS) {
+        say('Follow at most ' + MAX_CHANNELS + ' channels.', 'error');
+        return false;
+      }
+      channels = channels.concat(fresh);
+      render();
+      say('Following ' + fresh.map(function (n) { return '#' + n; }).join(', ') + '.', 'ok');
+      onChange(channels.slice());
+      return true;
+    }
+
+    function removeChannel(name) {
+      var i = channels.indexOf(name);
+      if (i < 0 || channels.length === 1) return;
+      channels.splice(i, 1);
+      delete states[name];
+      render(i);
+      say('Stopped following #' + name + '.', 'ok');
+      onChange(channels.slice());
+    }
+
+    ui.form.addEventListener('submit', function (e) {
+      e.preventDefault();
+      if (add(ui.input.value)) ui.input.value = '';
+      ui.input.focus();
+    });
+    ui.input.addEventListener('input', function () {
+      if (ui.status.dataset.kind === 'error') say('');
+    });
+
+    render();
+
+    return {
+      channels: function () { return channels.slice(); },
+      setState: function (name, state) {
+        if (states[name] === state) return;
+        states[name] = state;
+        var chip = ui.list.querySelector('.chip[data-channel="' + name + '"]'); // names are [\w.-]
+        if (chip) {
+          chip.dataset.state = state;
+          chip.title = state === 'live' ? 'Receiving #' + name : 'Subscribing to #' + name + '…';
+        }
+      },
+      say: say
     };
   }
 
@@ -372,9 +702,15 @@
   /* publish                                                             */
   /* ------------------------------------------------------------------ */
 
-  function setupPublishForm(ui) {
+  /**
+   * The publish form. ui.channel follows `defaultChannel()` (the first
+   * followed channel) until the person types another one; call
+   * refreshChannel() when the followed channels change.
+   */
+  function setupPublishForm(ui, defaultChannel) {
     var form = ui.form;
     var inFlight = false;
+    var shownDefault = null;
 
     function showResult(kind, text) {
       ui.result.dataset.kind = kind;
@@ -386,14 +722,36 @@
       ui.token.required = !!required;
     }
 
+    function refreshChannel(followed) {
+      var def = defaultChannel();
+      var current = ui.channel.value.trim();
+      if (current === '' || current === shownDefault) ui.channel.value = def;
+      shownDefault = def;
+      ui.channel.placeholder = def;
+      if (ui.channelOptions) {
+        ui.channelOptions.textContent = '';
+        (followed || []).forEach(function (name) {
+          var option = document.createElement('option');
+          option.value = name;
+          ui.channelOptions.appendChild(option);
+        });
+      }
+    }
+
     form.addEventListener('submit', function (e) {
       e.preventDefault();
       if (inFlight) return;
       var type = ui.type.value.trim();
       var message = ui.message.value;
+      var channel = ui.channel.value.trim().replace(/^#/, '') || defaultChannel();
       if (!type) {
         showResult('error', 'Enter an event type.');
         ui.type.focus();
+        return;
+      }
+      if (!isChannelName(channel)) {
+        showResult('error', CHANNEL_RULES);
+        ui.channel.focus();
         return;
       }
       var headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
@@ -407,7 +765,7 @@
       fetch('/events', {
         method: 'POST',
         headers: headers,
-        body: JSON.stringify({ type: type, message: message })
+        body: JSON.stringify({ type: type, message: message, channel: channel })
       })
         .then(function (res) {
           return res.text().then(function (body) {
@@ -420,9 +778,10 @@
           if (r.res.ok && r.data && r.data.published) {
             var n = r.data.receivers;
             var to = typeof n === 'number'
-              ? ' to ' + n + (n === 1 ? ' receiver' : ' receivers')
+              ? ' (' + n + (n === 1 ? ' receiver' : ' receivers') + ')'
               : '';
-            showResult('ok', 'Published “' + asText(r.data.type || type) + '”' + to + '.');
+            showResult('ok', 'Published “' + asText(r.data.type || type) + '” to #' +
+              asText(r.data.channel || channel) + to + '.');
             ui.message.value = '';
             ui.message.focus();
             return;
@@ -443,7 +802,7 @@
         });
     });
 
-    return { showTokenField: showToken };
+    return { showTokenField: showToken, refreshChannel: refreshChannel };
   }
 
   /* ------------------------------------------------------------------ */
@@ -452,10 +811,28 @@
 
   function byId(id) { return document.getElementById(id); }
 
+  function channelTags(names) {
+    return names.map(function (n) { return '#' + n; }).join(', ');
+  }
+
   function start() {
     var config = readFeedConfig(location.search);
     var statusText = byId('status');
     var statusPill = byId('status-pill');
+
+    // Counters for tests and debugging (read-only for the page itself).
+    var stats = {
+      events: 0,       // events rendered
+      duplicates: 0,   // events dropped because that channel+id was already shown
+      outOfOrder: 0,   // events dropped because their id was older than the channel's last
+      ignored: 0,      // events of channels no longer followed (in flight while unsubscribing)
+      resets: 0,       // {"op":"reset"} notices
+      reconnects: 0,   // connections opened after the first
+      resumed: 0       // reconnects that asked for a replay (since=...)
+    };
+    window.__heraldStats = stats;
+
+    var resume = createResume(stats, sessionStore(), config.channels);
 
     var feed = createFeed({
       list: byId('feed'),
@@ -464,27 +841,140 @@
       clearButton: byId('clear-feed')
     });
 
+    // Per connection: channels the server has been asked for on this socket,
+    // channels it confirmed (events flowing), and channels joined without a
+    // replay (their events are live, so they can advance quiet channels' floors).
+    var requested = new Set();
+    var active = new Set();
+    var liveOnly = new Set();
+    var nextUrl = null; // { channels, since } used for the socket being opened
+
+    var picker = createChannelPicker({
+      list: byId('channel-list'),
+      form: byId('channel-form'),
+      input: byId('channel-input'),
+      status: byId('channel-status')
+    }, config.channels, onChannelsChanged);
+    var followed = picker.channels();
+    if (config.invalidChannels.length) {
+      picker.say('Ignored “' + config.invalidChannels[0] + '” from the address: ' + CHANNEL_RULES, 'error');
+    }
+
     var publish = setupPublishForm({
       form: byId('publish-form'),
       type: byId('publish-type'),
       message: byId('publish-message'),
+      channel: byId('publish-channel'),
+      channelOptions: byId('channel-options'),
       tokenField: byId('publish-token-field'),
       token: byId('publish-token'),
       submit: byId('publish-submit'),
       result: byId('publish-result')
-    });
+    }, function () { return picker.channels()[0]; });
+    publish.refreshChannel(picker.channels());
 
     function wsUrl() {
-      return buildWsUrl(location, {
-        channels: config.channels,
-        since: config.resume ? feed.lastId() : null
-      });
+      var channels = picker.channels();
+      var since = resume.sinceFor(channels);
+      nextUrl = { channels: channels, since: since };
+      return buildWsUrl(location, { channels: channels, since: since });
     }
 
     var endpoint = byId('ws-endpoint');
-    endpoint.textContent = wsUrl().split('?')[0];
+    endpoint.textContent = buildWsUrl(location, {}).split('?')[0];
     byId('curl-hint').textContent =
-      'curl -X POST "' + location.origin + '/events?event_type=order&message=Order+%23123+placed"';
+      'curl -X POST "' + location.origin + '/events/' + config.channels[0] +
+      '?event_type=order&message=Order+%23123+placed"';
+
+    /** Keep ?channels= in the address bar, so a reload or a shared link follows the same channels. */
+    function updateAddress(channels) {
+      try {
+        var url = new URL(location.href);
+        url.searchParams.delete('channels');
+        var query = url.searchParams.toString();
+        if (!(channels.length === 1 && channels[0] === DEFAULT_CHANNEL)) {
+          // Channel names are URL-safe: keep the commas readable.
+          query += (query ? '&' : '') + 'channels=' + channels.join(',');
+        }
+        history.replaceState(history.state, '', url.pathname + (query ? '?' + query : '') + url.hash);
+      } catch (e) { /* not fatal */ }
+    }
+
+    /** Bring this socket's subscriptions in line with the picker. */
+    function syncSubscriptions() {
+      if (!conn || !conn.isOpen()) return;
+      var wanted = picker.channels();
+      wanted.forEach(function (ch) {
+        if (requested.has(ch)) return;
+        var msg = { op: 'subscribe', channel: ch };
+        var since = resume.sinceFor([ch])[ch];
+        if (since !== undefined) msg.since = since;
+        if (conn.send(msg)) requested.add(ch);
+      });
+      requested.forEach(function (ch) {
+        if (wanted.indexOf(ch) >= 0) return;
+        if (conn.send({ op: 'unsubscribe', channel: ch })) {
+          requested.delete(ch);
+          active.delete(ch);
+          liveOnly.delete(ch);
+        }
+      });
+    }
+
+    function onChannelsChanged(channels) {
+      // An unfollowed channel starts afresh (live) if it is followed again later.
+      followed.forEach(function (ch) {
+        if (channels.indexOf(ch) < 0) resume.forget(ch);
+      });
+      followed = channels;
+      channels.forEach(function (ch) { if (!active.has(ch)) picker.setState(ch, 'pending'); });
+      updateAddress(channels);
+      publish.refreshChannel(channels);
+      syncSubscriptions();
+    }
+
+    function onNotice(n) {
+      switch (n.op) {
+        case 'subscribed':
+          if (n.channel && requested.has(n.channel)) {
+            active.add(n.channel);
+            if (resume.sinceFor([n.channel])[n.channel] === undefined) liveOnly.add(n.channel);
+            picker.setState(n.channel, 'live');
+          }
+          break;
+        case 'reset': {
+          stats.resets += 1;
+          var ch = n.channel || '';
+          var since = parseId(n.since);
+          var when = since ? ' since ' + formatTime(new Date(since[0])) : '';
+          feed.addNotice('reset',
+            'History not available' + when + (ch ? ' on #' + ch : '') + ': some events may be missing',
+            n.reason ? 'Server: ' + n.reason : '');
+          if (ch) resume.forget(ch);
+          break;
+        }
+        case 'error':
+          picker.say('Server: ' + (n.error || 'request refused'), 'error');
+          break;
+        default:
+          // 'unsubscribed' and anything newer: nothing to show.
+          break;
+      }
+    }
+
+    function onMessage(msg) {
+      if (msg.kind === 'notice') {
+        onNotice(msg);
+        return;
+      }
+      if (msg.channel !== null && !active.has(msg.channel)) {
+        stats.ignored += 1;
+        return;
+      }
+      if (!resume.accept(msg, liveOnly)) return;
+      stats.events += 1;
+      feed.add(msg);
+    }
 
     function refreshHealth() {
       loadHealth().then(function (health) {
@@ -500,9 +990,36 @@
       });
     }
 
-    connectFeed({
+    var conn = connectFeed({
       url: wsUrl,
-      onEvent: feed.add,
+      // Test and debugging hook: the current socket (tests close it to simulate a drop).
+      onSocket: function (socket) { window.__heraldSocket = socket; },
+      onOpen: function (info) {
+        var opened = nextUrl || { channels: [], since: {} };
+        requested = new Set(opened.channels);
+        active = new Set(opened.channels);
+        liveOnly = new Set(opened.channels.filter(function (ch) { return !(ch in opened.since); }));
+        opened.channels.forEach(function (ch) { picker.setState(ch, 'live'); });
+        if (info.reconnected) {
+          stats.reconnects += 1;
+          if (Object.keys(opened.since).length) stats.resumed += 1;
+          // Channels with no resume point (nothing seen on any channel yet):
+          // events sent meanwhile cannot be replayed.
+          var blind = opened.channels.filter(function (ch) { return !(ch in opened.since); });
+          if (blind.length && feed.hasEvents()) {
+            feed.addNotice('gap', 'Connection lost at ' + formatTime(info.lostAt) +
+              ' · events on ' + channelTags(blind) + ' sent before reconnecting may be missing');
+          }
+        }
+        syncSubscriptions();
+      },
+      onClose: function () {
+        requested = new Set();
+        active = new Set();
+        liveOnly = new Set();
+        picker.channels().forEach(function (ch) { picker.setState(ch, 'pending'); });
+      },
+      onMessage: onMessage,
       onState: function (state, info) {
         statusText.textContent = STATUS_TEXT[state];
         statusPill.dataset.state = state;
@@ -512,7 +1029,6 @@
           statusPill.title = '';
         }
         if (state === 'open' && info.reconnected) {
-          if (!config.resume) feed.markGap(info.lostAt);
           // The server may have restarted with other settings (e.g. a token).
           refreshHealth();
         }

@@ -5,7 +5,11 @@
 // free port, drives Debian's Chromium (/usr/bin/chromium) through
 // playwright-core (no downloaded browsers), and checks the page the way a
 // person would use it: two tabs, events over HTTP, XSS as text, server
-// restart with automatic reconnect, and the publish form.
+// restart with automatic reconnect, the publish form, channels (picker,
+// subscribe/unsubscribe without reloading), resuming after a dropped
+// connection with nothing lost or doubled, and, with Redis
+// (/usr/bin/redis-server, REDIS_SERVER_BIN), resuming after the page's herald
+// restarts while another replica keeps publishing.
 //
 // Run from the repo root:   node --test tests/browser/
 // (after `npm ci` in tests/browser and `cargo build`).
@@ -24,6 +28,8 @@ const HERALD_BIN = process.env.HERALD_BIN || path.resolve(__dirname, '../../targ
 const STATIC_DIR = path.join(REPO_ROOT, 'static');
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const SCREENSHOT = process.env.HERALD_SCREENSHOT || '/tmp/herald-page.png';
+const CHANNELS_SCREENSHOT = process.env.HERALD_CHANNELS_SCREENSHOT || '/tmp/herald-channels.png';
+const REDIS_SERVER = process.env.REDIS_SERVER_BIN || '/usr/bin/redis-server';
 
 const WAIT_MS = 10_000; // every wait in this file is bounded by this
 const CASE_TIMEOUT_MS = 60_000;
@@ -56,9 +62,10 @@ function freePort() {
 
 /** One herald process; keeps its output so failures can show it. */
 class Herald {
-  constructor(name, extraEnv = {}) {
+  constructor(name, extraEnv = {}, extraArgs = []) {
     this.name = name;
     this.extraEnv = extraEnv;
+    this.extraArgs = extraArgs;
     this.proc = null;
     this.port = null;
     this.log = '';
@@ -87,7 +94,8 @@ class Herald {
 
     this.port = port;
     this.append(`\n[test] starting ${HERALD_BIN} on 127.0.0.1:${port}\n`);
-    const proc = spawn(HERALD_BIN, ['--port', String(port), '--bind', '127.0.0.1', '--static-dir', STATIC_DIR], {
+    const args = ['--port', String(port), '--bind', '127.0.0.1', '--static-dir', STATIC_DIR, ...this.extraArgs];
+    const proc = spawn(HERALD_BIN, args, {
       env,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -170,6 +178,109 @@ class Herald {
   }
 }
 
+/** A throwaway redis-server on a free port (no persistence); stopped by PID. */
+class RedisServer {
+  constructor() {
+    this.proc = null;
+    this.port = null;
+    this.log = '';
+  }
+
+  get url() {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  get running() {
+    return this.proc !== null && this.proc.exitCode === null && this.proc.signalCode === null;
+  }
+
+  ping() {
+    return new Promise((resolve) => {
+      const sock = net.connect({ host: '127.0.0.1', port: this.port });
+      let data = '';
+      const done = (ok) => { sock.destroy(); resolve(ok); };
+      sock.setTimeout(1000, () => done(false));
+      sock.on('error', () => done(false));
+      sock.on('connect', () => sock.write('PING\r\n'));
+      sock.on('data', (c) => {
+        data += c;
+        if (data.includes('\r\n')) done(data.startsWith('+PONG'));
+      });
+    });
+  }
+
+  async start() {
+    for (let i = 0; i < 5; i++) {
+      this.port = await freePort();
+      const proc = spawn(REDIS_SERVER, ['--port', String(this.port), '--bind', '127.0.0.1',
+        '--save', '', '--appendonly', 'no', '--daemonize', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      this.proc = proc;
+      proc.stdout.on('data', (c) => { this.log = (this.log + c).slice(-20_000); });
+      proc.stderr.on('data', (c) => { this.log = (this.log + c).slice(-20_000); });
+      proc.exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+      proc.on('error', (e) => { this.log += `[test] spawn error: ${e.message}\n`; });
+      const deadline = Date.now() + WAIT_MS;
+      while (Date.now() < deadline && this.running) {
+        if (await this.ping()) return;
+        await sleep(50);
+      }
+      await this.stop(); // port taken meanwhile, or it did not come up: try another port
+    }
+    throw new Error(`redis-server did not start: ${this.log.slice(-2000)}`);
+  }
+
+  async stop() {
+    if (!this.running) return;
+    const proc = this.proc;
+    proc.kill('SIGTERM');
+    if (await within(proc.exited, WAIT_MS)) return;
+    proc.kill('SIGKILL');
+    await within(proc.exited, 2000);
+  }
+
+  killSync() {
+    if (this.running) {
+      try { process.kill(this.proc.pid, 'SIGKILL'); } catch { /* gone */ }
+    }
+  }
+}
+
+/** Wait (bounded) until herald reports its Redis connection as up. */
+async function waitRedisConnected(h) {
+  const deadline = Date.now() + WAIT_MS;
+  let last = null;
+  while (Date.now() < deadline) {
+    try {
+      const res = await fetch(`${h.base}/health`, { signal: AbortSignal.timeout(1000) });
+      last = await res.json();
+      if (last.redis === 'connected') return;
+    } catch {
+      // restarting
+    }
+    await sleep(50);
+  }
+  throw new Error(`herald ${h.name} never reported redis "connected": ${JSON.stringify(last)}`);
+}
+
+/** POST /events/<channel>?event_type=..&message=.. -> the reply (asserts 200; retries a 503 briefly). */
+async function postTo(base, channel, type, message) {
+  const url = `${base}/events/${channel}?event_type=${encodeURIComponent(type)}&message=${encodeURIComponent(message)}`;
+  const deadline = Date.now() + WAIT_MS;
+  for (;;) {
+    const res = await fetch(url, { method: 'POST', signal: AbortSignal.timeout(WAIT_MS) });
+    const body = await res.json();
+    if (res.status === 503 && Date.now() < deadline) {
+      await sleep(50); // e.g. Redis not connected yet after a restart
+      continue;
+    }
+    assert.equal(res.status, 200, `POST ${url} -> ${res.status} ${JSON.stringify(body)}`);
+    assert.equal(body.published, true);
+    assert.equal(body.channel, channel);
+    assert.match(body.id, /^\d+-\d+$/);
+    return body;
+  }
+}
+
 async function postQuery(base, type, message) {
   const url = `${base}/events?event_type=${encodeURIComponent(type)}&message=${encodeURIComponent(message)}`;
   const res = await fetch(url, { method: 'POST', signal: AbortSignal.timeout(WAIT_MS) });
@@ -198,6 +309,59 @@ function eventsOf(page) {
     type: li.querySelector('.event-type')?.textContent,
     message: li.querySelector('.event-message')?.textContent,
   })));
+}
+
+/** [{type, message, channel}] of the rendered events, top (newest) first. */
+function channelEventsOf(page) {
+  return page.$$eval('#feed .event', (items) => items.map((li) => ({
+    type: li.querySelector('.event-type')?.textContent,
+    message: li.querySelector('.event-message')?.textContent,
+    channel: li.querySelector('.event-channel')?.textContent ?? null,
+  })));
+}
+
+/** Messages of the rendered events of `channel`, oldest first. */
+function messagesOf(page, channel) {
+  return page.$$eval('#feed .event', (items, ch) => items
+    .filter((li) => li.dataset.channel === ch)
+    .map((li) => li.querySelector('.event-message')?.textContent)
+    .reverse(), channel);
+}
+
+/** [{channel, state}] of the channel chips, in order. */
+function chipsOf(page) {
+  return page.$$eval('#channel-list .chip', (chips) => chips.map((c) => ({
+    channel: c.dataset.channel,
+    state: c.dataset.state,
+  })));
+}
+
+async function waitChip(page, channel, state) {
+  try {
+    await page.waitForFunction(([c, s]) => document.querySelector(`#channel-list .chip[data-channel="${c}"]`)
+      ?.dataset.state === s, [channel, state], { timeout: WAIT_MS, polling: 50 });
+  } catch (e) {
+    throw new Error(`chip #${channel} never became ${state}: ${JSON.stringify(await chipsOf(page).catch(() => '?'))}; ${e.message}`);
+  }
+}
+
+/** Wait until `count` events of `channel` are rendered. */
+async function waitCount(page, channel, count) {
+  try {
+    await page.waitForFunction(([c, n]) => document.querySelectorAll(`#feed .event[data-channel="${c}"]`).length >= n,
+      [channel, count], { timeout: WAIT_MS, polling: 50 });
+  } catch (e) {
+    const got = await messagesOf(page, channel).catch(() => []);
+    throw new Error(`expected ${count} events on #${channel}, have ${got.length}: ${JSON.stringify(got)}; ${e.message}`);
+  }
+}
+
+function statsOf(page) {
+  return page.evaluate(() => ({ ...window.__heraldStats }));
+}
+
+function noticesOf(page) {
+  return page.$$eval('#feed .feed-gap', (items) => items.map((li) => li.textContent));
 }
 
 function statusOf(page) {
@@ -257,14 +421,18 @@ describe('Herald live feed page in Chromium', () => {
   let serverSendsCsp = false;
   const diag = new Map(); // page -> { console: [], errors: [], dialogs: [] }
 
+  const redisServers = [];
+
   process.on('exit', () => {
     herald.killSync();
     for (const h of extraHeralds) h.killSync();
+    for (const r of redisServers) r.killSync();
   });
 
   function logs() {
     let out = `\n--- herald (${HERALD_BIN}) output ---\n${herald.log.slice(-20_000)}`;
     for (const h of extraHeralds) out += `\n--- herald "${h.name}" output ---\n${h.log.slice(-5_000)}`;
+    for (const r of redisServers) out += `\n--- redis-server output ---\n${r.log.slice(-3_000)}`;
     for (const d of diag.values()) {
       out += `\n--- page ${d.name} console ---\n${d.console.join('\n')}\n${d.errors.join('\n')}`;
     }
@@ -272,8 +440,8 @@ describe('Herald live feed page in Chromium', () => {
   }
 
   // Wrap a case so that a failure shows herald's stderr and the browser console.
-  function check(name, fn) {
-    it(name, { timeout: CASE_TIMEOUT_MS }, async (t) => {
+  function check(name, fn, opts = {}) {
+    it(name, { timeout: CASE_TIMEOUT_MS, ...opts }, async (t) => {
       try {
         await fn(t);
       } catch (e) {
@@ -283,7 +451,7 @@ describe('Herald live feed page in Chromium', () => {
     });
   }
 
-  async function openPage(name, base) {
+  async function openPage(name, base, query = '') {
     const page = await context.newPage();
     const d = { name, console: [], errors: [], dialogs: [] };
     diag.set(page, d);
@@ -293,8 +461,8 @@ describe('Herald live feed page in Chromium', () => {
       d.dialogs.push(`${dialog.type()}: ${dialog.message()}`);
       dialog.dismiss().catch(() => {});
     });
-    const res = await page.goto(`${base}/`, { waitUntil: 'load', timeout: WAIT_MS });
-    assert.equal(res.status(), 200, `GET ${base}/ -> ${res.status()}`);
+    const res = await page.goto(`${base}/${query}`, { waitUntil: 'load', timeout: WAIT_MS });
+    assert.equal(res.status(), 200, `GET ${base}/${query} -> ${res.status()}`);
     return page;
   }
 
@@ -346,6 +514,7 @@ describe('Herald live feed page in Chromium', () => {
     if (context) await context.close().catch(() => {});
     await herald.stop();
     for (const h of extraHeralds) await h.stop();
+    for (const r of redisServers) await r.stop();
     if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
   }, { timeout: CASE_TIMEOUT_MS });
 
@@ -417,6 +586,12 @@ describe('Herald live feed page in Chromium', () => {
       assert.equal(await page.evaluate(() => window.__heraldMarker), 'still-here', 'page was not reloaded');
       assert.deepEqual(await eventsOf(page), [{ type: 'restart', message: 'Back after a restart' }, ...before],
         'earlier events are kept');
+      // The embedded broker's history died with the process: the page asked to
+      // resume, the server said it cannot, and the page says so (once).
+      const notices = await noticesOf(page);
+      assert.equal(notices.length, 1, `one notice: ${JSON.stringify(notices)}`);
+      assert.match(notices[0], /History not available since \S.* on #events: some events may be missing$/);
+      assert.equal((await statsOf(page)).resets, 1);
       const log = await page.evaluate(() => window.__statusLog);
       const i = log.lastIndexOf('Reconnecting…');
       assert.ok(i > 0 && log.slice(0, i).includes('Connected') && log.slice(i).includes('Connected'),
@@ -479,7 +654,219 @@ describe('Herald live feed page in Chromium', () => {
     }
   });
 
-  check('6. no CSP violations, page errors or unexpected console errors', async () => {
+  check('6. each tab follows its own channels; the picker changes them live, without reloading', async () => {
+    const orders = await openPage('orders', herald.base, '?channels=orders');
+    const deploys = await openPage('deploys', herald.base, '?channels=deploys');
+    await Promise.all([waitStatus(orders, 'Connected'), waitStatus(deploys, 'Connected')]);
+    await Promise.all([waitChip(orders, 'orders', 'live'), waitChip(deploys, 'deploys', 'live')]);
+    assert.deepEqual(await chipsOf(orders), [{ channel: 'orders', state: 'live' }]);
+    assert.deepEqual(await chipsOf(deploys), [{ channel: 'deploys', state: 'live' }]);
+    assert.equal(await orders.inputValue('#publish-channel'), 'orders', 'publish form defaults to the followed channel');
+    assert.equal(await deploys.inputValue('#publish-channel'), 'deploys');
+    // The only channel cannot be removed (the feed would be empty).
+    assert.equal(await orders.getByRole('button', { name: 'Stop following orders' }).isDisabled(), true);
+    await orders.evaluate(() => { window.__heraldMarker = 'no-reload'; });
+
+    // Published one after another: a tab that wrongly got a channel would
+    // have received its event before the one it waits for.
+    await postTo(herald.base, 'events', 'noise', 'on the default channel');
+    await postTo(herald.base, 'deploys', 'deploy', 'api v2.3.1 rolled out to eu-west');
+    await postTo(herald.base, 'orders', 'order', 'Order #1042 placed');
+    await postTo(herald.base, 'deploys', 'deploy', 'web v5.0.0 rolled out');
+    await waitTopEvent(orders, 'order', 'Order #1042 placed');
+    await waitTopEvent(deploys, 'deploy', 'web v5.0.0 rolled out');
+    assert.deepEqual(await channelEventsOf(orders), [
+      { type: 'order', message: 'Order #1042 placed', channel: '#orders' },
+    ]);
+    assert.deepEqual(await channelEventsOf(deploys), [
+      { type: 'deploy', message: 'web v5.0.0 rolled out', channel: '#deploys' },
+      { type: 'deploy', message: 'api v2.3.1 rolled out to eu-west', channel: '#deploys' },
+    ]);
+    assert.equal(await orders.isVisible('#feed .event .event-channel'), true, 'the channel is shown');
+
+    // Follow #deploys too, from the picker (the keyboard way: type + Enter).
+    await orders.getByLabel('Follow a channel', { exact: true }).fill('deploys');
+    await orders.getByLabel('Follow a channel', { exact: true }).press('Enter');
+    await waitChip(orders, 'deploys', 'live');
+    assert.equal(new URL(orders.url()).search, '?channels=orders,deploys', 'address bar keeps the channels');
+    await postTo(herald.base, 'orders', 'order', 'Order #1043 placed');
+    await postTo(herald.base, 'deploys', 'deploy', 'worker v1.8.2 rolled out');
+    for (const page of [orders, deploys]) await waitTopEvent(page, 'deploy', 'worker v1.8.2 rolled out');
+    assert.deepEqual(await channelEventsOf(orders), [
+      { type: 'deploy', message: 'worker v1.8.2 rolled out', channel: '#deploys' },
+      { type: 'order', message: 'Order #1043 placed', channel: '#orders' },
+      { type: 'order', message: 'Order #1042 placed', channel: '#orders' },
+    ]);
+    assert.equal(await orders.evaluate(() => window.__heraldMarker), 'no-reload', 'page was not reloaded');
+
+    // Picture for humans: a tab following two channels, at desktop width.
+    // (In front, so its transitions have run; reduced motion: no highlight mid-fade.)
+    await orders.bringToFront();
+    await orders.emulateMedia({ reducedMotion: 'reduce' });
+    await orders.setViewportSize({ width: 1180, height: 760 });
+    await sleep(400);
+    await orders.screenshot({ path: CHANNELS_SCREENSHOT });
+    await orders.setViewportSize(VIEWPORT);
+
+    // Stop following #orders (mouse), then publish with the form: its channel
+    // now defaults to #deploys. #orders events no longer show up.
+    await orders.getByRole('button', { name: 'Stop following orders' }).click();
+    await orders.waitForFunction(() => !document.querySelector('#channel-list .chip[data-channel="orders"]'),
+      null, { timeout: WAIT_MS, polling: 50 });
+    assert.deepEqual(await chipsOf(orders), [{ channel: 'deploys', state: 'live' }]);
+    assert.equal(await orders.inputValue('#publish-channel'), 'deploys');
+    assert.equal(new URL(orders.url()).search, '?channels=deploys');
+    await postTo(herald.base, 'orders', 'order', 'Order #1044 placed');
+    await orders.getByLabel('Type', { exact: true }).fill('deploy');
+    await orders.getByLabel('Message', { exact: true }).fill('db migration 42 applied');
+    await orders.getByRole('button', { name: 'Publish' }).click();
+    for (const page of [orders, deploys]) await waitTopEvent(page, 'deploy', 'db migration 42 applied');
+    assert.match(await orders.textContent('#publish-result'), /^Published “deploy” to #deploys/);
+    assert.deepEqual((await channelEventsOf(orders)).map((e) => e.message), [
+      'db migration 42 applied', 'worker v1.8.2 rolled out', 'Order #1043 placed', 'Order #1042 placed',
+    ]);
+
+    // An invalid name is refused with a message, and nothing changes.
+    await orders.getByLabel('Follow a channel', { exact: true }).fill('no spaces');
+    await orders.getByRole('button', { name: 'Follow', exact: true }).click();
+    assert.match(await orders.textContent('#channel-status'), /is not a channel name/);
+    assert.deepEqual(await chipsOf(orders), [{ channel: 'deploys', state: 'live' }]);
+
+    for (const page of [orders, deploys]) {
+      const stats = await statsOf(page);
+      assert.equal(stats.duplicates, 0, 'no duplicate events');
+      assert.equal(stats.outOfOrder, 0, 'no out-of-order events');
+      assert.deepEqual(await noticesOf(page), []);
+      assert.deepEqual(await page.evaluate(() => window.__cspViolations), []);
+    }
+    await orders.close();
+    await deploys.close();
+  });
+
+  check('7. after its connection drops, the page resumes: every event exactly once, in order', async (t) => {
+    const channel = 'seq';
+    const page = await openPage('resume', herald.base, `?channels=${channel}`);
+    const sockets = [];
+    page.on('websocket', (ws) => sockets.push(ws.url()));
+    await waitStatus(page, 'Connected');
+    await waitChip(page, channel, 'live');
+
+    const N = 150;
+    const dropAt = new Set([40, 95]);
+    const expected = [];
+    const missedLive = []; // per drop: events published while the page was disconnected
+    let down = false;
+    for (let i = 1; i <= N; i++) {
+      const message = `event ${String(i).padStart(3, '0')}`;
+      await postTo(herald.base, channel, 'seq', message);
+      expected.push(message);
+      if (down) {
+        // Down until the page has opened its next connection.
+        const reconnects = await page.evaluate(() => window.__heraldStats.reconnects);
+        if (reconnects >= missedLive.length) down = false;
+        else missedLive[missedLive.length - 1] += 1;
+      }
+      if (dropAt.has(i)) {
+        // Drop only this page's connection; the server stays up.
+        await page.evaluate(() => window.__heraldSocket.close());
+        down = true;
+        missedLive.push(0);
+      }
+      await sleep(10);
+    }
+    await waitCount(page, channel, N);
+    await sleep(300); // anything extra (a duplicate) would arrive now
+    assert.deepEqual(await messagesOf(page, channel), expected, 'every event exactly once, in order');
+
+    const stats = await statsOf(page);
+    assert.equal(stats.duplicates, 0, 'no duplicates dropped');
+    assert.equal(stats.outOfOrder, 0);
+    assert.equal(stats.resets, 0);
+    assert.equal(stats.reconnects, 2, `reconnected after each drop: ${JSON.stringify(stats)}`);
+    assert.equal(stats.resumed, 2);
+    t.diagnostic(`events published while disconnected, per drop: ${missedLive.join(', ')}`);
+    assert.ok(missedLive.every((n) => n > 0), `events were published during each outage: ${missedLive}`);
+    assert.equal(sockets.length, 3, `three connections: ${sockets.join(' ')}`);
+    assert.equal(new URL(sockets[0]).searchParams.get('since'), null, 'first connection has nothing to resume');
+    for (const url of sockets.slice(1)) {
+      assert.match(new URL(url).searchParams.get('since') ?? '', /^seq:\d+-\d+$/, `reconnect resumes: ${url}`);
+    }
+    assert.deepEqual(await noticesOf(page), [], 'no "may be missing" notice when resuming');
+    assert.equal(await page.textContent('#event-count'), `${N} events`);
+
+    // A reload resumes too (sessionStorage). Cut the socket without the page
+    // noticing (so it cannot reconnect first), publish, reload: the reloaded
+    // page gets the event it missed, and nothing it had already shown.
+    await page.evaluate(() => {
+      const ws = window.__heraldSocket;
+      ws.onmessage = null;
+      ws.onclose = null;
+      ws.close();
+    });
+    await postTo(herald.base, channel, 'seq', 'published while reloading');
+    await page.reload({ waitUntil: 'load', timeout: WAIT_MS });
+    await waitStatus(page, 'Connected');
+    assert.match(new URL(sockets[sockets.length - 1]).searchParams.get('since') ?? '', /^seq:\d+-\d+$/);
+    await postTo(herald.base, channel, 'seq', 'after the reload');
+    await waitTopEvent(page, 'seq', 'after the reload');
+    assert.deepEqual(await messagesOf(page, channel), ['published while reloading', 'after the reload']);
+    assert.equal((await statsOf(page)).duplicates, 0);
+    await page.close();
+  });
+
+  check('8. Redis: the page\'s herald restarts while another replica publishes; nothing is lost or doubled', async () => {
+    const redis = new RedisServer();
+    redisServers.push(redis);
+    await redis.start();
+    const a = new Herald('redis-A', {}, ['--redis', redis.url]);
+    const b = new Herald('redis-B', {}, ['--redis', redis.url]);
+    extraHeralds.push(a, b);
+    await a.start();
+    await b.start();
+    await Promise.all([waitRedisConnected(a), waitRedisConnected(b)]);
+
+    const channel = 'orders';
+    const page = await openPage('redis', a.base, `?channels=${channel}`);
+    try {
+      await waitStatus(page, 'Connected');
+      await waitChip(page, channel, 'live');
+      const expected = [];
+      const publish = async (h, label) => {
+        const message = `${label} ${String(expected.length + 1).padStart(3, '0')} via ${h.name}`;
+        await postTo(h.base, channel, 'order', message);
+        expected.push(message);
+      };
+
+      for (let i = 0; i < 10; i++) await publish(i % 2 ? b : a, 'before');
+      await waitCount(page, channel, expected.length);
+
+      const exit = await a.stop();
+      assert.ok(exit && !exit.hung, 'herald A exits on SIGTERM');
+      await waitStatus(page, 'Reconnecting…');
+      for (let i = 0; i < 25; i++) await publish(b, 'outage');
+
+      await a.restartSamePort();
+      await waitStatus(page, 'Connected');
+      for (let i = 0; i < 10; i++) await publish(i % 2 ? b : a, 'after');
+
+      await waitCount(page, channel, expected.length);
+      await sleep(300); // anything extra (a duplicate) would arrive now
+      assert.deepEqual(await messagesOf(page, channel), expected, 'before + outage + after, each once, in order');
+      const stats = await statsOf(page);
+      assert.equal(stats.duplicates, 0, 'no duplicates dropped');
+      assert.equal(stats.outOfOrder, 0);
+      assert.equal(stats.resets, 0, 'no reset: the history was in Redis');
+      assert.ok(stats.resumed >= 1, `resumed: ${JSON.stringify(stats)}`);
+      assert.deepEqual(await noticesOf(page), [], 'no "may be missing" notice');
+    } finally {
+      await page.close();
+      await a.stop();
+      await b.stop();
+      await redis.stop();
+    }
+  });
+
+  check('9. no CSP violations, page errors or unexpected console errors', async () => {
     for (const [page, d] of diag) {
       if (!page.isClosed()) {
         assert.deepEqual(await page.evaluate(() => window.__cspViolations), [], `page ${d.name}: CSP violations`);
