@@ -66,6 +66,9 @@ pub enum Publish {
     DeliverNow { id: EventId, json: Bytes },
     /// Sent to Redis: the verdict arrives later as a link reply, in order.
     Pending,
+    /// Not sent yet: this replica's subscription to the channel is being confirmed (a client
+    /// just joined it). Try again once it is, so that its own clients get the event live.
+    AwaitSubscription,
     /// Cannot be published now (Redis down): answer 503, never a false success.
     Unavailable(String),
 }
@@ -86,8 +89,9 @@ impl Broker {
         }
     }
 
-    /// Publishes an event. `has_local_subscribers`: this replica has clients on the channel.
-    pub fn publish(&mut self, event: &Event, has_local_subscribers: bool) -> Publish {
+    /// Publishes an event. `needs_live_subscription`: this replica has clients on the channel
+    /// who would only get the event live, so its Redis subscription must be confirmed.
+    pub fn publish(&mut self, event: &Event, needs_live_subscription: bool) -> Publish {
         match self {
             Broker::Embedded(history) => {
                 let id = history.next_id(now_ms());
@@ -99,12 +103,11 @@ impl Broker {
                 let channel = redis.names.channel(&event.channel);
                 // Acknowledge only what will also reach this replica's own clients: with
                 // their subscription down, a "success" would be a lie to them.
-                if !redis.publisher.is_ready()
-                    || !redis.subscriber.is_ready()
-                    || (has_local_subscribers
-                        && !redis.subscriber.is_subscribed(channel.as_bytes()))
-                {
+                if !redis.publisher.is_ready() || !redis.subscriber.is_ready() {
                     return Publish::Unavailable(redis.unavailable());
+                }
+                if needs_live_subscription && !redis.subscriber.is_subscribed(channel.as_bytes()) {
+                    return Publish::AwaitSubscription;
                 }
                 let stream = redis.names.stream_key(&event.channel);
                 let maxlen = redis.history_len.to_string();
@@ -150,7 +153,9 @@ impl Broker {
     pub fn state(&self) -> &'static str {
         match self {
             Broker::Embedded(_) => "embedded",
-            Broker::Redis(redis) if redis.is_ready() => "connected",
+            Broker::Redis(redis) if redis.is_ready() && redis.subscriber.all_subscribed() => {
+                "connected"
+            }
             Broker::Redis(_) => "disconnected",
         }
     }
@@ -181,6 +186,15 @@ impl RedisBroker {
 
     pub fn is_ready(&self) -> bool {
         self.subscriber.is_ready() && self.publisher.is_ready()
+    }
+
+    /// A channel's history can be read and joined to its live events without a gap: the
+    /// command link is up and Redis confirmed the channel's subscription.
+    pub fn can_replay(&self, channel: &str) -> bool {
+        self.publisher.is_ready()
+            && self
+                .subscriber
+                .is_subscribed(self.names.channel(channel).as_bytes())
     }
 
     fn unavailable(&self) -> String {

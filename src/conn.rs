@@ -162,21 +162,37 @@ impl Recovery {
         }
     }
 
+    /// Whether a live event is new to this subscriber. The history and the subscription
+    /// travel on two Redis connections, so a live event the history already held can still be
+    /// on its way after the history arrived: anything at or below the replayed id is dropped
+    /// until a newer event shows the channel's live stream has passed the seam.
+    pub fn admit(&mut self, channel: ChannelId, id: Option<EventId>) -> bool {
+        let Some(id) = id else {
+            return true; // published by another tool, without an id: never replayed
+        };
+        match self.replayed.iter().position(|(c, _)| *c == channel) {
+            Some(i) if id <= self.replayed[i].1 => false,
+            Some(i) => {
+                self.replayed.swap_remove(i);
+                true
+            }
+            None => true,
+        }
+    }
+
     /// The buffered live events that the replay did not already send, in arrival order.
-    pub fn into_live(self) -> impl Iterator<Item = Bytes> {
-        let replayed = self.replayed;
-        self.buffered
+    pub fn take_live(&mut self) -> Vec<Bytes> {
+        self.buffered_bytes = 0;
+        let buffered = std::mem::take(&mut self.buffered);
+        buffered
             .into_iter()
-            .filter_map(move |(channel, id, bytes)| {
-                let seen = replayed
-                    .iter()
-                    .find(|(c, _)| *c == channel)
-                    .map(|(_, last)| *last);
-                match (id, seen) {
-                    (Some(id), Some(last)) if id <= last => None,
-                    _ => Some(bytes),
-                }
-            })
+            .filter_map(|(channel, id, bytes)| self.admit(channel, id).then_some(bytes))
+            .collect()
+    }
+
+    /// Nothing left to read, hold back or filter: the subscriber is plainly live.
+    pub fn is_done(&self) -> bool {
+        self.pending == 0 && self.buffered.is_empty() && self.replayed.is_empty()
     }
 }
 
@@ -200,11 +216,19 @@ mod tests {
         let id = |ms| Some(EventId { ms, seq: 0 });
         let mut r = Recovery::default();
         r.buffer(1, id(5), Bytes::from_static(b"5"));
-        r.buffer(1, id(6), Bytes::from_static(b"6"));
         r.buffer(2, id(5), Bytes::from_static(b"other"));
         r.buffer(1, None, Bytes::from_static(b"no id"));
-        r.replayed(1, EventId { ms: 5, seq: 0 });
-        let live: Vec<Bytes> = r.into_live().collect();
-        assert_eq!(live, vec!["6", "other", "no id"]);
+        r.replayed(1, EventId { ms: 6, seq: 0 });
+        let live: Vec<Bytes> = r.take_live();
+        assert_eq!(live, vec!["other", "no id"]);
+        // A late live copy of a replayed event is still dropped; a newer one passes the seam.
+        assert!(!r.admit(1, id(6)));
+        assert!(!r.is_done());
+        assert!(r.admit(1, id(7)));
+        assert!(
+            r.admit(1, id(6)),
+            "past the seam, ids are not filtered any more"
+        );
+        assert!(r.is_done());
     }
 }

@@ -82,6 +82,10 @@ impl Fanout {
         *last = Some(last.map_or(id, |l| l.max(id)));
     }
 
+    pub fn last_id(&self, channel: ChannelId) -> Option<EventId> {
+        self.channels[channel as usize].last_id
+    }
+
     /// Every channel that has delivered an event with an id, with the newest such id.
     pub fn last_ids(&self) -> Vec<(String, EventId)> {
         self.channels
@@ -209,7 +213,18 @@ impl Fanout {
                 continue;
             }
             match conn.recovery.as_mut() {
-                Some(recovery) => recovery.buffer(channel, frames.id, bytes.clone()),
+                Some(recovery) if recovery.pending > 0 => {
+                    recovery.buffer(channel, frames.id, bytes.clone())
+                }
+                Some(recovery) => {
+                    if !recovery.admit(channel, frames.id) {
+                        continue;
+                    }
+                    if recovery.is_done() {
+                        conn.recovery = None;
+                    }
+                    conn.queue(key, bytes.clone(), dirty);
+                }
                 None => conn.queue(key, bytes.clone(), dirty),
             }
             queued += 1;

@@ -80,6 +80,7 @@ fn no_gap_no_duplicate_while_publishing(herald: &Herald) {
     let mut ws = ws_connect(herald.port, "/ws?channels=orders");
     let publisher = publish_steadily(herald.port, "orders", TOTAL);
     let mut received: Vec<usize> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
     let start = Instant::now();
     let mut reconnects = 0;
     while received.len() < TOTAL {
@@ -93,6 +94,7 @@ fn no_gap_no_duplicate_while_publishing(herald: &Herald) {
             panic!("unexpected reset: {event}");
         }
         received.push(event["message"].as_str().unwrap().parse().unwrap());
+        ids.push(event["id"].as_str().unwrap().to_string());
         let last_id = event["id"].as_str().unwrap().to_string();
         if received.len().is_multiple_of(70) {
             drop(ws);
@@ -102,6 +104,17 @@ fn no_gap_no_duplicate_while_publishing(herald: &Herald) {
         }
     }
     publisher.join().unwrap();
+    for i in 1..received.len() {
+        if received[i] <= received[i - 1] {
+            eprintln!(
+                "out of sequence at {i}: {} ({}) then {} ({})",
+                received[i - 1],
+                ids[i - 1],
+                received[i],
+                ids[i]
+            );
+        }
+    }
     assert_eq!(reconnects, 4);
     assert_eq!(
         received,

@@ -42,7 +42,7 @@ use crate::resp::link::LinkEvent;
 use crate::sse;
 use crate::static_files::StaticFiles;
 use crate::ws::frame::{self, close_code};
-use publishing::{CatchUp, Pending};
+use publishing::{CatchUp, Parked, Pending};
 use subscriptions::Replay;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -88,14 +88,18 @@ pub struct Reactor {
     broker: Broker,
     /// What each outstanding Redis command is for, oldest first (replies come in order).
     pending: VecDeque<Pending>,
-    /// Replays that wait for Redis to confirm a subscription before reading history.
-    awaiting_subscription: Vec<Replay>,
+    /// Replays that wait for Redis (link up, subscription confirmed) before reading history.
+    awaiting_redis: Vec<Replay>,
+    /// Publishes waiting for their channel's Redis subscription to be confirmed.
+    parked: Vec<Parked>,
     /// Channels reading what they missed while the Redis subscription was down.
     catch_ups: HashMap<String, CatchUp>,
     metrics: Metrics,
     scratch: Vec<u8>,
     /// Connections with output to flush this turn.
     dirty: Vec<usize>,
+    /// The previous turn's dirty list, emptied, kept for its allocation.
+    spare_dirty: Vec<usize>,
     /// Connections with input left to read (budget ran out, or reading resumed).
     read_later: Vec<usize>,
     /// Connections marked `Closed`, freed at the end of the turn.
@@ -133,11 +137,13 @@ impl Reactor {
             fanout: Fanout::default(),
             broker,
             pending: VecDeque::new(),
-            awaiting_subscription: Vec::new(),
+            awaiting_redis: Vec::new(),
             catch_ups: HashMap::new(),
+            parked: Vec::new(),
             metrics: Metrics::default(),
             scratch: vec![0; SCRATCH_BYTES],
             dirty: Vec::new(),
+            spare_dirty: Vec::new(),
             read_later: Vec::new(),
             closed: Vec::new(),
             over_cap: Vec::new(),
@@ -463,16 +469,29 @@ impl Reactor {
 
     // ---- writing ----------------------------------------------------------------------------
 
+    /// Flushes every connection with queued output, HTTP replies first: a publisher waiting
+    /// for its 200 should not wait behind the fan-out its event caused (its next publish is
+    /// held back meanwhile).
     fn flush_dirty(&mut self) {
-        for key in std::mem::take(&mut self.dirty) {
-            let Some(conn) = self.conns.get_mut(key) else {
-                continue;
-            };
-            conn.dirty = false;
-            if conn.phase != Phase::Closed {
-                self.flush(key);
+        // Swap in the spare list, so neither list reallocates turn after turn.
+        let spare = std::mem::take(&mut self.spare_dirty);
+        let mut dirty = std::mem::replace(&mut self.dirty, spare);
+        for subscribers in [false, true] {
+            for &key in &dirty {
+                let Some(conn) = self.conns.get_mut(key) else {
+                    continue;
+                };
+                if !conn.dirty || conn.is_subscriber() != subscribers {
+                    continue;
+                }
+                conn.dirty = false;
+                if conn.phase != Phase::Closed {
+                    self.flush(key);
+                }
             }
         }
+        dirty.clear();
+        self.spare_dirty = dirty;
     }
 
     /// Writes a connection's queue: vectored writes up to the per-turn budget. Leftovers ask
@@ -563,8 +582,7 @@ impl Reactor {
                 continue;
             }
             self.unsubscribe_all(key);
-            self.awaiting_subscription
-                .retain(|replay| replay.key != key);
+            self.awaiting_redis.retain(|replay| replay.key != key);
             let mut conn = self.conns.remove(key);
             if conn.upgraded {
                 self.websockets -= 1;
@@ -576,6 +594,9 @@ impl Reactor {
     /// The once-a-second pass over every connection: head and idle timeouts, heartbeats,
     /// lingering closes, and memory an idle connection no longer needs.
     fn sweep(&mut self, _now: Instant) {
+        if !self.parked.is_empty() {
+            self.retry_parked(None); // answers 503 to any held too long
+        }
         let now = self.clock();
         let limits = &self.config.limits;
         let mut expired: Vec<(usize, &'static str)> = Vec::new();

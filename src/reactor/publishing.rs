@@ -56,10 +56,32 @@ pub(super) struct CatchUp {
     live: Vec<(Option<EventId>, Bytes)>,
 }
 
+/// A publish held until this replica's subscription to its channel is confirmed.
+#[derive(Debug)]
+pub(super) struct Parked {
+    key: usize,
+    serial: u32,
+    keep_alive: bool,
+    event: Event,
+    since: Instant,
+}
+
+/// How long a publish may wait for a subscription to be confirmed before it gets a 503.
+const PARKED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Reactor {
+    /// Whether local clients of `channel` would get an event only live (so the Redis
+    /// subscription must be confirmed first). Clients that are resuming get it from the
+    /// history (a replay, or the channel catching up after a lost subscription).
+    fn needs_live_subscription(&self, channel: &str) -> bool {
+        self.fanout.lookup(channel).is_some()
+            && !self.catch_ups.contains_key(channel)
+            && !self.awaiting_redis.iter().any(|r| r.channel == channel)
+    }
+
     pub(super) fn publish(&mut self, key: usize, event: Event, keep_alive: bool) {
-        let has_local = self.fanout.lookup(&event.channel).is_some();
-        match self.broker.publish(&event, has_local) {
+        let needs_live = self.needs_live_subscription(&event.channel);
+        match self.broker.publish(&event, needs_live) {
             Publish::DeliverNow { id, json } => {
                 self.metrics.events_published += 1;
                 self.metrics.events_received += 1;
@@ -82,6 +104,63 @@ impl Reactor {
                     channel: event.channel,
                     since: Instant::now(),
                 });
+            }
+            Publish::AwaitSubscription => {
+                let conn = &mut self.conns[key];
+                conn.phase = Phase::AwaitingBroker;
+                self.parked.push(Parked {
+                    key,
+                    serial: conn.serial,
+                    keep_alive,
+                    event,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    /// Sends the publishes held for a subscription that is now confirmed; answers 503 to
+    /// those held too long or whose Redis link went down (`give_up`).
+    pub(super) fn retry_parked(&mut self, give_up: Option<&str>) {
+        for parked in std::mem::take(&mut self.parked) {
+            let alive = self
+                .conns
+                .get(parked.key)
+                .is_some_and(|c| c.serial == parked.serial && c.phase == Phase::AwaitingBroker);
+            if !alive {
+                continue;
+            }
+            let expired = parked.since.elapsed() >= PARKED_TIMEOUT;
+            let outcome = match give_up {
+                Some(why) => Publish::Unavailable(why.to_string()),
+                None if expired => Publish::Unavailable(
+                    "Redis unavailable: the channel's subscription was not confirmed in time"
+                        .into(),
+                ),
+                None => {
+                    let needs_live = self.needs_live_subscription(&parked.event.channel);
+                    self.broker.publish(&parked.event, needs_live)
+                }
+            };
+            match outcome {
+                Publish::AwaitSubscription => self.parked.push(parked),
+                Publish::Pending => self.pending.push_back(Pending::Publish {
+                    key: parked.key,
+                    serial: parked.serial,
+                    keep_alive: parked.keep_alive,
+                    kind: parked.event.kind,
+                    channel: parked.event.channel,
+                    since: parked.since,
+                }),
+                Publish::Unavailable(why) => {
+                    let reply = Reply::error(503, &why);
+                    self.answer_waiting(parked.key, parked.serial, reply, parked.keep_alive);
+                }
+                Publish::DeliverNow { id, json } => {
+                    let receivers = self.broadcast(&parked.event.channel, Some(id), &json);
+                    let reply = published_reply(&parked.event, id, receivers as i64);
+                    self.answer_waiting(parked.key, parked.serial, reply, parked.keep_alive);
+                }
             }
         }
     }
@@ -133,6 +212,13 @@ impl Reactor {
         };
         self.metrics.events_received += 1;
         let id = event::peek_id(payload);
+        // Ids grow along a channel's stream, and Redis delivers in that order: one at or below
+        // the last delivered is a late copy of an event a catch-up already sent.
+        if let (Some(id), Some(channel)) = (id, self.fanout.lookup(&name))
+            && self.fanout.last_id(channel).is_some_and(|last| id <= last)
+        {
+            return;
+        }
         if let Some(catch_up) = self.catch_ups.get_mut(&name) {
             catch_up.live.push((id, payload.clone()));
             return;
@@ -161,26 +247,30 @@ impl Reactor {
         }
     }
 
-    /// A channel's subscription is confirmed again: read what it missed.
-    pub(super) fn continue_catch_up(&mut self, channel: &str) {
-        let Some(catch_up) = self.catch_ups.get_mut(channel) else {
+    /// Channels whose subscription is confirmed again, with the command link up: read what
+    /// they missed.
+    pub(super) fn continue_catch_ups(&mut self) {
+        let broker::Broker::Redis(redis) = &self.broker else {
             return;
         };
-        if catch_up.read_sent {
-            return;
-        }
-        catch_up.read_sent = true;
-        let since = catch_up.since;
-        match self
-            .broker
-            .read_history(channel, Some(since), self.config.history_len)
-        {
-            Read::Pending => self.pending.push_back(Pending::CatchUp {
-                channel: channel.to_string(),
-                since,
-            }),
-            Read::Unavailable(why) => self.finish_catch_up(channel, Err(why)),
-            Read::Done(result) => self.finish_catch_up(channel, Ok(result)),
+        let ready: Vec<(String, EventId)> = self
+            .catch_ups
+            .iter()
+            .filter(|(channel, c)| !c.read_sent && redis.can_replay(channel))
+            .map(|(channel, c)| (channel.clone(), c.since))
+            .collect();
+        for (channel, since) in ready {
+            if let Some(catch_up) = self.catch_ups.get_mut(&channel) {
+                catch_up.read_sent = true;
+            }
+            match self
+                .broker
+                .read_history(&channel, Some(since), self.config.history_len)
+            {
+                Read::Pending => self.pending.push_back(Pending::CatchUp { channel, since }),
+                Read::Unavailable(why) => self.finish_catch_up(&channel, Err(why)),
+                Read::Done(result) => self.finish_catch_up(&channel, Ok(result)),
+            }
         }
     }
 

@@ -52,10 +52,16 @@ impl Reactor {
                 LinkEvent::Message { channel, payload } => {
                     self.on_redis_message(&channel, &payload)
                 }
-                LinkEvent::Subscribed(channel) => self.on_redis_subscribed(&channel),
+                LinkEvent::Subscribed(_) => self.on_redis_progress(),
                 LinkEvent::Reply(reply) => self.on_redis_reply(reply),
-                LinkEvent::Up(_) => self.metrics.redis_reconnects += 1,
-                LinkEvent::Down(Role::Subscriber) => self.begin_catch_up(),
+                LinkEvent::Up(_) => {
+                    self.metrics.redis_reconnects += 1;
+                    self.on_redis_progress();
+                }
+                LinkEvent::Down(Role::Subscriber) => {
+                    self.begin_catch_up();
+                    self.retry_parked(Some("Redis unavailable: the subscription was lost"));
+                }
                 LinkEvent::Down(Role::Publisher) => {}
             }
         }

@@ -26,7 +26,7 @@ use crate::ws::{frame, handshake};
 pub(super) struct Replay {
     pub key: usize,
     serial: u32,
-    channel: String,
+    pub channel: String,
     pub since: EventId,
 }
 
@@ -197,42 +197,45 @@ impl Reactor {
             since,
         };
         let limit = self.config.history_len;
-        let subscribed = match &mut self.broker {
+        let ready = match &mut self.broker {
             Broker::Embedded(history) => {
                 // One thread: the history and the live stream cannot interleave here.
                 let result = history.read(name, Some(since), limit);
                 return self.send_replay(&replay, result);
             }
-            Broker::Redis(redis) => {
-                let redis_channel = redis.names.channel(name);
-                redis.subscriber.is_subscribed(redis_channel.as_bytes())
-            }
+            Broker::Redis(redis) => redis.can_replay(name),
         };
+        let channel = self
+            .fanout
+            .lookup(name)
+            .expect("bug: replay of a channel not joined");
         let conn = &mut self.conns[key];
-        conn.recovery
-            .get_or_insert_with(Box::<Recovery>::default)
-            .pending += 1;
-        if subscribed {
+        let recovery = conn.recovery.get_or_insert_with(Box::<Recovery>::default);
+        recovery.pending += 1;
+        // The client has seen `since`: a late live copy of it or anything older is dropped.
+        recovery.replayed(channel, since);
+        if ready {
             self.read_replay(replay);
         } else {
-            self.awaiting_subscription.push(replay);
+            self.awaiting_redis.push(replay);
         }
     }
 
-    /// Redis confirmed a subscription: replays waiting for it may read their history now.
-    pub(super) fn on_redis_subscribed(&mut self, redis_channel: &[u8]) {
-        let Some(name) = self.local_channel(redis_channel) else {
+    /// A link came up or a subscription was confirmed: replays and catch-ups that waited for
+    /// Redis may read their history now.
+    pub(super) fn on_redis_progress(&mut self) {
+        let Broker::Redis(redis) = &self.broker else {
             return;
         };
-        self.continue_catch_up(&name);
-        let (ready, waiting): (Vec<Replay>, Vec<Replay>) =
-            std::mem::take(&mut self.awaiting_subscription)
-                .into_iter()
-                .partition(|r| r.channel == name);
-        self.awaiting_subscription = waiting;
+        let (ready, waiting): (Vec<Replay>, Vec<Replay>) = std::mem::take(&mut self.awaiting_redis)
+            .into_iter()
+            .partition(|r| redis.can_replay(&r.channel));
+        self.awaiting_redis = waiting;
         for replay in ready {
             self.read_replay(replay);
         }
+        self.continue_catch_ups();
+        self.retry_parked(None);
     }
 
     fn read_replay(&mut self, replay: Replay) {
@@ -274,9 +277,11 @@ impl Reactor {
         if recovery.pending > 0 {
             return;
         }
-        let recovery = conn.recovery.take().expect("bug: checked above");
-        for bytes in recovery.into_live() {
+        for bytes in recovery.take_live() {
             conn.queue(replay.key, bytes, &mut self.dirty);
+        }
+        if conn.recovery.as_ref().is_some_and(|r| r.is_done()) {
+            conn.recovery = None;
         }
     }
 

@@ -208,6 +208,11 @@ impl RedisLink {
                 .is_some_and(|&(_, confirmed)| confirmed)
     }
 
+    /// Every wanted subscription is confirmed.
+    pub fn all_subscribed(&self) -> bool {
+        self.is_ready() && self.wanted.values().all(|&(_, confirmed)| confirmed)
+    }
+
     fn is_connected(&self) -> bool {
         matches!(self.state, State::Handshaking { .. } | State::Ready)
     }
