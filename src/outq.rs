@@ -62,6 +62,15 @@ impl OutQueue {
         if self.is_empty() {
             return Ok(0);
         }
+        if self.bufs.len() == 1 {
+            // The common case (one event since the last flush): a plain write, no iovec array.
+            let written = sink.write(&self.bufs[0][self.front_written..])?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.consume(written);
+            return Ok(written);
+        }
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let mut count = 0;
         for (i, buf) in self.bufs.iter().take(MAX_IOVECS).enumerate() {
