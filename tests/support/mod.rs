@@ -40,6 +40,24 @@ pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// Waits (bounded) until a freshly spawned server answers `ready`. `None` if it exited first
+/// (its port was taken, most likely) or never got ready; then it is killed and reaped.
+fn wait_ready(mut child: Child, ready: impl Fn() -> bool) -> Option<Child> {
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        if ready() {
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 pub struct Herald {
     pub port: u16,
     child: Option<Child>,
@@ -112,21 +130,10 @@ impl Herald {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn herald");
-        let start = Instant::now();
-        while start.elapsed() < WAIT {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false; // exited: port taken, most likely
-            }
-            if get(self.port, "/health").status == 200 {
-                self.child = Some(child);
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
+        let child = cmd.spawn().expect("spawn herald");
+        let port = self.port;
+        self.child = wait_ready(child, || get(port, "/health").status == 200);
+        self.child.is_some()
     }
 
     pub fn pid(&self) -> u32 {
@@ -273,7 +280,7 @@ impl Redis {
     }
 
     fn spawn(&mut self) -> bool {
-        let mut child = Command::new("redis-server")
+        let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(&self.args)
@@ -282,20 +289,9 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server (is it installed? .ci/run installs it)");
-        let start = Instant::now();
-        while start.elapsed() < WAIT {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                self.child = Some(child);
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
+        let port = self.port;
+        self.child = wait_ready(child, || TcpStream::connect(("127.0.0.1", port)).is_ok());
+        self.child.is_some()
     }
 
     pub fn url(&self) -> String {
