@@ -207,7 +207,7 @@ impl Fanout {
                 _ => continue,
             };
             let backlog =
-                conn.out.queued_bytes() + conn.recovery.as_ref().map_or(0, |r| r.buffered_bytes);
+                conn.out.memory_bytes() + conn.recovery.as_ref().map_or(0, |r| r.buffered_bytes);
             if backlog + bytes.len() > max_queued_bytes {
                 over_cap.push(key);
                 continue;

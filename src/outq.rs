@@ -41,6 +41,12 @@ impl OutQueue {
         self.queued_bytes
     }
 
+    /// What the queue costs in memory: its bytes, plus a handle for each buffer (a client far
+    /// behind holds thousands of small shared frames; the handles are its real cost then).
+    pub fn memory_bytes(&self) -> usize {
+        self.queued_bytes + self.bufs.len() * std::mem::size_of::<Bytes>()
+    }
+
     /// True while the front buffer is partly on the wire: dropping it would cut a frame in two.
     pub fn is_mid_buffer(&self) -> bool {
         self.front_written > 0

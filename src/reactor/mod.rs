@@ -58,6 +58,8 @@ const READ_BUDGET: usize = 16;
 /// Bytes written to one connection per turn before others get their go (redis:
 /// NET_MAX_WRITES_PER_EVENT).
 const WRITE_BUDGET: usize = 1024 * 1024;
+/// Subscriber sockets written per turn before the reactor looks for new input again.
+const FANOUT_FLUSHES_PER_TURN: usize = 1024;
 /// How long a closing connection may take to drain its last bytes and see the peer close.
 pub(super) const CLOSE_TIMEOUT_SECS: u32 = 5;
 /// After EMFILE and the like, accept again this much later instead of spinning.
@@ -472,23 +474,42 @@ impl Reactor {
     /// Flushes every connection with queued output, HTTP replies first: a publisher waiting
     /// for its 200 should not wait behind the fan-out its event caused (its next publish is
     /// held back meanwhile).
+    ///
+    /// Subscribers are flushed at most `FANOUT_FLUSHES_PER_TURN` a turn; the rest wait at the
+    /// head of the next turn's list. A fan-out to many thousands of sockets thus does not keep
+    /// the reactor from reading new publishes, and a subscriber still waiting when the next
+    /// event arrives gets both in one write: under load, writes carry several frames each
+    /// instead of one syscall per delivery.
     fn flush_dirty(&mut self) {
         // Swap in the spare list, so neither list reallocates turn after turn.
         let spare = std::mem::take(&mut self.spare_dirty);
         let mut dirty = std::mem::replace(&mut self.dirty, spare);
+        let mut carried_from = dirty.len();
         for subscribers in [false, true] {
-            for &key in &dirty {
+            let mut flushed = 0;
+            for (i, &key) in dirty.iter().enumerate() {
                 let Some(conn) = self.conns.get_mut(key) else {
                     continue;
                 };
                 if !conn.dirty || conn.is_subscriber() != subscribers {
                     continue;
                 }
+                if subscribers && flushed == FANOUT_FLUSHES_PER_TURN {
+                    carried_from = i;
+                    break;
+                }
+                flushed += 1;
                 conn.dirty = false;
                 if conn.phase != Phase::Closed {
                     self.flush(key);
                 }
             }
+        }
+        if carried_from < dirty.len() {
+            // Those not reached go first next turn; then whatever got dirty meanwhile.
+            let mut next = dirty.split_off(carried_from);
+            next.append(&mut self.dirty);
+            self.dirty = next;
         }
         dirty.clear();
         self.spare_dirty = dirty;
@@ -497,7 +518,6 @@ impl Reactor {
     /// Writes a connection's queue: vectored writes up to the per-turn budget. Leftovers ask
     /// for WRITABLE; an empty queue gives it up and moves a closing connection along.
     fn flush(&mut self, key: usize) {
-        let now = self.clock();
         let registry = self.poll.registry();
         let conn = &mut self.conns[key];
         let mut written = 0;
@@ -543,7 +563,8 @@ impl Reactor {
                 // the reply in flight (nginx's lingering close).
                 let _ = conn.stream.shutdown(std::net::Shutdown::Write);
                 conn.write_shut = true;
-                conn.deadline = conn.deadline.min(now + CLOSE_TIMEOUT_SECS);
+                let close_by = self.started.elapsed().as_secs() as u32 + CLOSE_TIMEOUT_SECS;
+                conn.deadline = conn.deadline.min(close_by);
                 if self.shutdown_deadline.is_some() {
                     // Shutting down: the kernel delivers what is queued after we close; do
                     // not hold the exit for peers slow to answer our close.
@@ -612,6 +633,11 @@ impl Reactor {
                     expired.push((key, reason::IDLE_TIMEOUT))
                 }
                 Phase::ReadingRequest => expired.push((key, reason::HEAD_TIMEOUT)),
+                // The ping may still sit behind a backlog the client has not read yet: the
+                // backlog cap deals with that client; the pong clock starts once it is out.
+                Phase::WebSocket | Phase::Echo if conn.awaiting_pong && !conn.out.is_empty() => {
+                    conn.deadline = now + limits.pong_timeout_secs;
+                }
                 Phase::WebSocket | Phase::Echo if conn.awaiting_pong => {
                     expired.push((key, reason::PING_TIMEOUT))
                 }
