@@ -35,6 +35,9 @@ step "browser test (headless Chromium)"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 HERALD_BIN="$PWD/target/debug/herald" node --test tests/browser/
 
+step "load generator smoke (1k clients, 20 events, Herald embedded; timings not asserted)"
+bash bench/run --smoke --no-report
+
 step "WebSocket conformance (Autobahn quick subset, echo route)"
 cargo build --release --locked --quiet -p herald
 HERALD_BIN="$PWD/target/release/herald" bash tests/autobahn/run.sh quick

@@ -11,9 +11,11 @@ use clap::{Parser, ValueEnum};
 /// Fan-out mode (default): opens N WebSocket clients on ws://HOST:PORT/ws,
 /// publishes M events (HTTP `POST /events?event_type=bench&message=...` or
 /// straight into Redis), and checks that every client receives every event
-/// exactly once and in order. Reports delivery latency (HDR histogram),
-/// deliveries per second, connect rate, and (with --pid) the server's RSS and
-/// CPU time per phase next to the generator's own CPU time.
+/// exactly once and in order. With --channels N, clients and events are
+/// spread over N channels and each client checks its own channel's events.
+/// Reports delivery latency (HDR histogram), deliveries per second, connect
+/// rate, and (with --pid) the server's RSS and CPU time per phase next to the
+/// generator's own CPU time.
 ///
 /// Throughput mode: C keep-alive HTTP connections POST events back to back
 /// (one request in flight per connection) for D seconds or M requests;
@@ -37,6 +39,7 @@ use clap::{Parser, ValueEnum};
   herald-bench -p 21080 -c 2000 -e 1000 --rate 200 --in-flight 4
   herald-bench -p 21080 -c 60000 --source-ips 127.0.0.2-127.0.0.20 -e 20
   herald-bench -p 21080 --publish redis --redis redis://127.0.0.1:6379 -c 1000 -e 100
+  herald-bench -p 21080 -c 10000 --channels 1000 -e 2000 --in-flight 4
   herald-bench -p 21080 --mode throughput --connections 64 --duration 10 -c 1000"
 )]
 pub struct Args {
@@ -90,9 +93,17 @@ pub struct Args {
     #[arg(long)]
     pub redis: Option<String>,
 
-    /// Redis channel for `--publish redis`.
+    /// Redis channel for `--publish redis` (with --channels: the prefix,
+    /// events go to `<prefix>:ch<e % N>`).
     #[arg(long, default_value = "events")]
     pub redis_channel: String,
+
+    /// Spread clients and events over N channels (0 = off: everyone on the
+    /// default channel). Client i connects to `/ws?channels=ch<i % N>`;
+    /// event e goes to `POST /events/ch<e % N>` (Redis: `events:ch<e % N>`).
+    /// Each client must get exactly its channel's events, none of another's.
+    #[arg(long, default_value_t = 0)]
+    pub channels: u64,
 
     /// Event type used for published events (clients ignore other types).
     #[arg(long, default_value = "bench")]

@@ -2,11 +2,12 @@
 //! Herald's API (`POST /events` publishes, every `/ws` client receives every
 //! event as one JSON text frame). See `herald-bench --help`.
 //!
-//! Modules: [`cli`] options, [`pool`] WebSocket clients, [`publisher`] HTTP /
+//! Modules: [`cli`] options, [`channels`] the many-channels case, [`pool`] WebSocket clients, [`publisher`] HTTP /
 //! Redis publishing, [`reactor`] the mio loop, [`run`] phase orchestration,
 //! [`worker`] multi-process split, [`stats`] mergeable results, [`report`]
 //! output, [`procfs`] process sampling, [`wire`] protocol parsing.
 
+mod channels;
 mod cli;
 mod pool;
 mod procfs;

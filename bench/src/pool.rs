@@ -5,7 +5,9 @@
 //! bytes and checks the `101`, then parses server frames and checks every
 //! bench event per client: duplicates, order (by seq), loss (at the end) and
 //! latency (from the send time in the message, and from the scheduled send
-//! time for paced runs).
+//! time for paced runs). With channels, each client connects to its own
+//! channel and checks it gets exactly that channel's events (see
+//! [`crate::channels`]).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -16,6 +18,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token, event::Event};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::channels::{self, Mine};
 use crate::procfs::unix_ns;
 use crate::stats::PoolStats;
 use crate::wire::{self, Handshake};
@@ -32,9 +35,14 @@ pub struct PoolConfig {
     pub source_ips: Vec<IpAddr>,
     pub connect_concurrency: usize,
     pub handshake_timeout: Duration,
-    /// Events each client must receive (seq 0..n); `None` = just count.
+    /// Events published in the run (seq 0..n); `None` = just count.
     pub expected_events: Option<u64>,
     pub event_type: String,
+    /// Global index of this pool's first client (worker split), for the
+    /// channel assignment.
+    pub first_index: usize,
+    /// Number of channels (0 = off, everyone on the default channel).
+    pub channels: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,10 +128,14 @@ struct Client {
     /// Bytes waiting to be written (handshake, pongs).
     out: Vec<u8>,
     track: Tracker,
+    /// Channel this client joined (`None`: the default channel).
+    channel: Option<u64>,
+    /// Events this client must receive (`None`: just count).
+    expected: Option<u64>,
 }
 
 impl Client {
-    fn new() -> Self {
+    fn new(channel: Option<u64>, expected: Option<u64>) -> Self {
         Client {
             stream: None,
             state: State::Pending,
@@ -133,6 +145,8 @@ impl Client {
             fragmented: false,
             out: Vec::new(),
             track: Tracker::default(),
+            channel,
+            expected,
         }
     }
 }
@@ -164,7 +178,9 @@ pub struct ClientPool {
 struct Ctx<'a> {
     stats: &'a mut PoolStats,
     open_incomplete: &'a mut u64,
+    /// Events published in the run.
     expected: Option<u64>,
+    channels: u64,
     event_type: &'a [u8],
     now_ns: u64,
 }
@@ -172,7 +188,15 @@ struct Ctx<'a> {
 impl ClientPool {
     pub fn new(cfg: PoolConfig) -> Self {
         let handshake_req = wire::ws_handshake_request(&cfg.host_header, &cfg.path);
-        let clients = (0..cfg.clients).map(|_| Client::new()).collect();
+        let clients = (0..cfg.clients)
+            .map(|i| {
+                let ch = channels::of_client((cfg.first_index + i) as u64, cfg.channels);
+                let exp = cfg
+                    .expected_events
+                    .map(|e| channels::events_on(ch, cfg.channels, e));
+                Client::new(ch, exp)
+            })
+            .collect();
         let stats = PoolStats {
             clients: cfg.clients as u64,
             ..Default::default()
@@ -290,8 +314,8 @@ impl ClientPool {
 
     /// Closes an open client that the server closed or that broke.
     fn close_open(&mut self, registry: &Registry, idx: usize, reason: String) {
-        let expected = self.cfg.expected_events;
         let c = &mut self.clients[idx];
+        let expected = c.expected;
         if let Some(mut s) = c.stream.take() {
             let _ = registry.deregister(&mut s);
         }
@@ -335,7 +359,13 @@ impl ClientPool {
                 Err(e) => return self.fail(registry, idx, format!("connect: {}", short_err(&e))),
             }
             c.state = State::Handshake;
-            c.out.extend_from_slice(&self.handshake_req);
+            match c.channel {
+                Some(ch) => c.out.extend_from_slice(&wire::ws_handshake_request(
+                    &self.cfg.host_header,
+                    &channels::ws_path(&self.cfg.path, ch),
+                )),
+                None => c.out.extend_from_slice(&self.handshake_req),
+            }
         }
         if !self.clients[idx].out.is_empty()
             && let Err(e) = flush(&mut self.clients[idx])
@@ -379,7 +409,8 @@ impl ClientPool {
                                     .handshake
                                     .record_ns(at.elapsed().as_nanos() as i64);
                             }
-                            match self.cfg.expected_events {
+                            self.stats.expected_deliveries += c.expected.unwrap_or(0);
+                            match c.expected {
                                 Some(0) => self.stats.complete_clients += 1,
                                 Some(_) => self.open_incomplete += 1,
                                 None => {}
@@ -415,6 +446,7 @@ impl ClientPool {
                 stats,
                 open_incomplete,
                 expected: cfg.expected_events,
+                channels: cfg.channels,
                 event_type: cfg.event_type.as_bytes(),
                 now_ns: unix_ns(),
             };
@@ -451,6 +483,7 @@ impl ClientPool {
                     stats,
                     open_incomplete,
                     expected: cfg.expected_events,
+                    channels: cfg.channels,
                     event_type: cfg.event_type.as_bytes(),
                     now_ns: unix_ns(),
                 };
@@ -494,11 +527,11 @@ impl ClientPool {
 
     /// Ends the run: counts lost events and closes every socket.
     pub fn finish(&mut self, registry: &Registry) -> PoolStats {
-        if let Some(exp) = self.cfg.expected_events {
-            for c in &self.clients {
-                if matches!(c.state, State::Open | State::Closed) {
-                    self.stats.lost += exp.saturating_sub(c.track.unique);
-                }
+        for c in &self.clients {
+            if let Some(exp) = c.expected
+                && matches!(c.state, State::Open | State::Closed)
+            {
+                self.stats.lost += exp.saturating_sub(c.track.unique);
             }
         }
         for c in &mut self.clients {
@@ -605,8 +638,19 @@ fn on_message(payload: &[u8], c: &mut Client, ctx: &mut Ctx) {
         return;
     };
     let s = &mut *ctx.stats;
-    if let Some(expected) = ctx.expected {
-        match c.track.observe(m.seq, expected) {
+    if let (Some(events), Some(expected)) = (ctx.expected, c.expected) {
+        let k = match channels::classify(m.seq, c.channel, ctx.channels, events) {
+            Mine::Yes(k) => k,
+            Mine::OtherChannel => {
+                s.wrong_channel += 1;
+                return;
+            }
+            Mine::OutOfRange => {
+                s.foreign += 1;
+                return;
+            }
+        };
+        match c.track.observe(k, expected) {
             Seen::OutOfRange => {
                 s.foreign += 1;
                 return;
@@ -733,10 +777,11 @@ mod tests {
             stats: &mut stats,
             open_incomplete: &mut open,
             expected: Some(3),
+            channels: 0,
             event_type: b"bench",
             now_ns: 2_000_000,
         };
-        let mut c = Client::new();
+        let mut c = Client::new(None, Some(3));
         let text = |s: &str| {
             let mut f = vec![0x81, s.len() as u8];
             f.extend_from_slice(s.as_bytes());
@@ -777,10 +822,46 @@ mod tests {
             stats: &mut stats,
             open_incomplete: &mut open,
             expected: Some(3),
+            channels: 0,
             event_type: b"bench",
             now_ns: 0,
         };
         let err = process_frames(b"\x88\x02\x03\xe9", &mut c, &mut ctx).unwrap_err();
         assert_eq!(err, "close frame 1001");
+    }
+
+    #[test]
+    fn channel_frames_are_checked() {
+        // 2 channels, 5 events: the client on channel 1 owns events 1 and 3.
+        let mut stats = PoolStats::default();
+        let mut open = 1u64;
+        let mut ctx = Ctx {
+            stats: &mut stats,
+            open_incomplete: &mut open,
+            expected: Some(5),
+            channels: 2,
+            event_type: b"bench",
+            now_ns: 2_000_000,
+        };
+        let mut c = Client::new(Some(1), Some(channels::events_on(Some(1), 2, 5)));
+        assert_eq!(c.expected, Some(2));
+        let text = |s: &str| {
+            let mut f = vec![0x81, s.len() as u8];
+            f.extend_from_slice(s.as_bytes());
+            f
+        };
+        let mut buf = Vec::new();
+        for m in ["3", "2", "1", "3", "7"] {
+            buf.extend(text(&format!(
+                r#"{{"type":"bench","message":"{m}:1000000","channel":"ch1"}}"#
+            )));
+        }
+        process_frames(&buf, &mut c, &mut ctx).unwrap();
+        // 3 then 1: in-channel numbers 1 then 0, so 1 is late; 2 belongs to
+        // channel 0; 3 again is a duplicate; 7 is beyond the run.
+        assert_eq!((stats.unique, stats.deliveries), (2, 3));
+        assert_eq!((stats.wrong_channel, stats.duplicates), (1, 1));
+        assert_eq!((stats.out_of_order, stats.foreign), (1, 1));
+        assert_eq!((stats.complete_clients, open), (1, 0));
     }
 }

@@ -1,5 +1,6 @@
 //! Process sampling: the server's RSS (`/proc/PID/status` VmRSS) and CPU
-//! time (`/proc/PID/stat` utime+stime), the generator's own CPU time
+//! time (`/proc/PID/task/*/schedstat`, nanoseconds; `/proc/PID/stat`
+//! utime+stime in clock ticks as a fallback), the generator's own CPU time
 //! (getrusage), the open-file limit, and the wall clock in Unix nanoseconds.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -35,10 +36,12 @@ impl ServerProbe {
             rss_bytes: std::fs::read_to_string(format!("/proc/{pid}/status"))
                 .ok()
                 .and_then(|s| parse_vm_rss(&s)),
-            cpu_s: std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| parse_stat_cpu_ticks(&s))
-                .map(|t| t as f64 / clock_ticks()),
+            cpu_s: schedstat_cpu_ns(pid).map(|ns| ns as f64 / 1e9).or_else(|| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| parse_stat_cpu_ticks(&s))
+                    .map(|t| t as f64 / clock_ticks())
+            }),
         }
     }
 
@@ -65,6 +68,34 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     let utime: u64 = f.nth(11)?.parse().ok()?;
     let stime: u64 = f.next()?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// CPU time of every live thread of `pid`, nanoseconds: the first field of
+/// each `/proc/PID/task/TID/schedstat` (clock ticks are 10 ms, too coarse
+/// for short publish phases). `None` when unavailable.
+fn schedstat_cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    let mut any = false;
+    // Bounded by the thread count.
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        // A thread may exit between listing and reading: skip it.
+        if let Some(ns) = std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| parse_schedstat_ns(&s))
+        {
+            total += ns;
+            any = true;
+        }
+    }
+    any.then_some(total)
+}
+
+/// First field of a schedstat line: time spent on the CPU, nanoseconds.
+pub fn parse_schedstat_ns(s: &str) -> Option<u64> {
+    s.split_whitespace().next()?.parse().ok()
 }
 
 fn clock_ticks() -> f64 {
@@ -133,6 +164,8 @@ mod tests {
         let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
                     250 50 0 0 20 0 1 0 12345 1000000 200 18446744073709551615";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(300));
+        assert_eq!(parse_schedstat_ns("498609 0 1\n"), Some(498_609));
+        assert_eq!(parse_schedstat_ns(""), None);
         assert_eq!(parse_stat_cpu_ticks("1 (x) S 1"), None);
     }
 

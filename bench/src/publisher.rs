@@ -5,7 +5,9 @@
 //! Redis: `PUBLISH <channel> {"type":..,"message":..}` pipelined on one
 //! connection. Either paced (`rate`: event `i` is due at `start + i/rate`;
 //! the scheduled time goes into the message) or as fast as the in-flight
-//! limit allows. The same machinery drives the throughput mode.
+//! limit allows. The same machinery drives the throughput mode. With
+//! channels, event `seq` goes to `<path>/ch<seq % N>` (HTTP) or
+//! `<channel>:ch<seq % N>` with a `"channel"` field (Redis).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token, event::Event};
 
+use crate::channels;
 use crate::pool::{open_socket, short_err};
 use crate::procfs::unix_ns;
 use crate::stats::Latency;
@@ -44,6 +47,8 @@ pub struct Plan {
     pub rate: Option<f64>,
     pub event_type: String,
     pub pad: usize,
+    /// Spread events over this many channels (0 = default channel).
+    pub channels: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,9 +298,11 @@ impl Publisher {
         let sent_ns = unix_ns();
         self.msg.clear();
         wire::format_message(&mut self.msg, seq, sent_ns, sched_ns, self.plan.pad);
+        let ch = channels::of_event(seq, self.plan.channels).map(channels::name);
         let c = &mut self.conns[i];
         match &self.proto {
             Protocol::Http { host_header, path } => {
+                let path = http_path(path, ch.as_deref());
                 let req = format!(
                     "POST {path}?event_type={}&message={} HTTP/1.1\r\nHost: {host_header}\r\n\
                      Content-Length: 0\r\n\r\n",
@@ -305,11 +312,11 @@ impl Publisher {
                 c.out.extend_from_slice(req.as_bytes());
             }
             Protocol::Redis { channel, .. } => {
-                let json = serde_json::json!({"type": self.plan.event_type, "message": self.msg});
-                let json = json.to_string();
+                let (redis_channel, json) =
+                    redis_message(channel, ch.as_deref(), &self.plan.event_type, &self.msg);
                 wire::resp_command(
                     &mut c.out,
-                    &[b"PUBLISH", channel.as_bytes(), json.as_bytes()],
+                    &[b"PUBLISH", redis_channel.as_bytes(), json.as_bytes()],
                 );
             }
         }
@@ -457,6 +464,29 @@ impl Publisher {
     }
 }
 
+/// Publish path: `<path>/<channel>`, or `<path>` for the default channel.
+fn http_path<'a>(path: &'a str, channel: Option<&str>) -> std::borrow::Cow<'a, str> {
+    match channel {
+        Some(ch) => format!("{}/{ch}", path.trim_end_matches('/')).into(),
+        None => path.into(),
+    }
+}
+
+/// Redis channel and payload: `<prefix>:<channel>` with a `"channel"` field,
+/// or `<prefix>` and `{"type","message"}` for the default channel.
+fn redis_message(prefix: &str, channel: Option<&str>, kind: &str, msg: &str) -> (String, String) {
+    match channel {
+        Some(ch) => (
+            format!("{prefix}:{ch}"),
+            serde_json::json!({"type": kind, "message": msg, "channel": ch}).to_string(),
+        ),
+        None => (
+            prefix.to_string(),
+            serde_json::json!({"type": kind, "message": msg}).to_string(),
+        ),
+    }
+}
+
 /// Offset of event `seq` from the start of a paced run.
 fn sched_offset(seq: u64, rate: f64) -> Duration {
     Duration::from_secs_f64(seq as f64 / rate)
@@ -506,5 +536,24 @@ mod tests {
         assert_eq!(url_encode("bench"), "bench");
         assert_eq!(url_encode("a b&c"), "a%20b%26c");
         assert_eq!(sched_offset(500, 1000.0), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn channel_targets() {
+        assert_eq!(http_path("/events", None), "/events");
+        assert_eq!(http_path("/events", Some("ch3")), "/events/ch3");
+        assert_eq!(http_path("/events/", Some("ch3")), "/events/ch3");
+        let (ch, json) = redis_message("events", Some("ch7"), "bench", "7:1");
+        assert_eq!(ch, "events:ch7");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["channel"], "ch7");
+        assert_eq!(
+            (v["type"].as_str(), v["message"].as_str()),
+            (Some("bench"), Some("7:1"))
+        );
+        let (ch, json) = redis_message("events", None, "bench", "0:1");
+        assert_eq!(ch, "events");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v, serde_json::json!({"type": "bench", "message": "0:1"}));
     }
 }

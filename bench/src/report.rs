@@ -31,6 +31,8 @@ pub struct FanoutReport {
     pub target: String,
     pub publish: &'static str,
     pub clients: u64,
+    /// `--channels` (0 = everyone on the default channel).
+    pub channels: u64,
     pub workers: usize,
     pub connected: u64,
     pub connect_failed: u64,
@@ -51,7 +53,8 @@ pub struct FanoutReport {
     pub publish_seconds: f64,
     pub publish_events_per_sec: f64,
     pub publish_rtt_us: Option<LatencySummary>,
-    /// connected clients x events.
+    /// Sum over connected clients of their channel's events (connected
+    /// clients x events without channels).
     pub expected_deliveries: u64,
     pub deliveries: u64,
     pub lost: u64,
@@ -60,6 +63,8 @@ pub struct FanoutReport {
     /// Whether the publisher guarantees order (HTTP with in-flight 1, Redis).
     pub order_guaranteed: bool,
     pub foreign_frames: u64,
+    /// Deliveries of another channel's events (routing errors).
+    pub wrong_channel: u64,
     pub complete_clients: u64,
     /// First publish to last delivery.
     pub delivery_seconds: f64,
@@ -209,6 +214,18 @@ impl FanoutReport {
             ),
         );
         t.row("handshake", lat(&self.handshake_us));
+        t.row(
+            "channels",
+            if self.channels == 0 {
+                "1 (default; every client gets every event)".to_string()
+            } else {
+                format!(
+                    "{} (ch<i % {0}>; ~{:.1} clients per channel)",
+                    self.channels,
+                    self.clients as f64 / self.channels as f64
+                )
+            },
+        );
         if !self.failures.is_empty() {
             t.row("failures", map(&self.failures));
         }
@@ -272,6 +289,9 @@ impl FanoutReport {
         t.row("latency from send", lat(&self.latency_us));
         if self.sched_latency_us.is_some() {
             t.row("latency from schedule", lat(&self.sched_latency_us));
+        }
+        if self.channels > 0 {
+            t.row("other channel's events", self.wrong_channel);
         }
         if self.foreign_frames > 0 {
             t.row("foreign frames", self.foreign_frames);

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::channels;
 use crate::cli::{self, Args, Mode, PublishVia};
 use crate::pool::{ClientPool, PoolConfig};
 use crate::procfs::{self, ServerProbe, ServerSample};
@@ -61,11 +62,15 @@ impl Bench {
                 handshake_timeout: args.handshake_timeout,
                 expected_events: expected,
                 event_type: args.event_type.clone(),
+                first_index: 0,
+                channels: args.channels,
             }));
             Side::Local
         } else {
-            let configs: Vec<WorkerConfig> = (0..workers)
-                .map(|i| {
+            let configs: Vec<WorkerConfig> = split(clients, workers)
+                .into_iter()
+                .enumerate()
+                .map(|(i, (first, n))| {
                     let mut ips = source_ips.clone();
                     if !ips.is_empty() {
                         let k = i % ips.len();
@@ -76,12 +81,14 @@ impl Bench {
                         addr,
                         host_header: host_header.clone(),
                         path: args.ws_path.clone(),
-                        clients: clients / workers + usize::from(i < clients % workers),
+                        clients: n,
                         source_ips: ips,
                         connect_concurrency: args.connect_concurrency.div_ceil(workers),
                         handshake_timeout_s: args.handshake_timeout.as_secs_f64(),
                         expected_events: expected,
                         event_type: args.event_type.clone(),
+                        first_index: first,
+                        channels: args.channels,
                         settle_timeout_s: args.settle_timeout.as_secs_f64(),
                         max_duration_s: args.max_duration.as_secs_f64(),
                         progress_interval_s: args.progress_interval.as_secs_f64(),
@@ -291,6 +298,20 @@ fn workers_connect_cpu(side: &Side) -> f64 {
     }
 }
 
+/// Splits `clients` over `workers` processes: (global index of the first
+/// client, client count) per worker, contiguous and in order, so client `i`
+/// keeps its global index (and channel) whatever the split.
+fn split(clients: usize, workers: usize) -> Vec<(usize, usize)> {
+    let mut first = 0;
+    (0..workers)
+        .map(|i| {
+            let n = clients / workers + usize::from(i < clients % workers);
+            first += n;
+            (first - n, n)
+        })
+        .collect()
+}
+
 fn rate_per_sec(n: u64, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
@@ -337,9 +358,14 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
     let cpu_before = procfs::self_cpu_s();
     let mut b = Bench::new(args, clients, Some(events))?;
     eprintln!(
-        "herald-bench: {clients} clients ({} process{}), {events} events via {:?} -> {}:{}",
+        "herald-bench: {clients} clients ({} process{}), {events} events{} via {:?} -> {}:{}",
         b.workers,
         if b.workers > 1 { "es" } else { "" },
+        if args.channels > 0 {
+            format!(" over {} channels", args.channels)
+        } else {
+            String::new()
+        },
         args.publish,
         args.host,
         args.port
@@ -372,6 +398,7 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
                 rate: plan_rate,
                 event_type: args.event_type.clone(),
                 pad: args.pad,
+                channels: args.channels,
             };
             b.open_publisher(proto, pub_addr, plan, in_flight)?;
             s_pub_start = probe.sample();
@@ -412,7 +439,8 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
         _ => 0.0,
     };
     let order_guaranteed = args.publish == PublishVia::Redis || in_flight == 1;
-    let expected_deliveries = stats.connected * events;
+    // Per connected client, its channel's event count (all events when off).
+    let expected_deliveries = stats.expected_deliveries;
 
     if stats.failed > 0 {
         problems.push(format!("{} client(s) failed to connect", stats.failed));
@@ -430,6 +458,21 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
     }
     if stats.duplicates > 0 {
         problems.push(format!("{} duplicate deliveries", stats.duplicates));
+    }
+    if stats.connected == clients as u64
+        && expected_deliveries
+            != channels::expected_deliveries(clients as u64, args.channels, events)
+    {
+        problems.push(format!(
+            "internal: clients expect {expected_deliveries} deliveries, the channel arithmetic {}",
+            channels::expected_deliveries(clients as u64, args.channels, events)
+        ));
+    }
+    if stats.wrong_channel > 0 {
+        problems.push(format!(
+            "{} deliveries of another channel's events",
+            stats.wrong_channel
+        ));
     }
     if order_guaranteed && stats.out_of_order > 0 {
         problems.push(format!("{} out-of-order deliveries", stats.out_of_order));
@@ -474,6 +517,7 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
             PublishVia::Redis => "redis",
         },
         clients: clients as u64,
+        channels: args.channels,
         workers: b.workers,
         connected: stats.connected,
         connect_failed: stats.failed,
@@ -499,6 +543,7 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
         out_of_order: stats.out_of_order,
         order_guaranteed,
         foreign_frames: stats.foreign,
+        wrong_channel: stats.wrong_channel,
         complete_clients: stats.complete_clients,
         delivery_seconds,
         deliveries_per_sec: rate_per_sec(stats.deliveries, delivery_seconds),
@@ -558,6 +603,7 @@ pub fn throughput(args: &Args) -> Res<ThroughputReport> {
             rate: args.rate,
             event_type: args.event_type.clone(),
             pad: args.pad,
+            channels: args.channels,
         };
         b.open_publisher(proto, addr, plan, args.connections.max(1))?;
         s_start = probe.sample();
@@ -684,4 +730,35 @@ pub fn main_with(args: &Args) -> i32 {
         Err(e) => eprintln!("herald-bench: json: {e}"),
     }
     if ok { 0 } else { 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_split_keeps_global_indexes() {
+        assert_eq!(split(10, 3), [(0, 4), (4, 3), (7, 3)]);
+        assert_eq!(split(2, 3), [(0, 1), (1, 1), (2, 0)]);
+        // Channel of every client, worker by worker, equals the one-process
+        // assignment, and the per-client expectations add up.
+        let (clients, n, events) = (10_007usize, 1000u64, 2003u64);
+        let mut chans = Vec::new();
+        let mut expected = 0;
+        for (first, k) in split(clients, 7) {
+            for i in first..first + k {
+                let ch = channels::of_client(i as u64, n);
+                chans.push(ch);
+                expected += channels::events_on(ch, n, events);
+            }
+        }
+        let single: Vec<_> = (0..clients as u64)
+            .map(|i| channels::of_client(i, n))
+            .collect();
+        assert_eq!(chans, single);
+        assert_eq!(
+            expected,
+            channels::expected_deliveries(clients as u64, n, events)
+        );
+    }
 }

@@ -142,6 +142,11 @@ pub struct PoolStats {
     pub out_of_order: u64,
     /// Frames that were not bench events of this run (other types, unparsable).
     pub foreign: u64,
+    /// Bench events of another channel than the client's (`--channels`).
+    pub wrong_channel: u64,
+    /// Deliveries the connected clients should get (sum of their channels'
+    /// event counts).
+    pub expected_deliveries: u64,
     /// Expected (client, seq) pairs never received (connected clients only).
     pub lost: u64,
     /// Connected clients that received every expected event.
@@ -185,6 +190,8 @@ impl PoolStats {
         self.duplicates += o.duplicates;
         self.out_of_order += o.out_of_order;
         self.foreign += o.foreign;
+        self.wrong_channel += o.wrong_channel;
+        self.expected_deliveries += o.expected_deliveries;
         self.lost += o.lost;
         self.complete_clients += o.complete_clients;
         self.first_delivery_ns = min_opt(self.first_delivery_ns, o.first_delivery_ns);
@@ -229,6 +236,7 @@ mod tests {
             deliveries: 90,
             unique: 90,
             lost: 0,
+            expected_deliveries: 90,
             complete_clients: 9,
             first_delivery_ns: Some(200),
             last_delivery_ns: Some(900),
@@ -248,6 +256,8 @@ mod tests {
             duplicates: 3,
             out_of_order: 2,
             lost: 2,
+            wrong_channel: 4,
+            expected_deliveries: 100,
             complete_clients: 8,
             first_delivery_ns: Some(150),
             last_delivery_ns: Some(800),
@@ -270,6 +280,7 @@ mod tests {
             assert_eq!((m.clients, m.connected, m.failed), (20, 19, 1));
             assert_eq!((m.deliveries, m.unique, m.duplicates), (191, 188, 3));
             assert_eq!((m.out_of_order, m.lost, m.complete_clients), (2, 2, 17));
+            assert_eq!((m.wrong_channel, m.expected_deliveries), (4, 190));
             assert_eq!(m.failures["http 503"], 3);
             assert_eq!(m.failures["handshake timeout"], 1);
             assert_eq!(m.first_delivery_ns, Some(150));

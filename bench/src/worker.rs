@@ -37,6 +37,11 @@ pub struct WorkerConfig {
     pub handshake_timeout_s: f64,
     pub expected_events: Option<u64>,
     pub event_type: String,
+    /// Global index of this worker's first client.
+    #[serde(default)]
+    pub first_index: usize,
+    #[serde(default)]
+    pub channels: u64,
     pub settle_timeout_s: f64,
     pub max_duration_s: f64,
     pub progress_interval_s: f64,
@@ -54,6 +59,8 @@ impl WorkerConfig {
             handshake_timeout: Duration::from_secs_f64(self.handshake_timeout_s),
             expected_events: self.expected_events,
             event_type: self.event_type.clone(),
+            first_index: self.first_index,
+            channels: self.channels,
         }
     }
 }
