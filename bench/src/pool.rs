@@ -10,7 +10,7 @@
 //! [`crate::channels`]).
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -683,19 +683,7 @@ fn flush(c: &mut Client) -> io::Result<()> {
     let Some(stream) = c.stream.as_mut() else {
         return Ok(());
     };
-    let mut written = 0;
-    // Bounded: each iteration writes at least one byte or returns.
-    while written < c.out.len() {
-        match stream.write(&c.out[written..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    c.out.drain(..written);
-    Ok(())
+    wire::write_pending(stream, &mut c.out)
 }
 
 /// Opens a non-blocking TCP socket, optionally bound to `src`, and starts

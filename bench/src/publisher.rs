@@ -10,7 +10,7 @@
 //! `<channel>:ch<seq % N>` with a `"channel"` field (Redis).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -499,19 +499,7 @@ fn flush(c: &mut Conn) -> io::Result<()> {
     if c.state != ConnState::Ready {
         return Ok(());
     }
-    let mut written = 0;
-    // Bounded: each iteration writes at least one byte or returns.
-    while written < c.out.len() {
-        match stream.write(&c.out[written..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    c.out.drain(..written);
-    Ok(())
+    wire::write_pending(stream, &mut c.out)
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.

@@ -403,6 +403,24 @@ pub fn resp_command(out: &mut Vec<u8>, args: &[&[u8]]) {
     }
 }
 
+/// Writes as much of `out` as a non-blocking socket takes, and drops what was written.
+pub fn write_pending(stream: &mut impl std::io::Write, out: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::ErrorKind;
+    let mut written = 0;
+    // Bounded: each iteration writes at least one byte or returns.
+    while written < out.len() {
+        match stream.write(&out[written..]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    out.drain(..written);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -334,8 +334,9 @@ impl Redis {
             .and_then(|v| v.trim().parse().ok())
     }
 
-    /// Runs one command with redis-cli-like RESP over a socket; returns the raw reply.
-    pub fn command(&self, args: &[&str]) -> String {
+    /// Sends one command (RESP, as redis-cli would) on a new connection; returns the reader
+    /// for its reply.
+    fn send(&self, args: &[&str]) -> BufReader<TcpStream> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         stream.set_read_timeout(Some(WAIT)).unwrap();
         let mut out = format!("*{}\r\n", args.len());
@@ -343,9 +344,13 @@ impl Redis {
             out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
         }
         stream.write_all(out.as_bytes()).unwrap();
-        let mut reader = BufReader::new(stream);
+        BufReader::new(stream)
+    }
+
+    /// Runs one command; returns the first line of its reply.
+    pub fn command(&self, args: &[&str]) -> String {
         let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
+        self.send(args).read_line(&mut line).unwrap();
         line.trim_end().to_string()
     }
 }
@@ -354,14 +359,7 @@ impl Redis {
     /// Runs a command whose reply is an array of bulk strings and integers (`PUBSUB NUMSUB`,
     /// `XRANGE` ids...); returns its elements as text.
     pub fn command_array(&self, args: &[&str]) -> Vec<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        let mut out = format!("*{}\r\n", args.len());
-        for a in args {
-            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        stream.write_all(out.as_bytes()).unwrap();
-        let mut reader = BufReader::new(stream);
+        let mut reader = self.send(args);
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();
         let count: usize = line.trim_end().trim_start_matches('*').parse().unwrap();
