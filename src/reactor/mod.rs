@@ -59,7 +59,7 @@ const READ_BUDGET: usize = 16;
 /// NET_MAX_WRITES_PER_EVENT).
 const WRITE_BUDGET: usize = 1024 * 1024;
 /// Subscriber sockets written per turn before the reactor looks for new input again.
-const FANOUT_FLUSHES_PER_TURN: usize = 1024;
+const FANOUT_FLUSHES_PER_TURN: usize = 256;
 /// How long a closing connection may take to drain its last bytes and see the peer close.
 pub(super) const CLOSE_TIMEOUT_SECS: u32 = 5;
 /// After EMFILE and the like, accept again this much later instead of spinning.
