@@ -60,14 +60,6 @@ impl Fanout {
         self.by_name.get(name).copied()
     }
 
-    pub fn name(&self, channel: ChannelId) -> &str {
-        &self.channels[channel as usize].name
-    }
-
-    pub fn subscriber_count(&self, channel: ChannelId) -> usize {
-        self.channels[channel as usize].subscribers.len()
-    }
-
     pub fn subscribers(&self, channel: ChannelId) -> &[usize] {
         &self.channels[channel as usize].subscribers
     }
@@ -92,11 +84,6 @@ impl Fanout {
             .iter()
             .filter_map(|(_, c)| c.last_id.map(|id| (c.name.to_string(), id)))
             .collect()
-    }
-
-    /// Names of every channel with at least one subscriber.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.channels.iter().map(|(_, c)| &*c.name)
     }
 
     /// Adds `key` to the channel `name`. Returns the channel and whether the channel is new

@@ -153,11 +153,6 @@ impl RedisLink {
         self.last_error.as_deref()
     }
 
-    /// Reconnections so far (failures since the last success included).
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-
     /// When the reactor must call `on_timer` next, at the latest.
     pub fn next_deadline(&self) -> Instant {
         match &self.state {
