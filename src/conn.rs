@@ -83,6 +83,8 @@ pub struct Conn {
     pub peer_done: bool,
     /// Became a WebSocket at some point (for the open-WebSocket count).
     pub upgraded: bool,
+    /// Became a Server-Sent Events stream (for the open-stream count).
+    pub streaming: bool,
 }
 
 impl Conn {
@@ -104,6 +106,7 @@ impl Conn {
             write_shut: false,
             peer_done: false,
             upgraded: false,
+            streaming: false,
         }
     }
 

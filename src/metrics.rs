@@ -84,6 +84,7 @@ pub struct Metrics {
 pub struct Gauges {
     pub http: usize,
     pub websockets: usize,
+    pub sse: usize,
     /// `None` in embedded mode.
     pub redis_up: Option<bool>,
 }
@@ -110,6 +111,7 @@ impl Metrics {
             "{CONNECTIONS}{{kind=\"websocket\"}} {}",
             gauges.websockets
         );
+        let _ = writeln!(out, "{CONNECTIONS}{{kind=\"sse\"}} {}", gauges.sse);
         let counters: [(&str, &str, u64); 10] = [
             (CONNECTIONS_ACCEPTED, "Connections accepted.", self.accepted),
             (
@@ -219,9 +221,11 @@ mod tests {
         let text = m.render(&Gauges {
             http: 1,
             websockets: 2,
+            sse: 3,
             redis_up: Some(true),
         });
         assert!(text.contains("herald_connections{kind=\"websocket\"} 2\n"));
+        assert!(text.contains("herald_connections{kind=\"sse\"} 3\n"));
         assert!(text.contains("herald_http_responses_total{status=\"200\"} 1\n"));
         assert!(text.contains("herald_connections_closed_total{reason=\"slow_consumer\"} 1\n"));
         assert!(text.contains("herald_publish_latency_seconds_bucket{le=\"0.0005\"} 1\n"));

@@ -77,6 +77,13 @@ fn streams_events_as_records() {
     let herald = Herald::start();
     let mut sse = open(herald.port, "/sse?channels=orders", "");
     let mut ws = ws_connect(herald.port, "/ws?channels=orders");
+    wait_until("the stream counted", || {
+        get(herald.port, "/health").json()["sse"] == 1
+    });
+    assert_eq!(
+        metric(herald.port, "herald_connections{kind=\"sse\"}"),
+        Some(1.0)
+    );
     let id = publish_to(herald.port, "orders", "order", "first");
     let record = next_event_record(&mut sse);
     assert_eq!(record[0], format!("id: {id}"));

@@ -115,6 +115,7 @@ impl Reactor {
             "redis": redis,
             "connections": self.conns.len(),
             "websockets": self.websockets,
+            "sse": self.sse_streams,
             "publish_token_required": self.config.publish_token.is_some(),
         });
         if let Some(e) = self.broker.last_error() {
@@ -125,8 +126,9 @@ impl Reactor {
 
     pub(super) fn gauges(&self) -> Gauges {
         Gauges {
-            http: self.conns.len() - self.websockets,
+            http: self.conns.len() - self.websockets - self.sse_streams,
             websockets: self.websockets,
+            sse: self.sse_streams,
             redis_up: match &self.broker {
                 Broker::Embedded(_) => None,
                 Broker::Redis(redis) => Some(redis.is_ready()),

@@ -112,6 +112,7 @@ pub struct Reactor {
     started: Instant,
     next_serial: u32,
     websockets: usize,
+    sse_streams: usize,
     accept_paused_until: Option<Instant>,
     last_accept_warning: Option<Instant>,
     shutdown_deadline: Option<Instant>,
@@ -153,6 +154,7 @@ impl Reactor {
             started: Instant::now(),
             next_serial: 0,
             websockets: 0,
+            sse_streams: 0,
             accept_paused_until: None,
             last_accept_warning: None,
             shutdown_deadline: None,
@@ -607,6 +609,9 @@ impl Reactor {
             let mut conn = self.conns.remove(key);
             if conn.upgraded {
                 self.websockets -= 1;
+            }
+            if conn.streaming {
+                self.sse_streams -= 1;
             }
             let _ = self.poll.registry().deregister(&mut conn.stream);
         }

@@ -70,6 +70,8 @@ impl Reactor {
         let conn = &mut self.conns[key];
         conn.queue(key, sse::head(), &mut self.dirty);
         conn.phase = Phase::Sse;
+        conn.streaming = true;
+        self.sse_streams += 1;
         conn.deadline = now + self.config.limits.ping_interval_secs;
         self.metrics.responded(200);
         self.subscribe_wanted(key, wanted);
