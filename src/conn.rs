@@ -50,6 +50,14 @@ pub enum Phase {
     Closed,
 }
 
+/// What a connection was upgraded to (it keeps this through `Closing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Became {
+    Http,
+    WebSocket,
+    Sse,
+}
+
 #[derive(Debug)]
 pub struct Conn {
     pub stream: TcpStream,
@@ -81,10 +89,8 @@ pub struct Conn {
     /// The peer will send nothing more that matters: EOF read, or its WebSocket close frame
     /// arrived. A closing connection then ends as soon as its output is flushed.
     pub peer_done: bool,
-    /// Became a WebSocket at some point (for the open-WebSocket count).
-    pub upgraded: bool,
-    /// Became a Server-Sent Events stream (for the open-stream count).
-    pub streaming: bool,
+    /// What the connection became, if anything: it stays counted as that until it is freed.
+    pub became: Became,
 }
 
 impl Conn {
@@ -105,8 +111,7 @@ impl Conn {
             awaiting_pong: false,
             write_shut: false,
             peer_done: false,
-            upgraded: false,
-            streaming: false,
+            became: Became::Http,
         }
     }
 

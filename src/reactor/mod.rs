@@ -34,7 +34,7 @@ use slab::Slab;
 
 use crate::broker::{Broker, REDIS_PUB, REDIS_SUB};
 use crate::config::Config;
-use crate::conn::{Conn, Phase};
+use crate::conn::{Became, Conn, Phase};
 use crate::fanout::Fanout;
 use crate::http::reply::Reply;
 use crate::metrics::{Metrics, reason};
@@ -440,7 +440,9 @@ impl Reactor {
             Phase::Sse => buf.len(),
             Phase::AwaitingBroker => 0,
             // We sent a close frame: wait for the peer's, so the handshake completes.
-            Phase::Closing if self.conns[key].upgraded => self.await_close_frame(key, buf),
+            Phase::Closing if self.conns[key].became == Became::WebSocket => {
+                self.await_close_frame(key, buf)
+            }
             // Lingering: input after our last word is read and dropped.
             Phase::Closing | Phase::Closed => buf.len(),
         }
@@ -607,11 +609,10 @@ impl Reactor {
             self.unsubscribe_all(key);
             self.awaiting_redis.retain(|replay| replay.key != key);
             let mut conn = self.conns.remove(key);
-            if conn.upgraded {
-                self.websockets -= 1;
-            }
-            if conn.streaming {
-                self.sse_streams -= 1;
+            match conn.became {
+                Became::WebSocket => self.websockets -= 1,
+                Became::Sse => self.sse_streams -= 1,
+                Became::Http => {}
             }
             let _ = self.poll.registry().deregister(&mut conn.stream);
         }

@@ -15,7 +15,7 @@ use super::Reactor;
 use super::publishing::Pending;
 use crate::broker::{Broker, Read};
 use crate::channel::{self, Wanted};
-use crate::conn::{Phase, Recovery};
+use crate::conn::{Became, Phase, Recovery};
 use crate::event::EventId;
 use crate::history::{StoredEvent, TooOld};
 use crate::sse;
@@ -56,7 +56,7 @@ impl Reactor {
         );
         conn.phase = if echo { Phase::Echo } else { Phase::WebSocket };
         conn.deadline = now + self.config.limits.ping_interval_secs;
-        conn.upgraded = true;
+        conn.became = Became::WebSocket;
         self.websockets += 1;
         self.metrics.websockets_opened += 1;
         self.metrics.responded(101);
@@ -70,7 +70,7 @@ impl Reactor {
         let conn = &mut self.conns[key];
         conn.queue(key, sse::head(), &mut self.dirty);
         conn.phase = Phase::Sse;
-        conn.streaming = true;
+        conn.became = Became::Sse;
         self.sse_streams += 1;
         conn.deadline = now + self.config.limits.ping_interval_secs;
         self.metrics.responded(200);
