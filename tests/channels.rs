@@ -11,13 +11,6 @@ fn send_json(ws: &mut Client, value: Value) {
     ws.send(Message::text(value.to_string())).unwrap();
 }
 
-fn publish_to(port: u16, channel: &str, kind: &str, message: &str) -> Value {
-    let q = format!("event_type={kind}&message={message}");
-    let reply = post(port, &format!("/events/{channel}?{q}"), None, "");
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.json()
-}
-
 fn isolation(herald: &Herald) {
     let mut orders = ws_connect(herald.port, "/ws?channels=orders");
     let mut deploys = ws_connect(herald.port, "/ws?channels=deploys");
@@ -67,10 +60,7 @@ fn channels_are_isolated_embedded() {
 #[test]
 fn channels_are_isolated_through_redis() {
     let redis = Redis::start();
-    let herald = Herald::with(&[], &[("PUBSUB_CACHE_URL", &redis.url())]);
-    wait_until("redis connected", || {
-        get(herald.port, "/health").json()["redis"] == "connected"
-    });
+    let herald = herald_on_redis(&redis);
     isolation(&herald);
 }
 
@@ -147,10 +137,7 @@ fn numsub(redis: &Redis, channel: &str) -> i64 {
 #[test]
 fn redis_subscriptions_follow_local_interest() {
     let redis = Redis::start();
-    let herald = Herald::with(&[], &[("PUBSUB_CACHE_URL", &redis.url())]);
-    wait_until("redis connected", || {
-        get(herald.port, "/health").json()["redis"] == "connected"
-    });
+    let herald = herald_on_redis(&redis);
     assert_eq!(numsub(&redis, "events:orders"), 0);
     let mut first = ws_connect(herald.port, "/ws?channels=orders");
     wait_until("SUBSCRIBE events:orders", || {

@@ -10,45 +10,26 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::*;
 
-fn publish_to(port: u16, channel: &str, message: &str) -> String {
-    let reply = post(
-        port,
-        &format!("/events/{channel}?event_type=e&message={message}"),
-        None,
-        "",
-    );
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.json()["id"].as_str().unwrap().to_string()
-}
-
-fn redis_herald(redis: &Redis) -> Herald {
-    let herald = Herald::with(&[], &[("PUBSUB_CACHE_URL", &redis.url())]);
-    wait_until("redis connected", || {
-        get(herald.port, "/health").json()["redis"] == "connected"
-    });
-    herald
-}
-
 fn resume_after_a_dropped_connection(herald: &Herald) {
     let mut ws = ws_connect(herald.port, "/ws?channels=orders");
-    publish_to(herald.port, "orders", "1");
-    publish_to(herald.port, "orders", "2");
+    publish_id(herald.port, "orders", "e", "1");
+    publish_id(herald.port, "orders", "e", "2");
     assert_eq!(next_event(&mut ws)["message"], "1");
     let last = next_event(&mut ws);
     assert_eq!(last["message"], "2");
     drop(ws);
     for m in ["3", "4", "5"] {
-        publish_to(herald.port, "orders", m);
+        publish_id(herald.port, "orders", "e", m);
     }
     let since = last["id"].as_str().unwrap();
     let mut back = ws_connect(herald.port, &format!("/ws?channels=orders&since={since}"));
-    publish_to(herald.port, "orders", "6");
+    publish_id(herald.port, "orders", "e", "6");
     let got: Vec<Value> = (0..4)
         .map(|_| next_event(&mut back)["message"].clone())
         .collect();
     assert_eq!(got, vec!["3", "4", "5", "6"]);
     // And nothing twice: the next event is the next one published.
-    publish_to(herald.port, "orders", "7");
+    publish_id(herald.port, "orders", "e", "7");
     assert_eq!(next_event(&mut back)["message"], "7");
 }
 
@@ -60,14 +41,14 @@ fn resumes_after_a_dropped_connection_embedded() {
 #[test]
 fn resumes_after_a_dropped_connection_through_redis() {
     let redis = Redis::start();
-    resume_after_a_dropped_connection(&redis_herald(&redis));
+    resume_after_a_dropped_connection(&herald_on_redis(&redis));
 }
 
 /// Publishes `total` events on `channel` at a steady pace from another thread.
 fn publish_steadily(port: u16, channel: &'static str, total: usize) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for i in 0..total {
-            publish_to(port, channel, &i.to_string());
+            publish_id(port, channel, "e", &i.to_string());
             std::thread::sleep(Duration::from_millis(3));
         }
     })
@@ -131,16 +112,16 @@ fn no_gap_no_duplicate_at_the_seam_embedded() {
 #[test]
 fn no_gap_no_duplicate_at_the_seam_through_redis() {
     let redis = Redis::start();
-    no_gap_no_duplicate_while_publishing(&redis_herald(&redis));
+    no_gap_no_duplicate_while_publishing(&herald_on_redis(&redis));
 }
 
 #[test]
 fn resumes_after_a_herald_restart_with_events_from_another_replica() {
     let redis = Redis::start();
-    let mut first = redis_herald(&redis);
-    let second = redis_herald(&redis);
+    let mut first = herald_on_redis(&redis);
+    let second = herald_on_redis(&redis);
     let mut ws = ws_connect(first.port, "/ws?channels=orders");
-    publish_to(second.port, "orders", "before");
+    publish_id(second.port, "orders", "e", "before");
     let last = next_event(&mut ws);
     assert_eq!(last["message"], "before");
 
@@ -151,7 +132,7 @@ fn resumes_after_a_herald_restart_with_events_from_another_replica() {
     let outage = std::thread::spawn(move || {
         let mut sent = 0;
         while !flag.load(Ordering::Relaxed) || sent < 10 {
-            publish_to(port, "orders", &format!("outage-{sent}"));
+            publish_id(port, "orders", "e", &format!("outage-{sent}"));
             sent += 1;
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -169,7 +150,7 @@ fn resumes_after_a_herald_restart_with_events_from_another_replica() {
 
     let since = last["id"].as_str().unwrap();
     let mut back = ws_connect(first.port, &format!("/ws?channels=orders&since={since}"));
-    publish_to(second.port, "orders", "after");
+    publish_id(second.port, "orders", "e", "after");
     let mut got = Vec::new();
     for _ in 0..=sent {
         got.push(
@@ -191,23 +172,23 @@ fn resumes_after_a_herald_restart_with_events_from_another_replica() {
 #[test]
 fn an_id_older_than_the_history_gets_a_reset() {
     let herald = Herald::with(&["--history-len", "3"], &[]);
-    let first = publish_to(herald.port, "orders", "0");
+    let first = publish_id(herald.port, "orders", "e", "0");
     for i in 1..6 {
-        publish_to(herald.port, "orders", &i.to_string());
+        publish_id(herald.port, "orders", "e", &i.to_string());
     }
     let mut ws = ws_connect(herald.port, &format!("/ws?channels=orders&since={first}"));
     let reset = next_event(&mut ws);
     assert_eq!(reset["op"], "reset", "{reset}");
     assert_eq!(reset["channel"], "orders");
-    publish_to(herald.port, "orders", "live");
+    publish_id(herald.port, "orders", "e", "live");
     assert_eq!(next_event(&mut ws)["message"], "live");
 }
 
 #[test]
 fn history_lost_with_redis_gets_a_reset() {
     let mut redis = Redis::start();
-    let herald = redis_herald(&redis);
-    let id = publish_to(herald.port, "orders", "gone");
+    let herald = herald_on_redis(&redis);
+    let id = publish_id(herald.port, "orders", "e", "gone");
     redis.restart(); // started empty: no persistence
     wait_until("reconnected", || {
         get(herald.port, "/health").json()["redis"] == "connected"
@@ -224,20 +205,20 @@ fn history_lost_with_redis_gets_a_reset() {
 #[test]
 fn a_lost_redis_subscription_catches_up_without_the_client_noticing() {
     let redis = Redis::start();
-    let ours = redis_herald(&redis);
-    let other = redis_herald(&redis);
+    let ours = herald_on_redis(&redis);
+    let other = herald_on_redis(&redis);
     let mut ws = ws_connect(ours.port, "/ws?channels=orders");
     wait_until("our subscription", || {
         redis.command_array(&["PUBSUB", "NUMSUB", "events:orders"])[1] == "1"
     });
-    publish_to(other.port, "orders", "0");
+    publish_id(other.port, "orders", "e", "0");
     assert_eq!(next_event(&mut ws)["message"], "0");
 
     const TOTAL: usize = 200;
     let port = other.port;
     let publisher = std::thread::spawn(move || {
         for i in 1..TOTAL {
-            publish_to(port, "orders", &i.to_string());
+            publish_id(port, "orders", "e", &i.to_string());
             std::thread::sleep(Duration::from_millis(2));
         }
     });

@@ -5,18 +5,10 @@ mod support;
 
 use support::*;
 
-fn herald_on(redis: &Redis) -> Herald {
-    let herald = Herald::with(&[], &[("PUBSUB_CACHE_URL", &redis.url())]);
-    wait_until("herald to connect to redis", || {
-        get(herald.port, "/health").json()["redis"] == "connected"
-    });
-    herald
-}
-
 #[test]
 fn clients_get_every_event_through_redis() {
     let redis = Redis::start();
-    let herald = herald_on(&redis);
+    let herald = herald_on_redis(&redis);
     let alice = ws_connect(herald.port, "/ws");
     let bob = ws_connect(herald.port, "/ws");
     // Redis counts its subscribers: this replica's one subscription.
@@ -26,8 +18,8 @@ fn clients_get_every_event_through_redis() {
 #[test]
 fn two_replicas_on_one_redis_deliver_each_others_events() {
     let redis = Redis::start();
-    let first = herald_on(&redis);
-    let second = herald_on(&redis);
+    let first = herald_on_redis(&redis);
+    let second = herald_on_redis(&redis);
     let mut on_first = ws_connect(first.port, "/ws");
     let mut on_second = ws_connect(second.port, "/ws");
     let reply = publish(first.port, "from", "first");
@@ -42,7 +34,7 @@ fn two_replicas_on_one_redis_deliver_each_others_events() {
 #[test]
 fn relays_what_another_app_publishes_in_the_tutorials_format() {
     let redis = Redis::start();
-    let herald = herald_on(&redis);
+    let herald = herald_on_redis(&redis);
     let mut client = ws_connect(herald.port, "/ws");
     // Exactly what the tutorial's FastAPI app puts on the channel (Python's json.dumps).
     let tutorial = r#"{"type": "order", "message": "from python"}"#;
@@ -56,7 +48,7 @@ fn relays_what_another_app_publishes_in_the_tutorials_format() {
 #[test]
 fn publishes_fail_while_redis_is_down_and_work_again_after() {
     let mut redis = Redis::start();
-    let herald = herald_on(&redis);
+    let herald = herald_on_redis(&redis);
     let mut client = ws_connect(herald.port, "/ws");
     publish(herald.port, "before", "outage");
     assert_eq!(next_event(&mut client)["type"], "before");

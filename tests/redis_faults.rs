@@ -15,12 +15,6 @@ fn herald_on(url: &str) -> Herald {
     Herald::with(&[], &[("PUBSUB_CACHE_URL", url)])
 }
 
-fn wait_connected(herald: &Herald) {
-    wait_until("herald to connect to redis", || {
-        get(herald.port, "/health").json()["redis"] == "connected"
-    });
-}
-
 fn publish_request(message: &str) -> String {
     format!("POST /events?event_type=fault&message={message} HTTP/1.1\r\nHost: t\r\n\r\n")
 }
@@ -66,7 +60,7 @@ fn assert_first_event_is(client: &mut Client, accepted: usize) {
 fn publishes_in_flight_when_the_redis_link_dies_get_503() {
     let mut redis = Redis::start();
     let herald = herald_on(&redis.url());
-    wait_connected(&herald);
+    wait_redis_connected(&herald);
     let mut client = ws_connect(herald.port, "/ws");
 
     // Redis holds every PUBLISH (a write command for CLIENT PAUSE) unanswered.
@@ -177,7 +171,7 @@ fn a_database_out_of_range_is_reported_and_retried_with_backoff() {
 fn after_a_restart_the_first_accepted_publish_reaches_local_clients() {
     let mut redis = Redis::start();
     let herald = herald_on(&redis.url());
-    wait_connected(&herald);
+    wait_redis_connected(&herald);
     let mut client = ws_connect(herald.port, "/ws");
 
     redis.stop();
@@ -194,7 +188,7 @@ fn after_a_restart_the_first_accepted_publish_reaches_local_clients() {
 fn when_only_the_subscription_drops_publishes_wait_for_it() {
     let redis = Redis::start();
     let herald = herald_on(&redis.url());
-    wait_connected(&herald);
+    wait_redis_connected(&herald);
     let mut client = ws_connect(herald.port, "/ws");
 
     // Redis closes the subscriber link only; the publisher link stays up.

@@ -61,17 +61,6 @@ fn next_event_record(reader: &mut BufReader<TcpStream>) -> Vec<String> {
     }
 }
 
-fn publish_to(port: u16, channel: &str, kind: &str, message: &str) -> String {
-    let reply = post(
-        port,
-        &format!("/events/{channel}?event_type={kind}&message={message}"),
-        None,
-        "",
-    );
-    assert_eq!(reply.status, 200);
-    reply.json()["id"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn streams_events_as_records() {
     let herald = Herald::start();
@@ -84,7 +73,7 @@ fn streams_events_as_records() {
         metric(herald.port, "herald_connections{kind=\"sse\"}"),
         Some(1.0)
     );
-    let id = publish_to(herald.port, "orders", "order", "first");
+    let id = publish_id(herald.port, "orders", "order", "first");
     let record = next_event_record(&mut sse);
     assert_eq!(record[0], format!("id: {id}"));
     assert_eq!(record[1], "event: order");
@@ -93,8 +82,8 @@ fn streams_events_as_records() {
     // The same event the WebSocket client got.
     assert_eq!(data, next_event(&mut ws));
     assert_eq!(data["message"], "first");
-    publish_to(herald.port, "deploys", "deploy", "elsewhere");
-    publish_to(herald.port, "orders", "order", "second");
+    publish_id(herald.port, "deploys", "deploy", "elsewhere");
+    publish_id(herald.port, "orders", "order", "second");
     // The deploys event never shows on an orders stream: the next record is "second".
     let record = next_event_record(&mut sse);
     assert!(record[2].contains("\"message\":\"second\""), "{record:?}");
@@ -103,9 +92,9 @@ fn streams_events_as_records() {
 #[test]
 fn last_event_id_replays_what_was_missed() {
     let herald = Herald::start();
-    let first = publish_to(herald.port, "orders", "o", "1");
-    publish_to(herald.port, "orders", "o", "2");
-    publish_to(herald.port, "orders", "o", "3");
+    let first = publish_id(herald.port, "orders", "o", "1");
+    publish_id(herald.port, "orders", "o", "2");
+    publish_id(herald.port, "orders", "o", "3");
     let mut sse = open(
         herald.port,
         "/sse?channels=orders",
@@ -118,11 +107,11 @@ fn last_event_id_replays_what_was_missed() {
             "{record:?}"
         );
     }
-    publish_to(herald.port, "orders", "o", "4");
+    publish_id(herald.port, "orders", "o", "4");
     assert!(next_event_record(&mut sse)[2].contains("\"message\":\"4\""));
     // Without the header: live events only.
     let mut fresh = open(herald.port, "/sse?channels=orders", "");
-    publish_to(herald.port, "orders", "o", "5");
+    publish_id(herald.port, "orders", "o", "5");
     assert!(next_event_record(&mut fresh)[2].contains("\"message\":\"5\""));
 }
 

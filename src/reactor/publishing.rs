@@ -172,6 +172,11 @@ impl Reactor {
             return 0;
         };
         if let Some(id) = id {
+            // Ids grow along a channel, and Redis delivers in that order: one at or below the
+            // last delivered is a late copy of an event already sent (by a catch-up).
+            if self.fanout.last_id(channel).is_some_and(|last| id <= last) {
+                return 0;
+            }
             self.fanout.delivered(channel, id);
         }
         let frames = Frames {
@@ -212,13 +217,6 @@ impl Reactor {
         };
         self.metrics.events_received += 1;
         let id = event::peek_id(payload);
-        // Ids grow along a channel's stream, and Redis delivers in that order: one at or below
-        // the last delivered is a late copy of an event a catch-up already sent.
-        if let (Some(id), Some(channel)) = (id, self.fanout.lookup(&name))
-            && self.fanout.last_id(channel).is_some_and(|last| id <= last)
-        {
-            return;
-        }
         if let Some(catch_up) = self.catch_ups.get_mut(&name) {
             catch_up.live.push((id, payload.clone()));
             return;
@@ -284,7 +282,6 @@ impl Reactor {
         let Some(catch_up) = self.catch_ups.remove(channel) else {
             return;
         };
-        let mut last = catch_up.since;
         match result {
             Ok(Ok(events)) => {
                 if !events.is_empty() {
@@ -294,7 +291,6 @@ impl Reactor {
                     );
                 }
                 for stored in events {
-                    last = last.max(stored.id);
                     self.broadcast(channel, Some(stored.id), &stored.json);
                 }
             }
@@ -304,10 +300,8 @@ impl Reactor {
                 self.reset_channel(channel, catch_up.since, "history unavailable");
             }
         }
+        // `broadcast` drops those the history already delivered (ids at or below the last).
         for (id, payload) in catch_up.live {
-            if id.is_some_and(|id| id <= last) {
-                continue;
-            }
             self.broadcast(channel, id, &payload);
         }
     }

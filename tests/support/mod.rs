@@ -674,3 +674,32 @@ pub fn every_client_gets_every_event_in_order(port: u16, clients: &mut [Client],
         }
     }
 }
+
+/// Starts herald on `redis` and waits until both links are up and subscriptions confirmed.
+pub fn herald_on_redis(redis: &Redis) -> Herald {
+    let herald = Herald::with(&[], &[("PUBSUB_CACHE_URL", &redis.url())]);
+    wait_redis_connected(&herald);
+    herald
+}
+
+pub fn wait_redis_connected(herald: &Herald) {
+    wait_until("herald to connect to redis", || {
+        get(herald.port, "/health").json()["redis"] == "connected"
+    });
+}
+
+/// Publishes to a channel (`POST /events/<channel>`), checks the 200, returns the reply.
+pub fn publish_to(port: u16, channel: &str, kind: &str, message: &str) -> Value {
+    let path = format!("/events/{channel}?event_type={kind}&message={message}");
+    let reply = post(port, &path, None, "");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()
+}
+
+/// Like `publish_to`, returning the new event's id.
+pub fn publish_id(port: u16, channel: &str, kind: &str, message: &str) -> String {
+    publish_to(port, channel, kind, message)["id"]
+        .as_str()
+        .expect("an event id")
+        .to_string()
+}
