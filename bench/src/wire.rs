@@ -141,21 +141,25 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() || hay.len() < needle.len() {
         return None;
     }
-    hay.windows(needle.len()).position(|w| w == needle)
+    // memmem, not `windows().position()`: the naive scan was a third of the
+    // generator's CPU in a 10k-client burst (one memcmp call per byte).
+    memchr::memmem::find(hay, needle)
 }
 
 /// Returns the raw value of the top-level-looking string field `key` in a
 /// JSON object (`"key" : "value"`), or `None` if absent, not a string, or if
 /// it contains escapes (callers then fall back to a full JSON parse).
 pub fn json_str_field<'a>(json: &'a [u8], key: &str) -> Option<&'a [u8]> {
-    let pat_len = key.len() + 2;
-    let mut from = 0;
-    // Bounded: every iteration advances `from` by at least one byte.
-    while from + pat_len <= json.len() {
-        let rel = find(&json[from..], key.as_bytes())?;
-        let at = from + rel;
-        from = at + 1;
-        if at == 0 || json[at - 1] != b'"' || json.get(at + key.len()) != Some(&b'"') {
+    let key = key.as_bytes();
+    // Every quote is a candidate start of `"key"`; memchr finds them without a
+    // per-call searcher setup (this runs twice per delivery).
+    for quote in memchr::memchr_iter(b'"', json) {
+        let at = quote + 1;
+        // The first-byte check skips most quotes without a memcmp call.
+        if json.get(at) != key.first()
+            || !json[at..].starts_with(key)
+            || json.get(at + key.len()) != Some(&b'"')
+        {
             continue;
         }
         let mut i = at + key.len() + 1;
@@ -173,9 +177,7 @@ pub fn json_str_field<'a>(json: &'a [u8], key: &str) -> Option<&'a [u8]> {
             return None;
         }
         let start = i + 1;
-        let len = json[start..]
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\')?;
+        let len = memchr::memchr2(b'"', b'\\', &json[start..])?;
         if json[start + len] == b'\\' {
             return None;
         }
