@@ -24,6 +24,13 @@ impl fmt::Display for EventId {
     }
 }
 
+/// As its text form, written straight into the JSON (no `String` per event).
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl FromStr for EventId {
     type Err = ();
 
@@ -74,7 +81,7 @@ pub struct Event {
 
 #[derive(Serialize)]
 struct WithId<'a> {
-    id: String,
+    id: EventId,
     #[serde(flatten)]
     event: &'a Event,
 }
@@ -83,10 +90,7 @@ impl Event {
     /// The event as JSON, encoded once and then shared by every delivery.
     pub fn to_json(&self, id: Option<EventId>) -> Vec<u8> {
         let encoded = match id {
-            Some(id) => serde_json::to_vec(&WithId {
-                id: id.to_string(),
-                event: self,
-            }),
+            Some(id) => serde_json::to_vec(&WithId { id, event: self }),
             None => serde_json::to_vec(self),
         };
         encoded.expect("bug: an Event of strings always serializes")

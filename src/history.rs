@@ -61,13 +61,15 @@ impl History {
 
     pub fn push(&mut self, channel: &str, id: EventId, json: Bytes) {
         let boot = self.boot;
-        let ring = self
-            .rings
-            .entry(channel.to_string())
-            .or_insert_with(|| Ring {
+        // Look up before inserting: `entry` would allocate the channel name on every publish.
+        if !self.rings.contains_key(channel) {
+            let ring = Ring {
                 events: VecDeque::new(),
                 floor: boot,
-            });
+            };
+            self.rings.insert(channel.to_string(), ring);
+        }
+        let ring = self.rings.get_mut(channel).expect("bug: inserted above");
         if ring.events.len() == self.capacity
             && let Some(evicted) = ring.events.pop_front()
         {

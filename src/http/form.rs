@@ -23,7 +23,30 @@ pub fn pairs(input: &[u8]) -> Result<form_urlencoded::Parse<'_>, NotUtf8> {
 
 /// The first value of `name`, if present.
 pub fn get<'a>(input: &'a [u8], name: &str) -> Result<Option<Cow<'a, str>>, NotUtf8> {
-    Ok(pairs(input)?.find(|(k, _)| k == name).map(|(_, v)| v))
+    let [value] = get_all(input, [name])?;
+    Ok(value)
+}
+
+/// The first value of each of `names`, in one pass over the input (a publish reads three
+/// fields; decoding the query once per field was a measurable share of a publish's CPU).
+pub fn get_all<'a, const N: usize>(
+    input: &'a [u8],
+    names: [&str; N],
+) -> Result<[Option<Cow<'a, str>>; N], NotUtf8> {
+    let mut found = [const { None }; N];
+    let mut missing = N;
+    for (name, value) in pairs(input)? {
+        if missing == 0 {
+            break;
+        }
+        if let Some(i) = names.iter().position(|&n| n == name)
+            && found[i].is_none()
+        {
+            found[i] = Some(value);
+            missing -= 1;
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -39,6 +62,17 @@ mod tests {
             Some("Order #123 placed")
         );
         assert_eq!(get(q, "missing").unwrap(), None);
+    }
+
+    #[test]
+    fn should_find_several_fields_in_one_pass_first_value_winning() {
+        let q = b"message=a&event_type=t&message=b&x=%FF";
+        assert_eq!(get_all(q, ["event_type", "message"]), Err(NotUtf8));
+        let q = b"message=a&event_type=t&message=b";
+        let [kind, message, channel] = get_all(q, ["event_type", "message", "channel"]).unwrap();
+        assert_eq!(kind.as_deref(), Some("t"));
+        assert_eq!(message.as_deref(), Some("a"));
+        assert_eq!(channel, None);
     }
 
     #[test]

@@ -24,15 +24,14 @@ struct JsonEvent {
 /// channel named in the path, if any.
 pub fn event_from(req: &Request<'_>, path_channel: Option<&str>) -> Result<Event, Reply> {
     let not_utf8 = |_| Reply::error(400, "form data is not valid UTF-8");
-    let field = |input: &[u8], name: &str| -> Result<Option<String>, Reply> {
-        Ok(form::get(input, name).map_err(not_utf8)?.map(String::from))
+    let fields = |input: &[u8]| -> Result<[Option<String>; 3], Reply> {
+        let found = form::get_all(input, ["event_type", "message", "channel"]).map_err(not_utf8)?;
+        Ok(found.map(|value| value.map(String::from)))
     };
-    let query = req.query.as_bytes();
-    let mut kind = field(query, "event_type")?;
-    let mut message = field(query, "message")?;
+    let [mut kind, mut message, query_channel] = fields(req.query.as_bytes())?;
     let mut channel_name = match path_channel {
         Some(name) => Some(name.to_string()),
-        None => field(query, "channel")?,
+        None => query_channel,
     };
 
     if !req.body.is_empty() {
@@ -41,19 +40,15 @@ pub fn event_from(req: &Request<'_>, path_channel: Option<&str>) -> Result<Event
             .content_type
             .and_then(|ct| ct.split(';').next())
             .map(|m| m.trim().to_ascii_lowercase());
-        let from_body = match media.as_deref() {
+        let [body_kind, body_message, body_channel] = match media.as_deref() {
             Some("application/json") => {
                 let parsed: JsonEvent = serde_json::from_slice(req.body).map_err(|e| {
                     let status = if e.is_data() { 422 } else { 400 };
                     Reply::error(status, &format!("invalid JSON body: {e}"))
                 })?;
-                (parsed.kind, parsed.message, parsed.channel)
+                [parsed.kind, parsed.message, parsed.channel]
             }
-            Some("application/x-www-form-urlencoded") | None => (
-                field(req.body, "event_type")?,
-                field(req.body, "message")?,
-                field(req.body, "channel")?,
-            ),
+            Some("application/x-www-form-urlencoded") | None => fields(req.body)?,
             Some(other) => {
                 return Err(Reply::error(
                     415,
@@ -61,9 +56,9 @@ pub fn event_from(req: &Request<'_>, path_channel: Option<&str>) -> Result<Event
                 ));
             }
         };
-        kind = kind.or(from_body.0);
-        message = message.or(from_body.1);
-        channel_name = channel_name.or(from_body.2);
+        kind = kind.or(body_kind);
+        message = message.or(body_message);
+        channel_name = channel_name.or(body_channel);
     }
 
     let Some(kind) = kind else {

@@ -2,10 +2,17 @@
 //! Every error is a JSON body `{"error": "..."}`, and each `HttpError` maps to its status here,
 //! in one place.
 
+use std::fmt::Write as _;
+
 use bytes::Bytes;
+use serde::Serialize;
 use serde_json::json;
 
 use super::parse::HttpError;
+
+/// Bodies up to this size are copied in behind the head, so the reply is one buffer and one
+/// write; larger ones (static files) go as their own shared buffer, never copied.
+const INLINE_BODY_BYTES: usize = 4096;
 
 /// Security headers for every reply; the page gets a Content-Security-Policy on top.
 const COMMON_HEADERS: &str = "Server: herald\r\nX-Content-Type-Options: nosniff\r\n";
@@ -36,8 +43,8 @@ impl Reply {
         }
     }
 
-    pub fn json(status: u16, value: &serde_json::Value) -> Reply {
-        let mut body = serde_json::to_vec(value).expect("bug: a Value always serializes");
+    pub fn json(status: u16, value: &impl Serialize) -> Reply {
+        let mut body = serde_json::to_vec(value).expect("bug: replies hold strings and numbers");
         body.push(b'\n');
         Reply::new(status, "application/json", body)
     }
@@ -56,28 +63,50 @@ impl Reply {
         self
     }
 
-    /// The head as bytes; the body is sent as its own shared buffer (no copy of static files).
-    pub fn encode_head(&self, keep_alive: bool) -> Bytes {
-        let mut head = format!(
-            "HTTP/1.1 {} {}\r\n{COMMON_HEADERS}Content-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
+    /// The reply as buffers for an output queue: the head, with the body behind it when it is
+    /// small, else the body as a second buffer. `head_only` answers a HEAD request.
+    pub fn encode(&self, keep_alive: bool, head_only: bool) -> (Bytes, Option<Bytes>) {
+        let body = if head_only { &[][..] } else { &self.body[..] };
+        let inline = body.len() <= INLINE_BODY_BYTES;
+        let mut out = String::with_capacity(256 + if inline { body.len() } else { 0 });
+        self.write_head(&mut out, keep_alive);
+        if !inline {
+            return (Bytes::from(out), Some(self.body.clone()));
+        }
+        let mut out = out.into_bytes();
+        out.extend_from_slice(body);
+        (Bytes::from(out), None)
+    }
+
+    /// The head and body in one buffer.
+    pub fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
+        let (head, body) = self.encode(keep_alive, false);
+        let mut out = head.to_vec();
+        out.extend_from_slice(body.as_deref().unwrap_or_default());
+        out
+    }
+
+    fn write_head(&self, out: &mut String, keep_alive: bool) {
+        let connection = if keep_alive && !self.close {
+            "keep-alive"
+        } else {
+            "close"
+        };
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\n{COMMON_HEADERS}Content-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n",
             self.status,
             reason(self.status),
             self.content_type,
             self.body.len(),
-            if keep_alive && !self.close {
-                "keep-alive"
-            } else {
-                "close"
-            },
         );
         for (name, value) in &self.headers {
-            head.push_str(name);
-            head.push_str(": ");
-            head.push_str(value);
-            head.push_str("\r\n");
+            out.push_str(name);
+            out.push_str(": ");
+            out.push_str(value);
+            out.push_str("\r\n");
         }
-        head.push_str("\r\n");
-        Bytes::from(head)
+        out.push_str("\r\n");
     }
 }
 
@@ -125,22 +154,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn should_encode_a_json_error_with_its_length() {
+    fn should_encode_a_json_error_with_its_length_in_one_buffer() {
         let reply = Reply::error(404, "not found");
-        let head = String::from_utf8(reply.encode_head(true).to_vec()).unwrap();
+        let (wire, rest) = reply.encode(true, false);
+        assert_eq!(rest, None);
+        let wire = String::from_utf8(wire.to_vec()).unwrap();
+        let (head, body) = wire.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(head.contains("Content-Type: application/json\r\n"));
         assert!(head.contains(&format!("Content-Length: {}\r\n", reply.body.len())));
-        assert!(head.contains("Connection: keep-alive\r\n"));
-        assert!(head.ends_with("\r\n\r\n"));
-        assert_eq!(&reply.body[..], b"{\"error\":\"not found\"}\n");
+        assert!(wire.contains("Connection: keep-alive\r\n\r\n"));
+        assert_eq!(body, "{\"error\":\"not found\"}\n");
+    }
+
+    #[test]
+    fn should_send_a_large_body_as_its_own_buffer_and_none_for_head() {
+        let file = Bytes::from(vec![b'x'; INLINE_BODY_BYTES + 1]);
+        let reply = Reply::new(200, "text/plain", file.clone());
+        let (head, body) = reply.encode(true, false);
+        assert!(head.ends_with(b"\r\n\r\n"));
+        assert_eq!(body, Some(file.clone()));
+        let (head_only, body) = reply.encode(true, true);
+        assert_eq!((head_only, body), (head.clone(), None));
+        assert_eq!(reply.to_bytes(true).len(), head.len() + file.len());
     }
 
     #[test]
     fn should_close_after_request_errors() {
         let reply = HttpError::HeadTooLarge(8192).reply();
         assert_eq!(reply.status, 431);
-        let head = String::from_utf8(reply.encode_head(true).to_vec()).unwrap();
-        assert!(head.contains("Connection: close\r\n"));
+        let wire = String::from_utf8(reply.to_bytes(true)).unwrap();
+        assert!(wire.contains("Connection: close\r\n"));
     }
 }

@@ -129,8 +129,7 @@ fn wanted(req: &Request<'_>, last_event_id: Option<&str>) -> Result<Wanted, Repl
     let query = req.query.as_bytes();
     let bad = |e: String| Reply::error(400, &e).closing();
     let not_utf8 = |_| bad("query is not valid UTF-8".into());
-    let channels = form::get(query, "channels").map_err(not_utf8)?;
-    let since = form::get(query, "since").map_err(not_utf8)?;
+    let [channels, since] = form::get_all(query, ["channels", "since"]).map_err(not_utf8)?;
     let since = since.as_deref().or(last_event_id);
     channel::parse_wanted(channels.as_deref(), since).map_err(bad)
 }

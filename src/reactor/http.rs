@@ -92,9 +92,10 @@ impl Reactor {
         self.metrics.responded(reply.status);
         let now = self.clock();
         let conn = &mut self.conns[key];
-        conn.queue(key, reply.encode_head(!close), &mut self.dirty);
-        if !head_only {
-            conn.queue(key, reply.body, &mut self.dirty);
+        let (head, body) = reply.encode(!close, head_only);
+        conn.queue(key, head, &mut self.dirty);
+        if let Some(body) = body {
+            conn.queue(key, body, &mut self.dirty);
         }
         if close {
             conn.phase = Phase::Closing;

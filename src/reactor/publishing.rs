@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use log::{error, warn};
+use serde::Serialize;
 use serde_json::json;
 
 use super::Reactor;
@@ -411,16 +412,26 @@ impl Reactor {
     }
 }
 
+/// The 200 of a publish: `{"published":true,"type":...,"channel":...,"id":...,"receivers":n}`.
 fn published_reply(event: &Event, id: EventId, receivers: i64) -> Reply {
+    #[derive(Serialize)]
+    struct Published<'a> {
+        published: bool,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        channel: &'a str,
+        id: EventId,
+        receivers: i64,
+    }
     Reply::json(
         200,
-        &json!({
-            "published": true,
-            "type": event.kind,
-            "channel": event.channel,
-            "id": id.to_string(),
-            "receivers": receivers,
-        }),
+        &Published {
+            published: true,
+            kind: &event.kind,
+            channel: &event.channel,
+            id,
+            receivers,
+        },
     )
 }
 
