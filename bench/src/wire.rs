@@ -146,44 +146,70 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
 }
 
-/// Returns the raw value of the top-level-looking string field `key` in a
-/// JSON object (`"key" : "value"`), or `None` if absent, not a string, or if
-/// it contains escapes (callers then fall back to a full JSON parse).
-pub fn json_str_field<'a>(json: &'a [u8], key: &str) -> Option<&'a [u8]> {
-    let key = key.as_bytes();
-    // Every quote is a candidate start of `"key"`; memchr finds them without a
-    // per-call searcher setup (this runs twice per delivery).
-    for quote in memchr::memchr_iter(b'"', json) {
-        let at = quote + 1;
-        // The first-byte check skips most quotes without a memcmp call.
-        if json.get(at) != key.first()
-            || !json[at..].starts_with(key)
-            || json.get(at + key.len()) != Some(&b'"')
-        {
-            continue;
-        }
-        let mut i = at + key.len() + 1;
+/// One pass over a flat JSON object of strings and scalars, returning the raw
+/// `type` and `message` strings as soon as both are seen. `None` for anything
+/// else (escapes, nesting, a non-string `type`/`message`, malformed input):
+/// callers then fall back to a full JSON parse. This runs once per delivery,
+/// millions of times a second in a burst, so it must not be the generator's
+/// bottleneck.
+fn scan_type_and_message(json: &[u8]) -> Option<(&[u8], &[u8])> {
+    let ws = |mut i: usize| {
         while json.get(i).is_some_and(u8::is_ascii_whitespace) {
             i += 1;
         }
-        if json.get(i) != Some(&b':') {
-            continue; // a value equal to the key, not the key
-        }
-        i += 1;
-        while json.get(i).is_some_and(u8::is_ascii_whitespace) {
-            i += 1;
-        }
+        i
+    };
+    // A string starting at `i` (the opening quote): its raw contents and the
+    // index after the closing quote; `None` if it holds an escape.
+    let string = |i: usize| -> Option<(&[u8], usize)> {
+        let start = i + 1;
+        let len = memchr::memchr2(b'"', b'\\', json.get(start..)?)?;
+        (json[start + len] == b'"').then(|| (&json[start..start + len], start + len + 1))
+    };
+    let (mut kind, mut message) = (None, None);
+    let mut i = ws(0);
+    if json.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = ws(i);
         if json.get(i) != Some(&b'"') {
             return None;
         }
-        let start = i + 1;
-        let len = memchr::memchr2(b'"', b'\\', &json[start..])?;
-        if json[start + len] == b'\\' {
+        let (key, after_key) = string(i)?;
+        i = ws(after_key);
+        if json.get(i) != Some(&b':') {
             return None;
         }
-        return Some(&json[start..start + len]);
+        i = ws(i + 1);
+        let value = match json.get(i)? {
+            b'"' => {
+                let (value, after) = string(i)?;
+                i = after;
+                Some(value)
+            }
+            b'{' | b'[' => return None,
+            _ => {
+                // A number, true, false or null: up to the next separator.
+                i += memchr::memchr2(b',', b'}', &json[i..])?;
+                None
+            }
+        };
+        match key {
+            b"type" => kind = Some(value?),
+            b"message" => message = Some(value?),
+            _ => {}
+        }
+        if let (Some(kind), Some(message)) = (kind, message) {
+            return Some((kind, message));
+        }
+        i = ws(i);
+        if json.get(i) != Some(&b',') {
+            return None;
+        }
+        i += 1;
     }
-    None
 }
 
 /// The `type` and `message` of an event frame.
@@ -196,10 +222,7 @@ pub struct EventFields<'a> {
 /// Extracts `type` and `message` from an event frame: fast hand-check first,
 /// full JSON parse as a fallback.
 pub fn event_fields(json: &[u8]) -> Option<EventFields<'_>> {
-    if let (Some(t), Some(m)) = (
-        json_str_field(json, "type"),
-        json_str_field(json, "message"),
-    ) {
+    if let Some((t, m)) = scan_type_and_message(json) {
         return Some(EventFields {
             kind: t.into(),
             message: m.into(),
@@ -497,7 +520,15 @@ mod tests {
         assert_eq!(&*event_fields(j).unwrap().kind, b"bench");
         assert!(event_fields(br#"{"type":"x"}"#).is_none());
         assert!(event_fields(b"not json").is_none());
-        assert_eq!(json_str_field(br#"{"message":5}"#, "message"), None);
+        assert!(event_fields(br#"{"type":"x","message":5}"#).is_none());
+        // scalars and nesting before the fields
+        let j = br#"{"ts":17,"ok":true,"type":"bench","message":"1:2"}"#;
+        assert_eq!(&*event_fields(j).unwrap().message, b"1:2");
+        let j = br#"{"meta":{"type":"no"},"type":"bench","message":"3:4"}"#;
+        assert_eq!(&*event_fields(j).unwrap().kind, b"bench");
+        assert_eq!(scan_type_and_message(j), None);
+        assert_eq!(scan_type_and_message(br#"{"type":"a","#), None);
+        assert_eq!(scan_type_and_message(br#"{"type":"a""#), None);
     }
 
     #[test]
