@@ -58,8 +58,12 @@ const READ_BUDGET: usize = 16;
 /// Bytes written to one connection per turn before others get their go (redis:
 /// NET_MAX_WRITES_PER_EVENT).
 const WRITE_BUDGET: usize = 1024 * 1024;
-/// Subscriber sockets written per turn before the reactor looks for new input again.
-const FANOUT_FLUSHES_PER_TURN: usize = 256;
+/// Time spent writing subscriber sockets per turn before the reactor looks for new input
+/// again. A time budget, not a socket count: a socket's write costs 5 us with one frame and
+/// several times that with a burst queued, and what matters is how long a publish waits.
+const FANOUT_FLUSH_BUDGET: Duration = Duration::from_micros(500);
+/// Subscriber flushes between two looks at the clock.
+const FLUSHES_PER_CLOCK_READ: usize = 16;
 /// How long a closing connection may take to drain its last bytes and see the peer close.
 pub(super) const CLOSE_TIMEOUT_SECS: u32 = 5;
 /// After EMFILE and the like, accept again this much later instead of spinning.
@@ -482,7 +486,7 @@ impl Reactor {
     /// for its 200 should not wait behind the fan-out its event caused (its next publish is
     /// held back meanwhile).
     ///
-    /// Subscribers are flushed at most `FANOUT_FLUSHES_PER_TURN` a turn; the rest wait at the
+    /// Subscribers are flushed for at most `FANOUT_FLUSH_BUDGET` a turn; the rest wait at the
     /// head of the next turn's list. A fan-out to many thousands of sockets thus does not keep
     /// the reactor from reading new publishes, and a subscriber still waiting when the next
     /// event arrives gets both in one write: under load, writes carry several frames each
@@ -492,6 +496,7 @@ impl Reactor {
         let spare = std::mem::take(&mut self.spare_dirty);
         let mut dirty = std::mem::replace(&mut self.dirty, spare);
         let mut carried_from = dirty.len();
+        let started = Instant::now();
         for subscribers in [false, true] {
             let mut flushed = 0;
             for (i, &key) in dirty.iter().enumerate() {
@@ -501,7 +506,11 @@ impl Reactor {
                 if !conn.dirty || conn.is_subscriber() != subscribers {
                     continue;
                 }
-                if subscribers && flushed == FANOUT_FLUSHES_PER_TURN {
+                if subscribers
+                    && flushed > 0
+                    && flushed % FLUSHES_PER_CLOCK_READ == 0
+                    && started.elapsed() >= FANOUT_FLUSH_BUDGET
+                {
                     carried_from = i;
                     break;
                 }
