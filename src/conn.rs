@@ -22,13 +22,12 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
 use mio::net::TcpStream;
 use smallvec::SmallVec;
 
 use crate::event::EventId;
 use crate::fanout::{ChannelId, Subscription};
-use crate::outq::OutQueue;
+use crate::outq::{Chunk, OutQueue};
 use crate::ws::frame::PartialMessage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +124,7 @@ impl Conn {
     }
 
     /// Queues bytes and puts the connection on the dirty list; never writes.
-    pub fn queue(&mut self, key: usize, bytes: Bytes, dirty: &mut Vec<usize>) {
+    pub fn queue(&mut self, key: usize, bytes: impl Into<Chunk>, dirty: &mut Vec<usize>) {
         self.out.push(bytes);
         self.mark_dirty(key, dirty);
     }
@@ -153,12 +152,12 @@ pub struct Recovery {
     pub pending: u32,
     /// Per channel, the newest id the history replay sent.
     replayed: SmallVec<[(ChannelId, EventId); 2]>,
-    buffered: VecDeque<(ChannelId, Option<EventId>, Bytes)>,
+    buffered: VecDeque<(ChannelId, Option<EventId>, Chunk)>,
     pub buffered_bytes: usize,
 }
 
 impl Recovery {
-    pub fn buffer(&mut self, channel: ChannelId, id: Option<EventId>, bytes: Bytes) {
+    pub fn buffer(&mut self, channel: ChannelId, id: Option<EventId>, bytes: Chunk) {
         self.buffered_bytes += bytes.len();
         self.buffered.push_back((channel, id, bytes));
     }
@@ -189,7 +188,7 @@ impl Recovery {
     }
 
     /// The buffered live events that the replay did not already send, in arrival order.
-    pub fn take_live(&mut self) -> Vec<Bytes> {
+    pub fn take_live(&mut self) -> Vec<Chunk> {
         self.buffered_bytes = 0;
         let buffered = std::mem::take(&mut self.buffered);
         buffered
@@ -206,6 +205,8 @@ impl Recovery {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     #[test]
@@ -223,12 +224,12 @@ mod tests {
     fn should_drop_live_events_the_replay_already_sent() {
         let id = |ms| Some(EventId { ms, seq: 0 });
         let mut r = Recovery::default();
-        r.buffer(1, id(5), Bytes::from_static(b"5"));
-        r.buffer(2, id(5), Bytes::from_static(b"other"));
-        r.buffer(1, None, Bytes::from_static(b"no id"));
+        let chunk = |text: &'static str| Chunk::new(Bytes::from_static(text.as_bytes()));
+        r.buffer(1, id(5), chunk("5"));
+        r.buffer(2, id(5), chunk("other"));
+        r.buffer(1, None, chunk("no id"));
         r.replayed(1, EventId { ms: 6, seq: 0 });
-        let live: Vec<Bytes> = r.take_live();
-        assert_eq!(live, vec!["other", "no id"]);
+        assert_eq!(r.take_live(), vec![chunk("other"), chunk("no id")]);
         // A late live copy of a replayed event is still dropped; a newer one passes the seam.
         assert!(!r.admit(1, id(6)));
         assert!(!r.is_done());

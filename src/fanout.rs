@@ -13,11 +13,11 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use slab::Slab;
 
 use crate::conn::{Conn, Phase};
 use crate::event::EventId;
+use crate::outq::Chunk;
 
 pub type ChannelId = u32;
 
@@ -50,9 +50,9 @@ pub struct Fanout {
 pub struct Frames {
     pub id: Option<EventId>,
     /// A WebSocket text frame of the event's JSON.
-    pub ws: Bytes,
+    pub ws: Chunk,
     /// The Server-Sent Events record, if the channel has SSE subscribers.
-    pub sse: Option<Bytes>,
+    pub sse: Option<Chunk>,
 }
 
 impl Fanout {
@@ -222,6 +222,8 @@ impl Fanout {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn conns(n: usize) -> (Slab<Conn>, Vec<std::net::TcpStream>) {
@@ -244,7 +246,7 @@ mod tests {
     fn frames(ws: &'static [u8]) -> Frames {
         Frames {
             id: None,
-            ws: Bytes::from_static(ws),
+            ws: Bytes::from_static(ws).into(),
             sse: None,
         }
     }

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
 
 use bytes::Bytes;
 use smallvec::SmallVec;
@@ -18,9 +19,15 @@ use smallvec::SmallVec;
 /// where one fits in the send buffer, and the syscalls are where fan-out time goes.
 const MAX_IOVECS: usize = 1024;
 
+/// One queued buffer. The reactor is one thread, so a broadcast frame is shared through a
+/// plain `Rc`: a delivery costs a non-atomic increment and 8 bytes of queue, where a `Bytes`
+/// handle costs an atomic increment (and decrement) and 32 bytes. With 10,000 clients behind
+/// by a 200-event burst that is 2M handles: 16 MB instead of 64 MB.
+pub type Chunk = Rc<Bytes>;
+
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    bufs: VecDeque<Bytes>,
+    bufs: VecDeque<Chunk>,
     /// Bytes of `bufs[0]` already written.
     front_written: usize,
     /// Bytes queued and not yet written, over all buffers.
@@ -28,7 +35,8 @@ pub struct OutQueue {
 }
 
 impl OutQueue {
-    pub fn push(&mut self, buf: Bytes) {
+    pub fn push(&mut self, buf: impl Into<Chunk>) {
+        let buf = buf.into();
         if buf.is_empty() {
             return;
         }
@@ -47,7 +55,7 @@ impl OutQueue {
     /// What the queue costs in memory: its bytes, plus a handle for each buffer (a client far
     /// behind holds thousands of small shared frames; the handles are its real cost then).
     pub fn memory_bytes(&self) -> usize {
-        self.queued_bytes + self.bufs.len() * std::mem::size_of::<Bytes>()
+        self.queued_bytes + self.bufs.len() * std::mem::size_of::<Chunk>()
     }
 
     /// True while the front buffer is partly on the wire: dropping it would cut a frame in two.

@@ -182,11 +182,11 @@ impl Reactor {
         }
         let frames = Frames {
             id,
-            ws: frame::text(json),
+            ws: frame::text(json).into(),
             sse: self
                 .fanout
                 .has_sse_subscribers(channel)
-                .then(|| sse::event_record(json)),
+                .then(|| sse::event_record(json).into()),
         };
         let queued = self.fanout.deliver(
             channel,
