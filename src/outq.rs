@@ -1,8 +1,8 @@
 //! OutQueue: the bytes waiting to be written to one socket.
 //!
-//! A queue holds shared, reference-counted buffers (`Bytes`): a broadcast frame is built once and
-//! the same buffer is pushed on every subscriber's queue, so a delivery costs a refcount and, at
-//! flush time, one iovec. Queuing never writes; the reactor flushes each dirty queue once per turn
+//! A queue holds shared, reference-counted buffers (`Chunk`, an `Rc<Bytes>`): a broadcast frame
+//! is built once and the same buffer is pushed on every subscriber's queue, so a delivery costs a
+//! non-atomic refcount and, at flush time, one iovec. Queuing never writes; the reactor flushes each dirty queue once per turn
 //! with one vectored write (redis `networking.c`: queue now, write before the next poll).
 //!
 //! An empty queue owns no heap memory once `release_memory` has run, so idle sockets stay cheap.
