@@ -326,22 +326,16 @@ def main():
             targets.append((f"Paced: no backlog (sched p99 ≤ max(1.2× p99, p99 + 5 ms)), publish {pub}", h,
                             f"sched p99 {fms(sv)} ms vs p99 {fms(v)} ms", "–", "–",
                             verdict(None if sv is None else backlog_ok)))
+        def connect_times(server):
+            """Connect seconds of every run of `server` at N clients, over all fan-out cases."""
+            cells = [cell(server, N, case, pub) for case in ("paced", "burst") for pub in ("http", "redis")]
+            return [r["result"]["connect_seconds"] for c in cells if c for r in c.use]
+
         for h in HERALDS:
-            xs = []
-            for case in ("paced", "burst"):
-                for pub in ("http", "redis"):
-                    c = cell(h, N, case, pub)
-                    if c:
-                        xs += [r["result"]["connect_seconds"] for r in c.use]
-            v = med(xs)
+            v = med(connect_times(h))
             peer_c = []
             for p in PEERS:
-                ys = []
-                for case in ("paced", "burst"):
-                    for pub in ("http", "redis"):
-                        c = cell(p, N, case, pub)
-                        if c:
-                            ys += [r["result"]["connect_seconds"] for r in c.use]
+                ys = connect_times(p)
                 if ys:
                     peer_c.append(f"{p} {med(ys):.2f} s")
             targets.append((f"Connect {N:,} clients < 0.5 s (median over all its runs)", h,

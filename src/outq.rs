@@ -2,8 +2,9 @@
 //!
 //! A queue holds shared, reference-counted buffers (`Chunk`, an `Rc<Bytes>`): a broadcast frame
 //! is built once and the same buffer is pushed on every subscriber's queue, so a delivery costs a
-//! non-atomic refcount and, at flush time, one iovec. Queuing never writes; the reactor flushes each dirty queue once per turn
-//! with one vectored write (redis `networking.c`: queue now, write before the next poll).
+//! non-atomic refcount and, at flush time, one iovec. Queuing never writes; the reactor flushes
+//! each dirty queue once per turn with one vectored write (redis `networking.c`: queue now, write
+//! before the next poll).
 //!
 //! An empty queue owns no heap memory once `release_memory` has run, so idle sockets stay cheap.
 
@@ -96,7 +97,7 @@ impl OutQueue {
         }
         slices.extend(bufs.map(|buf| IoSlice::new(buf)));
         let written = sink.write_vectored(&slices)?;
-        drop(slices);
+        drop(slices); // ends the borrow of `bufs` before `consume` changes them
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }

@@ -579,8 +579,7 @@ impl Reactor {
                 // the reply in flight (nginx's lingering close).
                 let _ = conn.stream.shutdown(std::net::Shutdown::Write);
                 conn.write_shut = true;
-                let close_by = self.started.elapsed().as_secs() as u32 + CLOSE_TIMEOUT_SECS;
-                conn.deadline = conn.deadline.min(close_by);
+                conn.deadline = conn.deadline.min(self.now_secs + CLOSE_TIMEOUT_SECS);
                 if self.shutdown_deadline.is_some() {
                     // Shutting down: the kernel delivers what is queued after we close; do
                     // not hold the exit for peers slow to answer our close.
