@@ -27,6 +27,7 @@
 //! - `event`        the event and its one JSON encoding
 //! - `static_files` the page, built in or from STATIC_DIR, with safe names only
 //! - `metrics`      counters and the Prometheus page
+//! - `ratelog`      warnings logged once per interval with a count; peer error texts cut short
 
 pub mod broker;
 pub mod channel;
@@ -38,6 +39,7 @@ pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod outq;
+pub mod ratelog;
 pub mod reactor;
 pub mod resp;
 pub mod sse;

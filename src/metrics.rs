@@ -23,6 +23,14 @@ pub mod names {
     pub const REDIS_UP: &str = "herald_redis_up";
     pub const REDIS_RECONNECTS: &str = "herald_redis_reconnects_total";
     pub const PUBLISH_LATENCY: &str = "herald_publish_latency_seconds";
+    pub const LIMIT_HITS: &str = "herald_limit_hits_total";
+}
+
+/// Which cap was hit: the `limit` label of `herald_limit_hits_total`. Every cap a peer can
+/// run into counts here, so one query shows what is being refused, dropped or evicted.
+pub mod limit {
+    /// A subscriber's backlog (of any output) passed `MAX_QUEUED_BYTES`.
+    pub const QUEUED_BYTES: &str = "queued_bytes";
 }
 
 /// Why a connection closed: the `reason` label of `herald_connections_closed_total`.
@@ -77,6 +85,8 @@ pub struct Metrics {
     pub closes: BTreeMap<&'static str, u64>,
     pub redis_reconnects: u64,
     pub publish_latency: Histogram,
+    /// Times each cap was hit, by `limit` name.
+    pub limit_hits: BTreeMap<&'static str, u64>,
 }
 
 /// Values that are state, not counts: read from the reactor when the page is built.
@@ -92,6 +102,11 @@ pub struct Gauges {
 impl Metrics {
     pub fn closed(&mut self, reason: &'static str) {
         *self.closes.entry(reason).or_default() += 1;
+    }
+
+    /// A cap was hit (a refusal, a drop, an eviction): see `limit`.
+    pub fn limit_hit(&mut self, limit: &'static str) {
+        *self.limit_hits.entry(limit).or_default() += 1;
     }
 
     pub fn responded(&mut self, status: u16) {
@@ -180,6 +195,13 @@ impl Metrics {
         for (reason, n) in &self.closes {
             let _ = writeln!(out, "{CLOSES}{{reason=\"{reason}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP {LIMIT_HITS} Caps hit (refusals, drops, evictions), by limit.\n# TYPE {LIMIT_HITS} counter"
+        );
+        for (limit, n) in &self.limit_hits {
+            let _ = writeln!(out, "{LIMIT_HITS}{{limit=\"{limit}\"}} {n}");
+        }
         if let Some(up) = gauges.redis_up {
             let _ = writeln!(
                 out,
@@ -216,6 +238,7 @@ mod tests {
         let mut m = Metrics::default();
         m.responded(200);
         m.closed(reason::SLOW_CONSUMER);
+        m.limit_hit(limit::QUEUED_BYTES);
         m.publish_latency.observe(Duration::from_micros(300));
         m.publish_latency.observe(Duration::from_millis(30));
         let text = m.render(&Gauges {
@@ -232,5 +255,6 @@ mod tests {
         assert!(text.contains("herald_publish_latency_seconds_bucket{le=\"0.05\"} 2\n"));
         assert!(text.contains("herald_publish_latency_seconds_count 2\n"));
         assert!(text.contains("herald_redis_up 1\n"));
+        assert!(text.contains("herald_limit_hits_total{limit=\"queued_bytes\"} 1\n"));
     }
 }

@@ -38,6 +38,7 @@ use crate::conn::{Became, Conn, Phase};
 use crate::fanout::Fanout;
 use crate::http::reply::Reply;
 use crate::metrics::{Metrics, reason};
+use crate::ratelog::RateLog;
 use crate::resp::link::LinkEvent;
 use crate::sse;
 use crate::static_files::StaticFiles;
@@ -101,6 +102,8 @@ pub struct Reactor {
     /// Channels reading what they missed while the Redis subscription was down.
     catch_ups: HashMap<String, CatchUp>,
     metrics: Metrics,
+    /// Warnings a peer can cause repeatedly, logged once per interval with a count.
+    warnings: RateLog,
     scratch: Vec<u8>,
     /// Connections with output to flush this turn.
     dirty: Vec<usize>,
@@ -150,6 +153,7 @@ impl Reactor {
             catch_ups: HashMap::new(),
             parked: Vec::new(),
             metrics: Metrics::default(),
+            warnings: RateLog::default(),
             scratch: vec![0; SCRATCH_BYTES],
             dirty: Vec::new(),
             spare_dirty: Vec::new(),
@@ -763,6 +767,18 @@ impl Reactor {
     }
 
     // ---- helpers ----------------------------------------------------------------------------
+
+    /// A warning a peer caused, logged through `RateLog`: at most one line per `kind` per
+    /// interval, however many peers or requests cause it.
+    fn warn_peer(&mut self, key: usize, kind: &'static str, message: &str) {
+        let peer = self
+            .conns
+            .get(key)
+            .and_then(|c| c.stream.peer_addr().ok())
+            .map_or_else(|| "?".to_string(), |a| a.to_string());
+        self.warnings
+            .warn(kind, &format!("conn {key} {peer}: {message}"));
+    }
 
     fn log_peer(&self, key: usize, level: log::Level, message: &str) {
         if !log::log_enabled!(level) {

@@ -142,10 +142,11 @@ impl Reactor {
         // An SSE stream just ends: EventSource reconnects with Last-Event-ID and catches up.
         self.begin_closing(key);
         self.metrics.slow_consumers += 1;
+        self.metrics.limit_hit(crate::metrics::limit::QUEUED_BYTES);
         self.metrics.closed(reason::SLOW_CONSUMER);
-        self.log_peer(
+        self.warn_peer(
             key,
-            log::Level::Warn,
+            "slow consumer",
             &format!(
                 "slow consumer closed (1008 for WebSockets): {queued} bytes queued, limit {}",
                 self.config.limits.max_queued_bytes
