@@ -16,7 +16,7 @@ use bytes::Bytes;
 use crate::channel::RedisNames;
 use crate::config::{Config, RedisUrl};
 use crate::event::{self, Event, EventId};
-use crate::history::{History, StoredEvent, TooOld};
+use crate::history::{History, Page, PageSize, StoredEvent, TooOld};
 use crate::resp::cmd::Reply;
 use crate::resp::link::{RedisLink, Role};
 
@@ -30,20 +30,40 @@ const PUBLISH_SCRIPT: &str = r#"local id = redis.call('XADD', KEYS[1], 'MAXLEN',
 local msg = '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2)
 return {id, redis.call('PUBLISH', KEYS[2], msg)}"#;
 
-/// KEYS: stream. ARGV: the id to resume after ('' for the latest), the most entries.
-/// Returns {first id kept or false, entries (oldest first)}: one read, so no trim can slip in
-/// between the check and the range.
+/// KEYS: stream. ARGV: the id to resume after ('' for the latest), the most entries, the
+/// most bytes of event JSON (at least one entry is returned, whatever its size).
+/// Returns {first id kept or false, entries (oldest first), 1 if more entries follow}: one
+/// script, so no trim can slip in between the check and the range. Entries are read 64 at a
+/// time and the page is cut by bytes in Redis, so a page of large events never crosses the
+/// link in full (nor sits in a client's queue).
 const HISTORY_SCRIPT: &str = r#"local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-if #first == 0 then return {false, {}} end
-local entries
-if ARGV[1] == '' then
-  entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[2])
-  local n = #entries
-  for i = 1, math.floor(n / 2) do entries[i], entries[n - i + 1] = entries[n - i + 1], entries[i] end
-else
-  entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+if #first == 0 then return {false, {}, 0} end
+local limit, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
+local latest = ARGV[1] == ''
+local from = latest and '+' or ('(' .. ARGV[1])
+local out, bytes, more = {}, 0, 0
+while more == 0 do
+  local want = math.min(64, limit - #out + 1)
+  local batch
+  if latest then
+    batch = redis.call('XREVRANGE', KEYS[1], from, '-', 'COUNT', want)
+  else
+    batch = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', want)
+  end
+  for _, e in ipairs(batch) do
+    local size = #e[2][2]
+    if #out == limit or (#out > 0 and bytes + size > budget) then more = 1; break end
+    out[#out + 1] = e
+    bytes = bytes + size
+    from = '(' .. e[1]
+  end
+  if #batch < want then break end
 end
-return {first[1][1], entries}"#;
+if latest then
+  local n = #out
+  for i = 1, math.floor(n / 2) do out[i], out[n - i + 1] = out[n - i + 1], out[i] end
+end
+return {first[1][1], out, more}"#;
 
 #[derive(Debug)]
 pub struct RedisBroker {
@@ -76,7 +96,7 @@ pub enum Publish {
 /// What became of a history read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Read {
-    Done(Result<Vec<StoredEvent>, TooOld>),
+    Done(Result<Page, TooOld>),
     Pending,
     Unavailable(String),
 }
@@ -125,24 +145,26 @@ impl Broker {
         }
     }
 
-    /// Reads a channel's history after `since` (or the latest, without it).
-    pub fn read_history(&mut self, channel: &str, since: Option<EventId>, limit: usize) -> Read {
+    /// Reads one page of a channel's history after `since` (or the latest, without it).
+    pub fn read_history(&mut self, channel: &str, since: Option<EventId>, size: PageSize) -> Read {
         match self {
-            Broker::Embedded(history) => Read::Done(history.read(channel, since, limit)),
+            Broker::Embedded(history) => Read::Done(history.read(channel, since, size)),
             Broker::Redis(redis) => {
                 if !redis.publisher.is_ready() {
                     return Read::Unavailable(redis.unavailable());
                 }
                 let stream = redis.names.stream_key(channel);
                 let since = since.map(|id| id.to_string()).unwrap_or_default();
-                let limit = limit.to_string();
+                let events = size.events.to_string();
+                let bytes = size.bytes.to_string();
                 redis.publisher.command(&[
                     b"EVAL",
                     HISTORY_SCRIPT.as_bytes(),
                     b"1",
                     stream.as_bytes(),
                     since.as_bytes(),
-                    limit.as_bytes(),
+                    events.as_bytes(),
+                    bytes.as_bytes(),
                 ]);
                 Read::Pending
             }
@@ -232,20 +254,19 @@ pub fn parse_published(reply: Reply) -> Result<(EventId, i64), String> {
     }
 }
 
-/// The history script's reply, checked against `since`: the events after it, or `TooOld`
-/// if the stream is gone (Redis lost it) or no longer reaches back to `since`.
-pub fn parse_history(
-    reply: Reply,
-    since: Option<EventId>,
-) -> Result<Result<Vec<StoredEvent>, TooOld>, String> {
+/// The history script's reply, checked against `since`: a page of the events after it, or
+/// `TooOld` if the stream is gone (Redis lost it) or no longer reaches back to `since`.
+pub fn parse_history(reply: Reply, since: Option<EventId>) -> Result<Result<Page, TooOld>, String> {
     use redis_protocol::resp2::types::BytesFrame as F;
     let parts = match reply {
         Reply::Other(F::Array(parts)) => parts,
         Reply::Error(e) => return Err(format!("Redis: {e}")),
         other => return Err(format!("unexpected history reply {other:?}")),
     };
-    let [first, F::Array(entries)] = &parts[..] else {
-        return Err(format!("unexpected history reply {parts:?}"));
+    let (first, entries, more) = match &parts[..] {
+        [first, F::Array(entries)] => (first, entries, false),
+        [first, F::Array(entries), F::Integer(more)] => (first, entries, *more == 1),
+        _ => return Err(format!("unexpected history reply {parts:?}")),
     };
     let parse_id = |b: &Bytes| {
         std::str::from_utf8(b)
@@ -288,7 +309,7 @@ pub fn parse_history(
             json: Bytes::from(event::with_id(json, id_text)),
         });
     }
-    Ok(Ok(events))
+    Ok(Ok(Page { events, more }))
 }
 
 pub fn now_ms() -> u64 {
@@ -321,7 +342,7 @@ mod tests {
             Publish::Unavailable(_)
         ));
         assert!(matches!(
-            broker.read_history("events", None, 5),
+            broker.read_history("events", None, PageSize::events(5)),
             Read::Unavailable(_)
         ));
     }
@@ -333,10 +354,10 @@ mod tests {
             panic!()
         };
         assert_eq!(event::peek_id(&json), Some(id));
-        let Read::Done(Ok(events)) = broker.read_history("events", None, 10) else {
+        let Read::Done(Ok(page)) = broker.read_history("events", None, PageSize::events(10)) else {
             panic!()
         };
-        assert_eq!(events[0].json, json);
+        assert_eq!(page.events[0].json, json);
     }
 
     fn bulk(s: &str) -> F {
@@ -362,11 +383,12 @@ mod tests {
                 F::Array(vec![entry("6-0"), entry("7-0")]),
             ]))
         };
-        let events = parse_history(history(), Some(EventId { ms: 5, seq: 0 }))
+        let page = parse_history(history(), Some(EventId { ms: 5, seq: 0 }))
             .unwrap()
             .unwrap();
-        assert_eq!(events.len(), 2);
-        assert_eq!(&events[1].json[..], br#"{"id":"7-0","type":"x"}"#);
+        assert_eq!(page.events.len(), 2);
+        assert!(!page.more);
+        assert_eq!(&page.events[1].json[..], br#"{"id":"7-0","type":"x"}"#);
         assert!(
             parse_history(history(), Some(EventId { ms: 4, seq: 0 }))
                 .unwrap()
@@ -379,6 +401,6 @@ mod tests {
                 .is_err()
         );
         let lost = Reply::Other(F::Array(vec![F::Null, F::Array(vec![])]));
-        assert_eq!(parse_history(lost, None), Ok(Ok(vec![])));
+        assert_eq!(parse_history(lost, None), Ok(Ok(Page::default())));
     }
 }

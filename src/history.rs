@@ -20,6 +20,51 @@ pub struct StoredEvent {
     pub json: Bytes,
 }
 
+/// How much one history read may return: a page is cut by count and by bytes of event JSON
+/// (at least one event, whatever its size), so no read copies a whole history at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSize {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl PageSize {
+    /// A page cut by count only.
+    pub fn events(events: usize) -> PageSize {
+        PageSize {
+            events,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// One read of history: events oldest first, and whether more follow the last of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub events: Vec<StoredEvent>,
+    pub more: bool,
+}
+
+impl Page {
+    /// Takes events from `events` (oldest first) until `size` is reached; `more` when some
+    /// were left.
+    fn cut<'a>(mut events: impl Iterator<Item = &'a StoredEvent>, size: PageSize) -> Page {
+        let mut page = Page::default();
+        let mut bytes = 0;
+        for stored in events.by_ref() {
+            let full = page.events.len() == size.events
+                || (!page.events.is_empty() && bytes + stored.json.len() > size.bytes);
+            if full {
+                page.more = true;
+                break;
+            }
+            bytes += stored.json.len();
+            page.events.push(stored.clone());
+        }
+        page
+    }
+}
+
 /// Why history cannot be replayed from the id a client gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TooOld {
@@ -78,19 +123,22 @@ impl History {
         ring.events.push_back(StoredEvent { id, json });
     }
 
-    /// Events of `channel` after `since` (oldest first, at most `limit`), or `TooOld` if some
-    /// events after `since` may be gone. Without `since`: the latest `limit` events.
+    /// A page of `channel`'s events after `since` (oldest first, cut at `size`), or `TooOld`
+    /// if some events after `since` may be gone. Without `since`: the latest events that fit
+    /// in `size`.
     pub fn read(
         &self,
         channel: &str,
         since: Option<EventId>,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, TooOld> {
+        size: PageSize,
+    ) -> Result<Page, TooOld> {
         let ring = self.rings.get(channel);
         let Some(since) = since else {
-            return Ok(ring.map_or(Vec::new(), |r| {
-                let skip = r.events.len().saturating_sub(limit);
-                r.events.iter().skip(skip).cloned().collect()
+            return Ok(ring.map_or(Page::default(), |r| {
+                // Newest first, cut, then put back in order.
+                let mut page = Page::cut(r.events.iter().rev(), size);
+                page.events.reverse();
+                page
             }));
         };
         let floor = ring.map_or(self.boot, |r| r.floor);
@@ -103,10 +151,10 @@ impl History {
                 },
             });
         }
-        Ok(ring.map_or(Vec::new(), |r| {
+        Ok(ring.map_or(Page::default(), |r| {
             // Ids are increasing: binary-search the first one after `since`.
             let start = r.events.partition_point(|e| e.id <= since);
-            r.events.range(start..).take(limit).cloned().collect()
+            Page::cut(r.events.range(start..), size)
         }))
     }
 }
@@ -130,14 +178,25 @@ mod tests {
         let mut h = History::new(10, 1000);
         let ids = push_n(&mut h, "orders", 5);
         let got: Vec<EventId> = h
-            .read("orders", Some(ids[1]), 100)
+            .read("orders", Some(ids[1]), PageSize::events(100))
             .unwrap()
+            .events
             .iter()
             .map(|e| e.id)
             .collect();
         assert_eq!(got, ids[2..]);
-        assert_eq!(h.read("orders", Some(ids[4]), 100).unwrap(), vec![]);
-        assert_eq!(h.read("orders", Some(ids[0]), 2).unwrap().len(), 2);
+        assert_eq!(
+            h.read("orders", Some(ids[4]), PageSize::events(100))
+                .unwrap(),
+            Page::default()
+        );
+        assert_eq!(
+            h.read("orders", Some(ids[0]), PageSize::events(2))
+                .unwrap()
+                .events
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -145,9 +204,18 @@ mod tests {
         let mut h = History::new(3, 1000);
         let ids = push_n(&mut h, "orders", 5);
         // ids[0] and ids[1] were evicted: resuming from ids[0] would skip ids[1].
-        assert!(h.read("orders", Some(ids[0]), 10).is_err());
+        assert!(
+            h.read("orders", Some(ids[0]), PageSize::events(10))
+                .is_err()
+        );
         // Resuming from the last evicted id is exact.
-        assert_eq!(h.read("orders", Some(ids[1]), 10).unwrap().len(), 3);
+        assert_eq!(
+            h.read("orders", Some(ids[1]), PageSize::events(10))
+                .unwrap()
+                .events
+                .len(),
+            3
+        );
     }
 
     #[test]
@@ -155,12 +223,18 @@ mod tests {
         let h = History::new(3, 5000);
         let old = EventId { ms: 4000, seq: 0 };
         assert_eq!(
-            h.read("orders", Some(old), 10).unwrap_err().reason,
+            h.read("orders", Some(old), PageSize::events(10))
+                .unwrap_err()
+                .reason,
             "history lost: the server restarted"
         );
         assert_eq!(
-            h.read("orders", Some(EventId { ms: 5000, seq: 0 }), 10),
-            Ok(vec![])
+            h.read(
+                "orders",
+                Some(EventId { ms: 5000, seq: 0 }),
+                PageSize::events(10)
+            ),
+            Ok(Page::default())
         );
     }
 
@@ -169,12 +243,54 @@ mod tests {
         let mut h = History::new(10, 1000);
         let ids = push_n(&mut h, "orders", 5);
         let got: Vec<EventId> = h
-            .read("orders", None, 2)
+            .read("orders", None, PageSize::events(2))
             .unwrap()
+            .events
             .iter()
             .map(|e| e.id)
             .collect();
         assert_eq!(got, ids[3..]);
-        assert_eq!(h.read("empty", None, 2).unwrap(), vec![]);
+        assert_eq!(
+            h.read("empty", None, PageSize::events(2)).unwrap(),
+            Page::default()
+        );
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+
+    #[test]
+    fn should_cut_pages_by_bytes_and_say_more_follow() {
+        let mut h = History::new(100, 1000);
+        let ids: Vec<EventId> = (0..10)
+            .map(|i| {
+                let id = h.next_id(1000 + i);
+                h.push("big", id, Bytes::from(vec![b'x'; 100]));
+                id
+            })
+            .collect();
+        let size = PageSize {
+            events: 100,
+            bytes: 250,
+        };
+        let page = h.read("big", Some(ids[0]), size).unwrap();
+        assert_eq!(page.events.len(), 2, "two 100-byte events fit in 250 bytes");
+        assert!(page.more);
+        let last = h.read("big", Some(ids[7]), size).unwrap();
+        assert_eq!(last.events.len(), 2);
+        assert!(!last.more, "nothing after the last event");
+        // One event bigger than the budget still comes, alone: a page always progresses.
+        let tiny = PageSize {
+            events: 100,
+            bytes: 10,
+        };
+        assert_eq!(h.read("big", Some(ids[0]), tiny).unwrap().events.len(), 1);
+        // Without an id: the newest that fit, in order.
+        let latest = h.read("big", None, size).unwrap();
+        let got: Vec<EventId> = latest.events.iter().map(|e| e.id).collect();
+        assert_eq!(got, ids[8..]);
+        assert!(latest.more);
     }
 }

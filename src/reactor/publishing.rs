@@ -16,7 +16,7 @@ use crate::broker::{self, Publish, Read};
 use crate::conn::Phase;
 use crate::event::{Event, EventId};
 use crate::fanout::Frames;
-use crate::history::{StoredEvent, TooOld};
+use crate::history::{Page, PageSize, TooOld};
 use crate::http::reply::Reply;
 use crate::resp::cmd;
 use crate::{event, sse, ws::frame};
@@ -262,10 +262,11 @@ impl Reactor {
             if let Some(catch_up) = self.catch_ups.get_mut(&channel) {
                 catch_up.read_sent = true;
             }
-            match self
-                .broker
-                .read_history(&channel, Some(since), self.config.history_len)
-            {
+            match self.broker.read_history(
+                &channel,
+                Some(since),
+                PageSize::events(self.config.history_len),
+            ) {
                 Read::Pending => self.pending.push_back(Pending::CatchUp { channel, since }),
                 Read::Unavailable(why) => self.finish_catch_up(&channel, Err(why)),
                 Read::Done(result) => self.finish_catch_up(&channel, Ok(result)),
@@ -275,16 +276,12 @@ impl Reactor {
 
     /// Delivers the missed events, then the live ones held meanwhile (minus those the history
     /// already had). If the history cannot cover the gap, subscribers are told to reset.
-    fn finish_catch_up(
-        &mut self,
-        channel: &str,
-        result: Result<Result<Vec<StoredEvent>, TooOld>, String>,
-    ) {
+    fn finish_catch_up(&mut self, channel: &str, result: Result<Result<Page, TooOld>, String>) {
         let Some(catch_up) = self.catch_ups.remove(channel) else {
             return;
         };
         match result {
-            Ok(Ok(events)) => {
+            Ok(Ok(Page { events, .. })) => {
                 if !events.is_empty() {
                     log::info!(
                         "channel {channel}: delivering {} events missed while the Redis subscription was down",
@@ -374,7 +371,10 @@ impl Reactor {
         limit: usize,
         keep_alive: bool,
     ) {
-        match self.broker.read_history(&channel, since, limit) {
+        match self
+            .broker
+            .read_history(&channel, since, PageSize::events(limit))
+        {
             Read::Done(result) => {
                 let reply = history_reply(&channel, result);
                 self.send_reply(key, reply, keep_alive, false);
@@ -437,9 +437,9 @@ fn published_reply(event: &Event, id: EventId, receivers: i64) -> Reply {
 
 /// `{"channel": ..., "events": [...]}` with each event's JSON as stored, or 410 when the
 /// history no longer reaches back to `since`.
-fn history_reply(channel: &str, result: Result<Vec<StoredEvent>, TooOld>) -> Reply {
+fn history_reply(channel: &str, result: Result<Page, TooOld>) -> Reply {
     match result {
-        Ok(events) => {
+        Ok(Page { events, .. }) => {
             let mut body = format!("{{\"channel\":{},\"events\":[", json!(channel)).into_bytes();
             for (i, e) in events.iter().enumerate() {
                 if i > 0 {

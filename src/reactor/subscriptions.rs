@@ -17,7 +17,7 @@ use crate::broker::{Broker, Read};
 use crate::channel::{self, Wanted};
 use crate::conn::{Became, Phase, Recovery};
 use crate::event::EventId;
-use crate::history::{StoredEvent, TooOld};
+use crate::history::{Page, PageSize, TooOld};
 use crate::sse;
 use crate::ws::{frame, handshake};
 
@@ -202,7 +202,7 @@ impl Reactor {
         let ready = match &mut self.broker {
             Broker::Embedded(history) => {
                 // One thread: the history and the live stream cannot interleave here.
-                let result = history.read(name, Some(since), limit);
+                let result = history.read(name, Some(since), PageSize::events(limit));
                 return self.send_replay(&replay, result);
             }
             Broker::Redis(redis) => redis.can_replay(name),
@@ -241,10 +241,11 @@ impl Reactor {
     }
 
     fn read_replay(&mut self, replay: Replay) {
-        match self
-            .broker
-            .read_history(&replay.channel, Some(replay.since), self.config.history_len)
-        {
+        match self.broker.read_history(
+            &replay.channel,
+            Some(replay.since),
+            PageSize::events(self.config.history_len),
+        ) {
             Read::Pending => self.pending.push_back(Pending::Replay(replay)),
             Read::Unavailable(why) => self.on_replay_read(replay, Err(why)),
             Read::Done(result) => self.on_replay_read(replay, Ok(result)),
@@ -255,7 +256,7 @@ impl Reactor {
     pub(super) fn on_replay_read(
         &mut self,
         replay: Replay,
-        result: Result<Result<Vec<StoredEvent>, TooOld>, String>,
+        result: Result<Result<Page, TooOld>, String>,
     ) {
         let alive = self
             .conns
@@ -289,9 +290,9 @@ impl Reactor {
 
     /// Queues replayed events (or the reset notice) straight onto the connection, ahead of
     /// any live events held in its recovery buffer.
-    fn send_replay(&mut self, replay: &Replay, result: Result<Vec<StoredEvent>, TooOld>) {
+    fn send_replay(&mut self, replay: &Replay, result: Result<Page, TooOld>) {
         match result {
-            Ok(events) => {
+            Ok(Page { events, .. }) => {
                 let channel = self.fanout.lookup(&replay.channel);
                 let sse = self.conns[replay.key].phase == Phase::Sse;
                 let conn = &mut self.conns[replay.key];
