@@ -16,7 +16,7 @@ use bytes::Bytes;
 use crate::channel::RedisNames;
 use crate::config::{Config, RedisUrl};
 use crate::event::{self, Event, EventId};
-use crate::history::{History, Page, PageSize, StoredEvent, TooOld};
+use crate::history::{History, HistoryLimits, Page, PageSize, StoredEvent, TooOld};
 use crate::resp::cmd::Reply;
 use crate::resp::link::{RedisLink, Role};
 
@@ -75,7 +75,7 @@ pub struct RedisBroker {
 
 #[derive(Debug)]
 pub enum Broker {
-    Embedded(History),
+    Embedded(Box<History>),
     Redis(Box<RedisBroker>),
 }
 
@@ -104,7 +104,15 @@ pub enum Read {
 impl Broker {
     pub fn from_config(config: &Config) -> Broker {
         match &config.redis {
-            None => Broker::Embedded(History::new(config.history_len, now_ms())),
+            None => {
+                let limits = HistoryLimits {
+                    events_per_channel: config.history_len,
+                    max_bytes: config.history_max_bytes,
+                    max_channels: config.max_channels,
+                    ttl_ms: config.history_ttl.map(|ttl| ttl.as_millis() as u64),
+                };
+                Broker::Embedded(Box::new(History::with_limits(limits, now_ms())))
+            }
             Some(url) => Broker::Redis(Box::new(RedisBroker::new(url, config))),
         }
     }
@@ -115,7 +123,10 @@ impl Broker {
         match self {
             Broker::Embedded(history) => {
                 let id = history.next_id(now_ms());
-                let json = Bytes::from(event.to_json(Some(id)));
+                let mut json = event.to_json(Some(id));
+                // Exactly its length: the history counts what it holds by length.
+                json.shrink_to_fit();
+                let json = Bytes::from(json);
                 history.push(&event.channel, id, json.clone());
                 Publish::DeliverNow { id, json }
             }

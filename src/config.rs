@@ -40,6 +40,21 @@ pub struct Cli {
     #[arg(long, env = "HISTORY_LEN", default_value_t = 1000)]
     pub history_len: usize,
 
+    /// Most memory the embedded history may hold, all channels together, in bytes (event
+    /// JSON plus per-event and per-channel overhead). Over it, the least recently published
+    /// channel's history goes first.
+    #[arg(long, env = "HISTORY_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub history_max_bytes: usize,
+
+    /// Most channels with embedded history kept (over it, the least recently published one's
+    /// history goes), and most channels with subscribers on this server.
+    #[arg(long, env = "MAX_CHANNELS", default_value_t = 10_000)]
+    pub max_channels: usize,
+
+    /// Seconds an event stays in the embedded history (0: no age limit).
+    #[arg(long, env = "HISTORY_TTL_SECS", default_value_t = 0)]
+    pub history_ttl_secs: u64,
+
     /// Serve the page and /static/ from this folder instead of the copy built into the binary.
     #[arg(long, env = "STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
@@ -205,6 +220,10 @@ pub struct Config {
     pub channel: String,
     pub channel_prefix: String,
     pub history_len: usize,
+    /// Caps of the embedded history (`HISTORY_MAX_BYTES`, `MAX_CHANNELS`, `HISTORY_TTL_SECS`).
+    pub history_max_bytes: usize,
+    pub max_channels: usize,
+    pub history_ttl: Option<Duration>,
     pub static_dir: Option<PathBuf>,
     pub echo_path: Option<String>,
     pub publish_token: Option<Secret>,
@@ -252,6 +271,10 @@ impl Config {
             channel: cli.channel,
             channel_prefix: cli.channel_prefix,
             history_len: cli.history_len.max(1),
+            history_max_bytes: positive("HISTORY_MAX_BYTES", cli.history_max_bytes)?,
+            max_channels: positive("MAX_CHANNELS", cli.max_channels)?,
+            history_ttl: (cli.history_ttl_secs > 0)
+                .then(|| Duration::from_secs(cli.history_ttl_secs)),
             static_dir: cli.static_dir,
             echo_path: cli.echo_path,
             publish_token: cli.publish_token.filter(|t| !t.is_empty()).map(Secret),
@@ -285,6 +308,9 @@ impl Config {
             channel: "events".into(),
             channel_prefix: "events".into(),
             history_len: 1000,
+            history_max_bytes: 64 * 1024 * 1024,
+            max_channels: 10_000,
+            history_ttl: None,
             static_dir: None,
             echo_path: None,
             publish_token: None,

@@ -24,6 +24,8 @@ pub mod names {
     pub const REDIS_RECONNECTS: &str = "herald_redis_reconnects_total";
     pub const PUBLISH_LATENCY: &str = "herald_publish_latency_seconds";
     pub const LIMIT_HITS: &str = "herald_limit_hits_total";
+    pub const HISTORY_BYTES: &str = "herald_history_bytes";
+    pub const HISTORY_CHANNELS: &str = "herald_history_channels";
 }
 
 /// Which cap was hit: the `limit` label of `herald_limit_hits_total`. Every cap a peer can
@@ -31,6 +33,12 @@ pub mod names {
 pub mod limit {
     /// A subscriber's backlog (of any output) passed `MAX_QUEUED_BYTES`.
     pub const QUEUED_BYTES: &str = "queued_bytes";
+    /// Embedded history: a channel's history forgotten for a new one over `MAX_CHANNELS`.
+    pub const HISTORY_CHANNELS: &str = "history_channels";
+    /// Embedded history over `HISTORY_MAX_BYTES`: a channel forgotten or an event dropped.
+    pub const HISTORY_BYTES: &str = "history_bytes";
+    /// Embedded history: a channel forgotten or an event dropped for `HISTORY_TTL_SECS`.
+    pub const HISTORY_TTL: &str = "history_ttl";
 }
 
 /// Why a connection closed: the `reason` label of `herald_connections_closed_total`.
@@ -97,6 +105,9 @@ pub struct Gauges {
     pub sse: usize,
     /// `None` in embedded mode.
     pub redis_up: Option<bool>,
+    /// Embedded history: memory held (as counted against `HISTORY_MAX_BYTES`) and channels
+    /// kept. `None` with Redis.
+    pub history: Option<(usize, usize)>,
 }
 
 impl Metrics {
@@ -107,6 +118,13 @@ impl Metrics {
     /// A cap was hit (a refusal, a drop, an eviction): see `limit`.
     pub fn limit_hit(&mut self, limit: &'static str) {
         *self.limit_hits.entry(limit).or_default() += 1;
+    }
+
+    /// A cap was hit `count` times at once (history evictions are counted in batches).
+    pub fn limit_hits(&mut self, limit: &'static str, count: u64) {
+        if count > 0 {
+            *self.limit_hits.entry(limit).or_default() += count;
+        }
     }
 
     pub fn responded(&mut self, status: u16) {
@@ -209,6 +227,16 @@ impl Metrics {
                 u8::from(up)
             );
         }
+        if let Some((bytes, channels)) = gauges.history {
+            let _ = writeln!(
+                out,
+                "# HELP {HISTORY_BYTES} Memory held by the embedded history (capped by HISTORY_MAX_BYTES).\n# TYPE {HISTORY_BYTES} gauge\n{HISTORY_BYTES} {bytes}"
+            );
+            let _ = writeln!(
+                out,
+                "# HELP {HISTORY_CHANNELS} Channels with embedded history kept (capped by MAX_CHANNELS).\n# TYPE {HISTORY_CHANNELS} gauge\n{HISTORY_CHANNELS} {channels}"
+            );
+        }
         let h = &self.publish_latency;
         let _ = writeln!(
             out,
@@ -246,6 +274,7 @@ mod tests {
             websockets: 2,
             sse: 3,
             redis_up: Some(true),
+            history: Some((4096, 2)),
         });
         assert!(text.contains("herald_connections{kind=\"websocket\"} 2\n"));
         assert!(text.contains("herald_connections{kind=\"sse\"} 3\n"));
@@ -256,5 +285,7 @@ mod tests {
         assert!(text.contains("herald_publish_latency_seconds_count 2\n"));
         assert!(text.contains("herald_redis_up 1\n"));
         assert!(text.contains("herald_limit_hits_total{limit=\"queued_bytes\"} 1\n"));
+        assert!(text.contains("herald_history_bytes 4096\n"));
+        assert!(text.contains("herald_history_channels 2\n"));
     }
 }

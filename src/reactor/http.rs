@@ -134,6 +134,10 @@ impl Reactor {
                 Broker::Embedded(_) => None,
                 Broker::Redis(redis) => Some(redis.is_ready()),
             },
+            history: match &self.broker {
+                Broker::Embedded(history) => Some((history.bytes(), history.channels())),
+                Broker::Redis(_) => None,
+            },
         }
     }
 

@@ -639,6 +639,10 @@ impl Reactor {
         if !self.parked.is_empty() {
             self.retry_parked(None); // answers 503 to any held too long
         }
+        if let Broker::Embedded(history) = &mut self.broker {
+            history.sweep(crate::broker::now_ms());
+            self.count_history_evictions();
+        }
         let now = self.clock();
         let limits = &self.config.limits;
         let mut expired: Vec<(usize, &'static str)> = Vec::new();

@@ -86,6 +86,7 @@ impl Reactor {
             Publish::DeliverNow { id, json } => {
                 self.metrics.events_published += 1;
                 self.metrics.events_received += 1;
+                self.count_history_evictions();
                 let receivers = self.broadcast(&event.channel, Some(id), &json);
                 let reply = published_reply(&event, id, receivers as i64);
                 self.send_reply(key, reply, keep_alive, false);
@@ -118,6 +119,20 @@ impl Reactor {
                 });
             }
         }
+    }
+
+    /// Moves the embedded history's evictions (by cap) into `/metrics`; also called by the
+    /// once-a-second sweep, which expires history (`HISTORY_TTL_SECS`).
+    pub(super) fn count_history_evictions(&mut self) {
+        use crate::metrics::limit;
+        let broker::Broker::Embedded(history) = &mut self.broker else {
+            return;
+        };
+        let evicted = history.take_evictions();
+        self.metrics
+            .limit_hits(limit::HISTORY_CHANNELS, evicted.channels);
+        self.metrics.limit_hits(limit::HISTORY_BYTES, evicted.bytes);
+        self.metrics.limit_hits(limit::HISTORY_TTL, evicted.ttl);
     }
 
     /// Sends the publishes held for a subscription that is now confirmed; answers 503 to
