@@ -56,6 +56,11 @@ pub struct Frames {
 }
 
 impl Fanout {
+    /// Channels with at least one subscriber (capped by `MAX_CHANNELS` by the reactor).
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
     pub fn lookup(&self, name: &str) -> Option<ChannelId> {
         self.by_name.get(name).copied()
     }

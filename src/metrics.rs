@@ -39,6 +39,8 @@ pub mod limit {
     pub const HISTORY_BYTES: &str = "history_bytes";
     /// Embedded history: a channel forgotten or an event dropped for `HISTORY_TTL_SECS`.
     pub const HISTORY_TTL: &str = "history_ttl";
+    /// A subscription to one more channel refused: `MAX_CHANNELS` channels have subscribers.
+    pub const SUBSCRIBED_CHANNELS: &str = "subscribed_channels";
 }
 
 /// Why a connection closed: the `reason` label of `herald_connections_closed_total`.

@@ -282,3 +282,108 @@ fn expired_history_is_dropped_and_resuming_from_it_resets() {
     let replayed = resume(port, "old", &last_expired);
     assert_eq!(replayed["id"], fresh, "{replayed}");
 }
+
+/// Opens a WebSocket on `channels`, every one of them over the cap: returns the client and
+/// the channels named by the error notices that follow the handshake.
+fn join_refused(port: u16, channels: &[String]) -> (Client, Vec<String>) {
+    let mut ws = ws_connect(port, &format!("/ws?channels={}", channels.join(",")));
+    let mut refused = Vec::new();
+    for _ in channels {
+        let notice = next_event(&mut ws);
+        assert_eq!(notice["op"], "error", "{notice}");
+        assert_eq!(
+            notice["error"], "server at its channel limit (MAX_CHANNELS)",
+            "{notice}"
+        );
+        refused.push(notice["channel"].as_str().unwrap().to_string());
+    }
+    (ws, refused)
+}
+
+/// `MAX_CHANNELS` also caps the channels with subscribers (fan-out entries and, with Redis,
+/// subscriptions): a client naming ever more channels gets an error notice for each one over
+/// the cap, and a counter; channels that exist stay open to everyone.
+fn subscribed_channels_are_capped(herald: &Herald, redis: Option<&Redis>) {
+    const CAP: usize = 3;
+    let port = herald.port;
+    let names = |from: usize, to: usize| -> Vec<String> {
+        (from..to).map(|i| format!("live-{i}")).collect()
+    };
+    let mut first = ws_connect(port, &format!("/ws?channels={}", names(0, CAP).join(",")));
+    // Each channel is open: a publish to it reaches the first client.
+    for name in names(0, CAP) {
+        publish_to(port, &name, "probe", "1");
+        assert_eq!(next_event(&mut first)["channel"], name);
+    }
+    // Beyond the cap: every new channel is refused, with a notice per channel.
+    let (_second, refused) = join_refused(port, &names(CAP, CAP + 5));
+    assert_eq!(refused, names(CAP, CAP + 5));
+    assert_eq!(
+        metric(
+            port,
+            "herald_limit_hits_total{limit=\"subscribed_channels\"}"
+        ),
+        Some(5.0)
+    );
+    // ...and by control message too; joining an existing channel is fine.
+    let mut third = ws_connect(port, "/ws?channels=live-0");
+    third
+        .send(tungstenite::Message::text(
+            r#"{"op":"subscribe","channel":"live-99"}"#,
+        ))
+        .unwrap();
+    let refused = next_event(&mut third);
+    assert_eq!(refused["op"], "error", "{refused}");
+    assert_eq!(refused["channel"], "live-99", "{refused}");
+    publish_to(port, "live-0", "probe", "2");
+    assert_eq!(next_event(&mut third)["message"], "2");
+    assert_eq!(next_event(&mut first)["message"], "2");
+    if let Some(redis) = redis {
+        // What Redis holds for this replica: the capped channels, nothing more.
+        let subscribed = redis.command_array(&["PUBSUB", "CHANNELS", "events:live-*"]);
+        assert_eq!(subscribed.len(), CAP, "{subscribed:?}");
+    }
+    // A channel freed (its last subscriber left) makes room for a new one.
+    drop(first);
+    let start = Instant::now();
+    let mut fourth = loop {
+        let mut ws = ws_connect(port, "/ws");
+        ws.send(tungstenite::Message::text(
+            r#"{"op":"subscribe","channel":"live-50"}"#,
+        ))
+        .unwrap();
+        if next_event(&mut ws)["op"] == "subscribed" {
+            break ws;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no room after the first client left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if redis.is_some() {
+        wait_until("the new subscription to be confirmed", || {
+            publish_to(port, "live-50", "probe", "3")["receivers"] == 1
+        });
+    } else {
+        publish_to(port, "live-50", "probe", "3");
+    }
+    assert_eq!(next_event(&mut fourth)["channel"], "live-50");
+}
+
+#[test]
+fn subscribed_channels_are_capped_in_embedded_mode() {
+    let herald = Herald::with(&[], &[("MAX_CHANNELS", "3")]);
+    subscribed_channels_are_capped(&herald, None);
+}
+
+#[test]
+fn subscribed_channels_are_capped_in_redis_mode() {
+    let redis = Redis::start();
+    let herald = Herald::with(
+        &[],
+        &[("PUBSUB_CACHE_URL", &redis.url()), ("MAX_CHANNELS", "3")],
+    );
+    wait_redis_connected(&herald);
+    subscribed_channels_are_capped(&herald, Some(&redis));
+}

@@ -18,6 +18,7 @@ use crate::channel::{self, Wanted};
 use crate::conn::{Became, Phase, Recovery};
 use crate::event::EventId;
 use crate::history::{Page, PageSize, TooOld};
+use crate::metrics::limit;
 use crate::sse;
 use crate::ws::{frame, handshake};
 
@@ -79,8 +80,31 @@ impl Reactor {
 
     fn subscribe_wanted(&mut self, key: usize, wanted: Wanted) {
         for (name, since) in wanted {
-            self.subscribe_to(key, &name, since);
+            if !self.refuse_new_channel(key, &name) {
+                self.subscribe_to(key, &name, since);
+            }
         }
+    }
+
+    /// `MAX_CHANNELS` caps the channels with subscribers here too: each is a fan-out entry
+    /// and, with Redis, a subscription (and its catch-up state), so a client must not be able
+    /// to make the server hold any number of them. Joining an existing channel is always
+    /// fine; a new one over the cap is refused with an error notice (true: refused).
+    fn refuse_new_channel(&mut self, key: usize, name: &str) -> bool {
+        let max = self.config.max_channels;
+        if self.fanout.lookup(name).is_some() || self.fanout.channel_count() < max {
+            return false;
+        }
+        self.metrics.limit_hit(limit::SUBSCRIBED_CHANNELS);
+        let warning =
+            format!("channel {name:?} refused: {max} channels have subscribers (MAX_CHANNELS)");
+        self.warn_peer(key, "subscribed_channels", &warning);
+        let error = "server at its channel limit (MAX_CHANNELS)";
+        self.send_notice(
+            key,
+            json!({ "op": "error", "channel": name, "error": error }),
+        );
+        true
     }
 
     /// Joins a channel (subscribing in Redis if it is the first local subscriber), then replays
@@ -174,6 +198,9 @@ impl Reactor {
                         channel::MAX_PER_CONNECTION
                     );
                     return self.send_notice(key, json!({ "op": "error", "error": error }));
+                }
+                if self.refuse_new_channel(key, &name) {
+                    return;
                 }
                 self.send_notice(key, json!({ "op": "subscribed", "channel": name }));
                 self.subscribe_to(key, &name, since);
