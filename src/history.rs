@@ -431,9 +431,12 @@ impl History {
     }
 
     /// The once-a-second pass for `HISTORY_TTL_SECS`: forgets channels whose newest event has
-    /// expired, least recently published first. Bounded work: it stops at the first channel
-    /// with a live event (trimming that one), or after `SWEEP_BUDGET` channels. Channels
-    /// further on are trimmed when next published to or read.
+    /// expired, least recently published first. The recency list is in order of each
+    /// channel's newest event, so stopping at the first channel with a live event (trimming
+    /// that one) misses no channel that has wholly expired. Bounded work: at most
+    /// `SWEEP_BUDGET` channels a pass, the rest next second. Channels with some expired
+    /// events behind a live one are trimmed when next published to or read (their bytes
+    /// count against the caps meanwhile).
     pub fn sweep(&mut self, now_ms: u64) {
         const SWEEP_BUDGET: usize = 1000;
         self.now_ms = self.now_ms.max(now_ms);
@@ -477,6 +480,8 @@ impl History {
                 Some(key) if key != current => self.forget(key, Eviction::Bytes),
                 Some(key) => {
                     if self.drop_oldest_event(key, Eviction::Bytes).is_none() {
+                        // Even the empty ring is over (a budget of a few hundred bytes).
+                        self.forget(key, Eviction::Bytes);
                         return;
                     }
                     let name = &self.rings[key].name;
@@ -831,6 +836,14 @@ mod tests {
         assert!(h.read_events("big", Some(huge), 10).is_ok());
         assert!(h.read_events("big", Some(first_kept), 10).is_err());
         assert_accounting(&h);
+        // A budget too small for anything: nothing is kept, not even the channel.
+        let mut h = History::with_limits(limits(10, 100), 1000);
+        let before = publish(&mut h, "x", 1001, 10);
+        let last = publish(&mut h, "x", 1002, 10);
+        // (The empty tables stay, at their capacity: a few hundred bytes.)
+        assert_eq!((h.channels(), h.ring_bytes), (0, 0));
+        assert!(h.read_events("x", Some(before), 10).is_err());
+        assert_eq!(h.read_events("x", Some(last), 10), Ok(vec![]));
     }
 
     #[test]
