@@ -16,11 +16,11 @@
 //! `tail`, the bytes of an incomplete request or frame. Its output queue allocates only while
 //! there is output. Timers are one `deadline` field, swept once a second by the reactor.
 //!
-//! A subscriber that asked to resume from an event id holds a `Recovery` while its history is
-//! read (from Redis, which takes a round trip): live events for it are buffered there, then
-//! released after the history, minus any the history already contained.
-
-use std::collections::VecDeque;
+//! A subscriber that asked to resume from an event id holds a `Replay` (see `replay.rs`) while
+//! its history is sent page by page; it decides what becomes of live events meanwhile.
+//!
+//! Every byte queued for a connection goes through `queue`, which checks the backlog cap in
+//! the `Outbox`: the one place, whatever produced the bytes.
 
 use mio::net::TcpStream;
 use smallvec::SmallVec;
@@ -28,6 +28,7 @@ use smallvec::SmallVec;
 use crate::event::EventId;
 use crate::fanout::{ChannelId, Subscription};
 use crate::outq::{Chunk, OutQueue};
+use crate::replay::{Live, Replay};
 use crate::ws::frame::PartialMessage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +67,7 @@ pub struct Conn {
     /// A fragmented WebSocket message being assembled (rare: almost always `None`).
     pub partial: Option<Box<PartialMessage>>,
     /// History being replayed before live events (rare: almost always `None`).
-    pub recovery: Option<Box<Recovery>>,
+    pub replay: Option<Box<Replay>>,
     /// The channels this WebSocket receives, with its slot in each channel's subscriber list.
     pub subs: SmallVec<[Subscription; 1]>,
     /// Tells this connection apart from a later one that reuses its slab slot.
@@ -83,6 +84,9 @@ pub struct Conn {
     pub read_pending: bool,
     /// A heartbeat ping is out and unanswered.
     pub awaiting_pong: bool,
+    /// Input is not read because the backlog is over `Outbox::read_pause_bytes`; the
+    /// deadline is then the time the backlog has to make progress.
+    pub read_paused: bool,
     /// Our write half is shut (Closing, after the last bytes left).
     pub write_shut: bool,
     /// The peer will send nothing more that matters: EOF read, or its WebSocket close frame
@@ -99,7 +103,7 @@ impl Conn {
             out: OutQueue::default(),
             tail: Vec::new(),
             partial: None,
-            recovery: None,
+            replay: None,
             subs: SmallVec::new(),
             serial,
             deadline,
@@ -108,6 +112,7 @@ impl Conn {
             wants_writable: false,
             read_pending: false,
             awaiting_pong: false,
+            read_paused: false,
             write_shut: false,
             peer_done: false,
             became: Became::Http,
@@ -123,16 +128,52 @@ impl Conn {
         matches!(self.phase, Phase::WebSocket | Phase::Sse)
     }
 
-    /// Queues bytes and puts the connection on the dirty list; never writes.
-    pub fn queue(&mut self, key: usize, bytes: impl Into<Chunk>, dirty: &mut Vec<usize>) {
+    /// Queues bytes and puts the connection on the dirty list; never writes. The one place
+    /// output is queued, so the one place the backlog cap is checked.
+    pub fn queue(&mut self, key: usize, bytes: impl Into<Chunk>, outbox: &mut Outbox) {
         self.out.push(bytes);
-        self.mark_dirty(key, dirty);
+        self.mark_dirty(key, outbox);
+        outbox.check(key, self.backlog_bytes());
     }
 
-    pub fn mark_dirty(&mut self, key: usize, dirty: &mut Vec<usize>) {
+    /// A live event for this subscriber: queued, unless a replay in progress holds it back
+    /// (held events count toward the cap too) or a page of history brings it.
+    pub fn offer_live(
+        &mut self,
+        key: usize,
+        channel: ChannelId,
+        id: Option<EventId>,
+        bytes: &Chunk,
+        outbox: &mut Outbox,
+    ) -> bool {
+        if let Some(replay) = self.replay.as_mut() {
+            match replay.on_live(channel, id, bytes) {
+                Live::Send => {
+                    if replay.is_done() {
+                        self.replay = None;
+                    }
+                }
+                Live::Held => {
+                    outbox.check(key, self.backlog_bytes());
+                    return true;
+                }
+                Live::Skip => return false,
+            }
+        }
+        self.queue(key, bytes.clone(), outbox);
+        true
+    }
+
+    /// Every byte held for this connection's output: its queue (each buffer with its
+    /// overhead) and the live events a replay holds back.
+    pub fn backlog_bytes(&self) -> usize {
+        self.out.memory_bytes() + self.replay.as_ref().map_or(0, |r| r.held_bytes())
+    }
+
+    pub fn mark_dirty(&mut self, key: usize, outbox: &mut Outbox) {
         if !self.dirty {
             self.dirty = true;
-            dirty.push(key);
+            outbox.dirty.push(key);
         }
     }
 
@@ -145,68 +186,69 @@ impl Conn {
     }
 }
 
-/// Live events held back while a subscriber's history is being read.
-#[derive(Debug, Default)]
-pub struct Recovery {
-    /// History reads still outstanding.
-    pub pending: u32,
-    /// Per channel, the newest id the history replay sent.
-    replayed: SmallVec<[(ChannelId, EventId); 2]>,
-    buffered: VecDeque<(ChannelId, Option<EventId>, Chunk)>,
-    pub buffered_bytes: usize,
+/// The connections with output to flush this turn, and those whose backlog passed the cap.
+///
+/// Every byte queued for a connection goes through `Conn::queue`, which checks the cap here:
+/// one place, so no kind of output (events, replays, pongs, notices, echoes, replies, close
+/// frames) can bypass it, whoever produced it.
+#[derive(Debug)]
+pub struct Outbox {
+    dirty: Vec<usize>,
+    over_cap: Vec<usize>,
+    max_queued_bytes: usize,
 }
 
-impl Recovery {
-    pub fn buffer(&mut self, channel: ChannelId, id: Option<EventId>, bytes: Chunk) {
-        self.buffered_bytes += bytes.len();
-        self.buffered.push_back((channel, id, bytes));
-    }
-
-    pub fn replayed(&mut self, channel: ChannelId, id: EventId) {
-        match self.replayed.iter_mut().find(|(c, _)| *c == channel) {
-            Some(entry) => entry.1 = entry.1.max(id),
-            None => self.replayed.push((channel, id)),
+impl Outbox {
+    pub fn new(max_queued_bytes: usize) -> Outbox {
+        Outbox {
+            dirty: Vec::new(),
+            over_cap: Vec::new(),
+            max_queued_bytes,
         }
     }
 
-    /// Whether a live event is new to this subscriber. The history and the subscription
-    /// travel on two Redis connections, so a live event the history already held can still be
-    /// on its way after the history arrived: anything at or below the replayed id is dropped
-    /// until a newer event shows the channel's live stream has passed the seam.
-    pub fn admit(&mut self, channel: ChannelId, id: Option<EventId>) -> bool {
-        let Some(id) = id else {
-            return true; // published by another tool, without an id: never replayed
-        };
-        match self.replayed.iter().position(|(c, _)| *c == channel) {
-            Some(i) if id <= self.replayed[i].1 => false,
-            Some(i) => {
-                self.replayed.swap_remove(i);
-                true
-            }
-            None => true,
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// The dirty list, swapped for `spare` (an emptied list kept for its allocation).
+    pub fn swap_dirty(&mut self, spare: Vec<usize>) -> Vec<usize> {
+        std::mem::replace(&mut self.dirty, spare)
+    }
+
+    /// Puts `first` (connections not reached this turn) ahead of those made dirty since.
+    pub fn carry_over(&mut self, mut first: Vec<usize>) {
+        first.append(&mut self.dirty);
+        self.dirty = first;
+    }
+
+    /// Connections found over their cap since the last call.
+    pub fn take_over_cap(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.over_cap)
+    }
+
+    /// Backlog above which a WebSocket's input is not read: what it sends (pings, control
+    /// messages, echoes) would only add to output it is not taking.
+    pub fn read_pause_bytes(&self) -> usize {
+        self.max_queued_bytes / 4
+    }
+
+    /// Bytes of history a replay queues at a time; the next page is read once the backlog
+    /// is below this again.
+    pub fn replay_page_bytes(&self) -> usize {
+        (self.max_queued_bytes / 4).max(1)
+    }
+
+    fn check(&mut self, key: usize, backlog_bytes: usize) {
+        // A flood from one connection hits this once per push: flag it once.
+        if backlog_bytes > self.max_queued_bytes && self.over_cap.last() != Some(&key) {
+            self.over_cap.push(key);
         }
-    }
-
-    /// The buffered live events that the replay did not already send, in arrival order.
-    pub fn take_live(&mut self) -> Vec<Chunk> {
-        self.buffered_bytes = 0;
-        let buffered = std::mem::take(&mut self.buffered);
-        buffered
-            .into_iter()
-            .filter_map(|(channel, id, bytes)| self.admit(channel, id).then_some(bytes))
-            .collect()
-    }
-
-    /// Nothing left to read, hold back or filter: the subscriber is plainly live.
-    pub fn is_done(&self) -> bool {
-        self.pending == 0 && self.buffered.is_empty() && self.replayed.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
 
     #[test]
@@ -218,26 +260,5 @@ mod tests {
         // Idle memory per WebSocket is budgeted at 400 bytes of RSS in all; the struct is
         // most of it.
         assert!(slot <= 160, "Conn grew to {size} bytes (slot {slot})");
-    }
-
-    #[test]
-    fn should_drop_live_events_the_replay_already_sent() {
-        let id = |ms| Some(EventId { ms, seq: 0 });
-        let mut r = Recovery::default();
-        let chunk = |text: &'static str| Chunk::new(Bytes::from_static(text.as_bytes()));
-        r.buffer(1, id(5), chunk("5"));
-        r.buffer(2, id(5), chunk("other"));
-        r.buffer(1, None, chunk("no id"));
-        r.replayed(1, EventId { ms: 6, seq: 0 });
-        assert_eq!(r.take_live(), vec![chunk("other"), chunk("no id")]);
-        // A late live copy of a replayed event is still dropped; a newer one passes the seam.
-        assert!(!r.admit(1, id(6)));
-        assert!(!r.is_done());
-        assert!(r.admit(1, id(7)));
-        assert!(
-            r.admit(1, id(6)),
-            "past the seam, ids are not filtered any more"
-        );
-        assert!(r.is_done());
     }
 }

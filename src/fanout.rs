@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use slab::Slab;
 
-use crate::conn::{Conn, Phase};
+use crate::conn::{Conn, Outbox, Phase};
 use crate::event::EventId;
 use crate::outq::Chunk;
 
@@ -175,17 +175,15 @@ impl Fanout {
     }
 
     /// Queues the event on every open subscriber of the channel: the WebSocket frame or the
-    /// SSE record, the same bytes for all. A connection still replaying history buffers it
-    /// instead. Subscribers whose backlog would pass `max_queued_bytes` are skipped and pushed
-    /// onto `over_cap` for the caller to close. Returns how many got it.
+    /// SSE record, the same bytes for all. A subscriber replaying history may hold it back or
+    /// skip it (`replay.rs`). Subscribers pushed over their cap are flagged in the outbox for
+    /// the caller to close. Returns how many got it.
     pub fn deliver(
         &self,
         channel: ChannelId,
         frames: &Frames,
         conns: &mut Slab<Conn>,
-        dirty: &mut Vec<usize>,
-        max_queued_bytes: usize,
-        over_cap: &mut Vec<usize>,
+        outbox: &mut Outbox,
     ) -> usize {
         let mut queued = 0;
         for &key in &self.channels[channel as usize].subscribers {
@@ -198,30 +196,16 @@ impl Fanout {
                 },
                 _ => continue,
             };
-            let backlog =
-                conn.out.memory_bytes() + conn.recovery.as_ref().map_or(0, |r| r.buffered_bytes);
-            if backlog + bytes.len() > max_queued_bytes {
-                over_cap.push(key);
-                continue;
+            if conn.offer_live(key, channel, frames.id, bytes, outbox) {
+                queued += 1;
             }
-            match conn.recovery.as_mut() {
-                Some(recovery) if recovery.pending > 0 => {
-                    recovery.buffer(channel, frames.id, bytes.clone())
-                }
-                Some(recovery) => {
-                    if !recovery.admit(channel, frames.id) {
-                        continue;
-                    }
-                    if recovery.is_done() {
-                        conn.recovery = None;
-                    }
-                    conn.queue(key, bytes.clone(), dirty);
-                }
-                None => conn.queue(key, bytes.clone(), dirty),
-            }
-            queued += 1;
         }
         queued
+    }
+
+    /// The channel's name.
+    pub fn name(&self, channel: ChannelId) -> &str {
+        &self.channels[channel as usize].name
     }
 }
 
@@ -267,11 +251,11 @@ mod tests {
             Some((orders, false))
         );
         fanout.subscribe(&mut slab, 2, "deploys").unwrap();
-        let (mut dirty, mut over) = (vec![], vec![]);
+        let mut outbox = Outbox::new(1 << 20);
         let event = frames(b"\x81\x02hi");
-        let done = fanout.deliver(orders, &event, &mut slab, &mut dirty, 1 << 20, &mut over);
+        let done = fanout.deliver(orders, &event, &mut slab, &mut outbox);
         assert_eq!(done, 2);
-        assert_eq!(dirty, vec![0, 1]);
+        assert_eq!(outbox.swap_dirty(Vec::new()), vec![0, 1]);
         assert_eq!(slab[0].out.queued_bytes(), 4);
         assert_eq!(slab[2].out.queued_bytes(), 0);
     }
@@ -307,10 +291,13 @@ mod tests {
         let mut fanout = Fanout::default();
         let (ch, _) = fanout.subscribe(&mut slab, 0, "events").unwrap();
         fanout.subscribe(&mut slab, 1, "events").unwrap();
+        // The frame is shared (5 bytes + an 8-byte handle each); key 1 also holds a private
+        // 10-byte buffer (10 + 8 + 64 overhead).
         slab[1].out.push(Bytes::from(vec![0u8; 10]));
-        let (mut dirty, mut over) = (vec![], vec![]);
-        fanout.deliver(ch, &frames(b"12345"), &mut slab, &mut dirty, 12, &mut over);
-        assert_eq!(over, vec![1]);
+        let mut outbox = Outbox::new(13 + 82 - 1);
+        let frame = frames(b"12345");
+        fanout.deliver(ch, &frame, &mut slab, &mut outbox);
+        assert_eq!(outbox.take_over_cap(), vec![1]);
         assert_eq!(slab[0].out.queued_bytes(), 5);
     }
 }

@@ -20,7 +20,8 @@
 //! - `broker`       embedded or Redis: where a publish goes
 //! - `resp`         RESP commands and replies (redis-protocol) and the Redis link state machine
 //! - `channel`      channel names, lists, resume points, Redis names
-//! - `history`      the embedded broker's ring of recent events per channel
+//! - `history`      the embedded broker's ring of recent events per channel; pages of it
+//! - `replay`       a resuming subscriber: which page next, what to do with live events meanwhile
 //! - `fanout`       channel -> subscribers; delivery of one shared frame to each
 //! - `sse`          Server-Sent Events records
 //! - `outq`         per-connection queue of shared buffers, written with writev
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod outq;
 pub mod ratelog;
 pub mod reactor;
+pub mod replay;
 pub mod resp;
 pub mod sse;
 pub mod static_files;

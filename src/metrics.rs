@@ -41,6 +41,8 @@ pub mod limit {
     pub const HISTORY_TTL: &str = "history_ttl";
     /// A subscription to one more channel refused: `MAX_CHANNELS` channels have subscribers.
     pub const SUBSCRIBED_CHANNELS: &str = "subscribed_channels";
+    /// A WebSocket's input was paused: its backlog passed a quarter of the cap.
+    pub const READ_PAUSED: &str = "read_paused";
 }
 
 /// Why a connection closed: the `reason` label of `herald_connections_closed_total`.

@@ -26,11 +26,22 @@ const MAX_IOVECS: usize = 1024;
 /// by a 200-event burst that is 2M handles: 16 MB instead of 64 MB.
 pub type Chunk = Rc<Bytes>;
 
+/// What a buffer queued for one connection alone costs beyond its bytes: the `Rc` box
+/// (counts and the `Bytes` handle, 48 bytes) and the allocator's share of its data. A pong or
+/// a notice is a few bytes of payload and costs this much more: a flood of them is charged
+/// for what it holds, not for its payload.
+const PRIVATE_BUFFER_OVERHEAD: u32 = 64;
+
 #[derive(Debug, Default)]
 pub struct OutQueue {
     bufs: VecDeque<Chunk>,
-    /// Bytes of `bufs[0]` already written.
-    front_written: usize,
+    /// Bytes of `bufs[0]` already written (less than one buffer).
+    front_written: u32,
+    /// Overhead of the private buffers pushed since the queue was last empty. Charged until
+    /// the queue empties (a buffer's sharing can change while it waits, so it is not
+    /// credited back one by one): an overcount for a client that drains slowly, never an
+    /// undercount.
+    private_overhead: u32,
     /// Bytes queued and not yet written, over all buffers.
     queued_bytes: usize,
 }
@@ -42,6 +53,11 @@ impl OutQueue {
             return;
         }
         self.queued_bytes += buf.len();
+        if Rc::strong_count(&buf) == 1 {
+            self.private_overhead = self
+                .private_overhead
+                .saturating_add(PRIVATE_BUFFER_OVERHEAD);
+        }
         self.bufs.push_back(buf);
     }
 
@@ -53,10 +69,14 @@ impl OutQueue {
         self.queued_bytes
     }
 
-    /// What the queue costs in memory: its bytes, plus a handle for each buffer (a client far
-    /// behind holds thousands of small shared frames; the handles are its real cost then).
+    /// What the queue costs in memory: its bytes (a shared frame counts in full for each
+    /// client holding it), a handle for each buffer (a client far behind holds thousands of
+    /// small shared frames; the handles are its real cost then), and the overhead of the
+    /// buffers it holds alone.
     pub fn memory_bytes(&self) -> usize {
-        self.queued_bytes + self.bufs.len() * std::mem::size_of::<Chunk>()
+        self.queued_bytes
+            + self.bufs.len() * std::mem::size_of::<Chunk>()
+            + self.private_overhead as usize
     }
 
     /// True while the front buffer is partly on the wire: dropping it would cut a frame in two.
@@ -72,6 +92,9 @@ impl OutQueue {
             let dropped = self.bufs.pop_back().expect("bug: len checked");
             self.queued_bytes -= dropped.len();
         }
+        if self.bufs.is_empty() {
+            self.private_overhead = 0;
+        }
     }
 
     /// One vectored write of the queued buffers. Returns the bytes written; `Ok(0)` only when
@@ -82,7 +105,7 @@ impl OutQueue {
         }
         if self.bufs.len() == 1 {
             // The common case (one event since the last flush): a plain write, no iovec array.
-            let written = sink.write(&self.bufs[0][self.front_written..])?;
+            let written = sink.write(&self.bufs[0][self.front_written as usize..])?;
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -93,7 +116,7 @@ impl OutQueue {
         let mut slices: SmallVec<[IoSlice<'_>; MAX_IOVECS]> = SmallVec::new();
         let mut bufs = self.bufs.iter().take(MAX_IOVECS);
         if let Some(front) = bufs.next() {
-            slices.push(IoSlice::new(&front[self.front_written..]));
+            slices.push(IoSlice::new(&front[self.front_written as usize..]));
         }
         slices.extend(bufs.map(|buf| IoSlice::new(buf)));
         let written = sink.write_vectored(&slices)?;
@@ -108,15 +131,20 @@ impl OutQueue {
     fn consume(&mut self, mut written: usize) {
         self.queued_bytes -= written;
         while written > 0 {
-            let front_left = self.bufs[0].len() - self.front_written;
+            let front_left = self.bufs[0].len() - self.front_written as usize;
             if written >= front_left {
                 written -= front_left;
                 self.bufs.pop_front();
                 self.front_written = 0;
             } else {
-                self.front_written += written;
+                // Less than the front buffer, whose length fits: frames are at most the
+                // message and body caps.
+                self.front_written += written as u32;
                 written = 0;
             }
+        }
+        if self.bufs.is_empty() {
+            self.private_overhead = 0;
         }
     }
 
@@ -194,6 +222,25 @@ mod tests {
             q.write_to(&mut sink).unwrap();
         }
         assert_eq!(sink.out, b"abcdef");
+    }
+
+    #[test]
+    fn should_charge_private_buffers_their_overhead_until_empty() {
+        let shared = Rc::new(Bytes::from_static(b"frame"));
+        let mut q = OutQueue::default();
+        q.push(shared.clone());
+        assert_eq!(
+            q.memory_bytes(),
+            5 + 8,
+            "a shared frame costs its bytes and a handle"
+        );
+        q.push(Bytes::from_static(b"po"));
+        assert_eq!(q.memory_bytes(), 5 + 8 + 2 + 8 + 64);
+        let mut sink = Vec::new();
+        while !q.is_empty() {
+            q.write_to(&mut sink).unwrap();
+        }
+        assert_eq!(q.memory_bytes(), 0);
     }
 
     #[test]

@@ -93,9 +93,9 @@ impl Reactor {
         let now = self.clock();
         let conn = &mut self.conns[key];
         let (head, body) = reply.encode(!close, head_only);
-        conn.queue(key, head, &mut self.dirty);
+        conn.queue(key, head, &mut self.outbox);
         if let Some(body) = body {
-            conn.queue(key, body, &mut self.dirty);
+            conn.queue(key, body, &mut self.outbox);
         }
         if close {
             conn.phase = Phase::Closing;

@@ -17,6 +17,7 @@
 mod http;
 mod publishing;
 mod redis;
+mod resume;
 mod subscriptions;
 mod websocket;
 
@@ -34,7 +35,7 @@ use slab::Slab;
 
 use crate::broker::{Broker, REDIS_PUB, REDIS_SUB};
 use crate::config::Config;
-use crate::conn::{Became, Conn, Phase};
+use crate::conn::{Became, Conn, Outbox, Phase};
 use crate::fanout::Fanout;
 use crate::http::reply::Reply;
 use crate::metrics::{Metrics, reason};
@@ -44,7 +45,7 @@ use crate::sse;
 use crate::static_files::StaticFiles;
 use crate::ws::frame::{self, close_code};
 use publishing::{CatchUp, Parked, Pending};
-use subscriptions::Replay;
+use resume::WaitingReplay;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNAL: Token = Token(usize::MAX - 4);
@@ -96,7 +97,7 @@ pub struct Reactor {
     /// What each outstanding Redis command is for, oldest first (replies come in order).
     pending: VecDeque<Pending>,
     /// Replays that wait for Redis (link up, subscription confirmed) before reading history.
-    awaiting_redis: Vec<Replay>,
+    awaiting_redis: Vec<WaitingReplay>,
     /// Publishes waiting for their channel's Redis subscription to be confirmed.
     parked: Vec<Parked>,
     /// Channels reading what they missed while the Redis subscription was down.
@@ -105,16 +106,16 @@ pub struct Reactor {
     /// Warnings a peer can cause repeatedly, logged once per interval with a count.
     warnings: RateLog,
     scratch: Vec<u8>,
-    /// Connections with output to flush this turn.
-    dirty: Vec<usize>,
+    /// Connections with output to flush this turn, and those over their backlog cap.
+    outbox: Outbox,
     /// The previous turn's dirty list, emptied, kept for its allocation.
     spare_dirty: Vec<usize>,
     /// Connections with input left to read (budget ran out, or reading resumed).
     read_later: Vec<usize>,
     /// Connections marked `Closed`, freed at the end of the turn.
     closed: Vec<usize>,
-    /// Subscribers found over their backlog cap during a delivery.
-    over_cap: Vec<usize>,
+    /// Subscribers replaying history whose queue drained: read their next page.
+    refill: Vec<usize>,
     link_events: Vec<LinkEvent>,
     started: Instant,
     /// Seconds since `started`, read once per turn (`clock`).
@@ -137,6 +138,7 @@ impl Reactor {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let statics = StaticFiles::new(config.static_dir.as_deref())?;
         let broker = Broker::from_config(&config);
+        let outbox = Outbox::new(config.limits.max_queued_bytes);
         let mut reactor = Reactor {
             poll,
             listener: Some(listener),
@@ -155,11 +157,11 @@ impl Reactor {
             metrics: Metrics::default(),
             warnings: RateLog::default(),
             scratch: vec![0; SCRATCH_BYTES],
-            dirty: Vec::new(),
+            outbox,
             spare_dirty: Vec::new(),
             read_later: Vec::new(),
             closed: Vec::new(),
-            over_cap: Vec::new(),
+            refill: Vec::new(),
             link_events: Vec::new(),
             started: Instant::now(),
             now_secs: 0,
@@ -225,7 +227,7 @@ impl Reactor {
                         if event.is_writable()
                             && let Some(conn) = self.conns.get_mut(key)
                         {
-                            conn.mark_dirty(key, &mut self.dirty);
+                            conn.mark_dirty(key, &mut self.outbox);
                         }
                     }
                 }
@@ -233,9 +235,13 @@ impl Reactor {
             for key in std::mem::take(&mut self.read_later) {
                 self.on_readable(key, Drain::ToEnd);
             }
+            for key in std::mem::take(&mut self.refill) {
+                self.continue_replay(key);
+            }
             let now = Instant::now();
             self.on_timers(now);
             self.flush_links();
+            self.close_over_cap();
             self.flush_dirty();
             self.reap();
             if now >= next_sweep {
@@ -250,7 +256,7 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, next_sweep: Instant) -> Duration {
-        if !self.dirty.is_empty() || !self.read_later.is_empty() {
+        if self.outbox.has_dirty() || !self.read_later.is_empty() || !self.refill.is_empty() {
             return Duration::ZERO;
         }
         let mut deadline = next_sweep;
@@ -364,6 +370,12 @@ impl Reactor {
                     if conn.out.queued_bytes() > self.config.limits.max_queued_bytes =>
                 {
                     // A pipelining client not reading its replies: stop parsing until it does.
+                    conn.read_pending = true;
+                    break;
+                }
+                // A WebSocket not reading what it asked for (pongs, acks, echoes): what it
+                // sends waits in the kernel until its backlog drains.
+                _ if conn.read_paused => {
                     conn.read_pending = true;
                     break;
                 }
@@ -498,7 +510,7 @@ impl Reactor {
     fn flush_dirty(&mut self) {
         // Swap in the spare list, so neither list reallocates turn after turn.
         let spare = std::mem::take(&mut self.spare_dirty);
-        let mut dirty = std::mem::replace(&mut self.dirty, spare);
+        let mut dirty = self.outbox.swap_dirty(spare);
         let mut carried_from = dirty.len();
         let started = Instant::now();
         for subscribers in [false, true] {
@@ -527,9 +539,7 @@ impl Reactor {
         }
         if carried_from < dirty.len() {
             // Those not reached go first next turn; then whatever got dirty meanwhile.
-            let mut next = dirty.split_off(carried_from);
-            next.append(&mut self.dirty);
-            self.dirty = next;
+            self.outbox.carry_over(dirty.split_off(carried_from));
         }
         dirty.clear();
         self.spare_dirty = dirty;
@@ -543,8 +553,8 @@ impl Reactor {
         let mut written = 0;
         while !conn.out.is_empty() {
             if written >= WRITE_BUDGET {
-                conn.mark_dirty(key, &mut self.dirty);
-                return;
+                conn.mark_dirty(key, &mut self.outbox);
+                break;
             }
             match conn.out.write_to(&mut conn.stream) {
                 Ok(n) => {
@@ -564,14 +574,22 @@ impl Reactor {
                             );
                         }
                     }
-                    return;
+                    break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return self.close_now(key, reason::IO_ERROR, &format!("write: {e}")),
             }
         }
+        if written > 0 {
+            self.on_backlog_drained(key);
+        }
+        let conn = &mut self.conns[key];
+        if !conn.out.is_empty() {
+            return;
+        }
         if conn.wants_writable {
             conn.wants_writable = false;
+            let registry = self.poll.registry();
             let _ = registry.reregister(&mut conn.stream, Token(key), Interest::READABLE);
         }
         match conn.phase {
@@ -595,6 +613,59 @@ impl Reactor {
                 self.read_later.push(key);
             }
             _ => {}
+        }
+    }
+
+    /// Some of a connection's backlog went out: input paused for it may be read again, and
+    /// a replay may queue its next page.
+    fn on_backlog_drained(&mut self, key: usize) {
+        let now = self.clock();
+        let conn = &mut self.conns[key];
+        let backlog = conn.backlog_bytes();
+        if conn.read_paused {
+            if backlog <= self.outbox.read_pause_bytes() / 2 {
+                conn.read_paused = false;
+                conn.deadline = now + self.config.limits.ping_interval_secs;
+                self.resume_input(key);
+            } else {
+                // Progress: the client reads, slowly. It has another timeout's worth.
+                conn.deadline = now + self.config.limits.pong_timeout_secs;
+            }
+        }
+        let conn = &mut self.conns[key];
+        if conn
+            .replay
+            .as_ref()
+            .is_some_and(|r| r.has_pages_to_read() && !r.is_reading())
+            && backlog <= self.outbox.replay_page_bytes()
+        {
+            self.refill.push(key);
+        }
+    }
+
+    /// Input left unparsed (paused by back-pressure) is parsed now, then the socket is read
+    /// again: a client whose bytes all arrived must not wait for it to send more.
+    fn resume_input(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.tail.is_empty() {
+            let buf = std::mem::take(&mut conn.tail);
+            self.process_tail(key, buf);
+        }
+        if let Some(conn) = self.conns.get_mut(key)
+            && conn.read_pending
+            && !conn.read_paused
+        {
+            conn.read_pending = false;
+            self.read_later.push(key);
+        }
+    }
+
+    /// Connections whose backlog passed the cap since the last look: subscribers and echo
+    /// clients are closed as slow consumers. (An HTTP connection over the cap stops being
+    /// parsed instead, until it reads its replies.)
+    fn close_over_cap(&mut self) {
+        for key in self.outbox.take_over_cap() {
+            self.close_slow_consumer(key);
         }
     }
 
@@ -622,7 +693,7 @@ impl Reactor {
                 continue;
             }
             self.unsubscribe_all(key);
-            self.awaiting_redis.retain(|replay| replay.key != key);
+            self.awaiting_redis.retain(|waiting| waiting.key != key);
             let mut conn = self.conns.remove(key);
             match conn.became {
                 Became::WebSocket => self.websockets -= 1,
@@ -657,6 +728,11 @@ impl Reactor {
                 Phase::ReadingRequest if conn.tail.is_empty() => {
                     expired.push((key, reason::IDLE_TIMEOUT))
                 }
+                // Input paused for a backlog that made no progress for a pong timeout: the
+                // client floods and does not read.
+                Phase::WebSocket | Phase::Echo if conn.read_paused => {
+                    expired.push((key, reason::SLOW_CONSUMER))
+                }
                 Phase::ReadingRequest => expired.push((key, reason::HEAD_TIMEOUT)),
                 // The ping may still sit behind a backlog the client has not read yet: the
                 // backlog cap deals with that client; the pong clock starts once it is out.
@@ -667,12 +743,12 @@ impl Reactor {
                     expired.push((key, reason::PING_TIMEOUT))
                 }
                 Phase::WebSocket | Phase::Echo => {
-                    conn.queue(key, frame::ping(b""), &mut self.dirty);
+                    conn.queue(key, frame::ping(b""), &mut self.outbox);
                     conn.awaiting_pong = true;
                     conn.deadline = now + limits.pong_timeout_secs;
                 }
                 Phase::Sse => {
-                    conn.queue(key, Bytes::from_static(sse::HEARTBEAT), &mut self.dirty);
+                    conn.queue(key, Bytes::from_static(sse::HEARTBEAT), &mut self.outbox);
                     conn.deadline = now + limits.ping_interval_secs;
                 }
                 Phase::Closing => expired.push((key, reason::DONE)),
@@ -695,6 +771,7 @@ impl Reactor {
                     self.log_peer(key, log::Level::Info, "no pong within the timeout; closing");
                     self.close_now(key, why, "ping timeout");
                 }
+                reason::SLOW_CONSUMER => self.close_slow_consumer(key),
                 _ => self.close_now(key, why, "timeout"),
             }
         }
@@ -736,7 +813,7 @@ impl Reactor {
                     conn.queue(
                         key,
                         frame::close(close_code::GOING_AWAY, "server shutting down"),
-                        &mut self.dirty,
+                        &mut self.outbox,
                     );
                     self.begin_closing(key);
                     self.metrics.closed(reason::SHUTDOWN);

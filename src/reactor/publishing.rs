@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::Reactor;
-use super::subscriptions::Replay;
+use super::resume::PageRead;
 use crate::broker::{self, Publish, Read};
 use crate::conn::Phase;
 use crate::event::{Event, EventId};
@@ -40,7 +40,7 @@ pub(super) enum Pending {
         channel: String,
         since: Option<EventId>,
     },
-    Replay(Replay),
+    Replay(PageRead),
     /// The events a channel missed while this replica's Redis subscription was down.
     CatchUp {
         channel: String,
@@ -77,7 +77,7 @@ impl Reactor {
     fn needs_live_subscription(&self, channel: &str) -> bool {
         self.fanout.lookup(channel).is_some()
             && !self.catch_ups.contains_key(channel)
-            && !self.awaiting_redis.iter().any(|r| r.channel == channel)
+            && !self.awaiting_redis.iter().any(|r| &*r.channel == channel)
     }
 
     pub(super) fn publish(&mut self, key: usize, event: Event, keep_alive: bool) {
@@ -203,18 +203,10 @@ impl Reactor {
                 .has_sse_subscribers(channel)
                 .then(|| sse::event_record(json).into()),
         };
-        let queued = self.fanout.deliver(
-            channel,
-            &frames,
-            &mut self.conns,
-            &mut self.dirty,
-            self.config.limits.max_queued_bytes,
-            &mut self.over_cap,
-        );
+        let queued = self
+            .fanout
+            .deliver(channel, &frames, &mut self.conns, &mut self.outbox);
         self.metrics.events_delivered += queued as u64;
-        for key in std::mem::take(&mut self.over_cap) {
-            self.close_slow_consumer(key);
-        }
         queued
     }
 
@@ -365,10 +357,12 @@ impl Reactor {
                 };
                 self.answer_waiting(key, serial, reply, keep_alive);
             }
-            Pending::Replay(replay) => {
-                let since = Some(replay.since);
+            Pending::Replay(page_read) => {
+                let since = Some(page_read.after());
                 let result = reply.and_then(|r| broker::parse_history(r, since));
-                self.on_replay_read(replay, result);
+                let key = page_read.key();
+                self.on_replay_page(page_read, result);
+                self.continue_replay(key);
             }
             Pending::CatchUp { channel, since } => {
                 let result = reply.and_then(|r| broker::parse_history(r, Some(since)));

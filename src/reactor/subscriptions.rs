@@ -1,35 +1,19 @@
 //! Subscriptions, the reactor's side: opening WebSocket and SSE subscribers, the JSON control
-//! messages that change their channels, Redis subscriptions counted by local interest, and
-//! the replay of missed events for a subscriber that resumes from an event id.
-//!
-//! Replay without a gap or a duplicate at the seam: the subscriber joins the channel first;
-//! embedded, its history is read at once (one thread: nothing can slip in between); with Redis,
-//! live events are buffered on the connection (`conn::Recovery`) while the history is read
-//! (only after Redis confirmed the subscription, so nothing published before it can be missed),
-//! then the history is sent, then the buffered events it did not already contain.
+//! messages that change their channels, and Redis subscriptions counted by local interest. A
+//! subscriber that resumes from an event id joins the channel first, then its replay starts
+//! (`resume.rs`).
 
 use serde::Deserialize;
 use serde_json::json;
 
 use super::Reactor;
-use super::publishing::Pending;
-use crate::broker::{Broker, Read};
+use crate::broker::Broker;
 use crate::channel::{self, Wanted};
-use crate::conn::{Became, Phase, Recovery};
+use crate::conn::{Became, Phase};
 use crate::event::EventId;
-use crate::history::{Page, PageSize, TooOld};
 use crate::metrics::limit;
 use crate::sse;
 use crate::ws::{frame, handshake};
-
-/// A subscriber's history read, from request to reply.
-#[derive(Debug, Clone)]
-pub(super) struct Replay {
-    pub key: usize,
-    serial: u32,
-    pub channel: String,
-    pub since: EventId,
-}
 
 /// A control message from a WebSocket client: `{"op":"subscribe","channel":"orders"}`.
 #[derive(Deserialize)]
@@ -53,7 +37,7 @@ impl Reactor {
         conn.queue(
             key,
             handshake::switching_protocols(accept_key),
-            &mut self.dirty,
+            &mut self.outbox,
         );
         conn.phase = if echo { Phase::Echo } else { Phase::WebSocket };
         conn.deadline = now + self.config.limits.ping_interval_secs;
@@ -69,7 +53,7 @@ impl Reactor {
     pub(super) fn open_sse(&mut self, key: usize, wanted: Wanted) {
         let now = self.clock();
         let conn = &mut self.conns[key];
-        conn.queue(key, sse::head(), &mut self.dirty);
+        conn.queue(key, sse::head(), &mut self.outbox);
         conn.phase = Phase::Sse;
         conn.became = Became::Sse;
         self.sse_streams += 1;
@@ -129,6 +113,9 @@ impl Reactor {
         let Some(channel) = self.fanout.lookup(name) else {
             return false;
         };
+        if let Some(replay) = self.conns[key].replay.as_mut() {
+            replay.forget(channel);
+        }
         match self.fanout.unsubscribe(&mut self.conns, key, channel) {
             None => false,
             Some(emptied) => {
@@ -216,137 +203,12 @@ impl Reactor {
         }
     }
 
-    // ---- replay -----------------------------------------------------------------------------
-
-    fn start_replay(&mut self, key: usize, name: &str, since: EventId) {
-        let replay = Replay {
-            key,
-            serial: self.conns[key].serial,
-            channel: name.to_string(),
-            since,
-        };
-        let limit = self.config.history_len;
-        let ready = match &mut self.broker {
-            Broker::Embedded(history) => {
-                // One thread: the history and the live stream cannot interleave here.
-                let result = history.read(name, Some(since), PageSize::events(limit));
-                return self.send_replay(&replay, result);
-            }
-            Broker::Redis(redis) => redis.can_replay(name),
-        };
-        let channel = self
-            .fanout
-            .lookup(name)
-            .expect("bug: replay of a channel not joined");
-        let conn = &mut self.conns[key];
-        let recovery = conn.recovery.get_or_insert_with(Box::<Recovery>::default);
-        recovery.pending += 1;
-        // The client has seen `since`: a late live copy of it or anything older is dropped.
-        recovery.replayed(channel, since);
-        if ready {
-            self.read_replay(replay);
-        } else {
-            self.awaiting_redis.push(replay);
-        }
-    }
-
     /// A link came up or a subscription was confirmed: replays and catch-ups that waited for
     /// Redis may read their history now.
     pub(super) fn on_redis_progress(&mut self) {
-        let Broker::Redis(redis) = &self.broker else {
-            return;
-        };
-        let (ready, waiting): (Vec<Replay>, Vec<Replay>) = std::mem::take(&mut self.awaiting_redis)
-            .into_iter()
-            .partition(|r| redis.can_replay(&r.channel));
-        self.awaiting_redis = waiting;
-        for replay in ready {
-            self.read_replay(replay);
-        }
+        self.continue_waiting_replays();
         self.continue_catch_ups();
         self.retry_parked(None);
-    }
-
-    fn read_replay(&mut self, replay: Replay) {
-        match self.broker.read_history(
-            &replay.channel,
-            Some(replay.since),
-            PageSize::events(self.config.history_len),
-        ) {
-            Read::Pending => self.pending.push_back(Pending::Replay(replay)),
-            Read::Unavailable(why) => self.on_replay_read(replay, Err(why)),
-            Read::Done(result) => self.on_replay_read(replay, Ok(result)),
-        }
-    }
-
-    /// A history read for a replay came back: send it, then the live events held meanwhile.
-    pub(super) fn on_replay_read(
-        &mut self,
-        replay: Replay,
-        result: Result<Result<Page, TooOld>, String>,
-    ) {
-        let alive = self
-            .conns
-            .get(replay.key)
-            .is_some_and(|c| c.serial == replay.serial && c.is_subscriber());
-        if !alive {
-            return;
-        }
-        let result = result.unwrap_or_else(|why| {
-            log::warn!("history read for a resuming subscriber failed: {why}");
-            Err(TooOld {
-                reason: "history unavailable",
-            })
-        });
-        self.send_replay(&replay, result);
-        let conn = &mut self.conns[replay.key];
-        let Some(recovery) = conn.recovery.as_mut() else {
-            return;
-        };
-        recovery.pending -= 1;
-        if recovery.pending > 0 {
-            return;
-        }
-        for bytes in recovery.take_live() {
-            conn.queue(replay.key, bytes, &mut self.dirty);
-        }
-        if conn.recovery.as_ref().is_some_and(|r| r.is_done()) {
-            conn.recovery = None;
-        }
-    }
-
-    /// Queues replayed events (or the reset notice) straight onto the connection, ahead of
-    /// any live events held in its recovery buffer.
-    fn send_replay(&mut self, replay: &Replay, result: Result<Page, TooOld>) {
-        match result {
-            Ok(Page { events, .. }) => {
-                let channel = self.fanout.lookup(&replay.channel);
-                let sse = self.conns[replay.key].phase == Phase::Sse;
-                let conn = &mut self.conns[replay.key];
-                for stored in &events {
-                    let bytes = if sse {
-                        sse::event_record(&stored.json)
-                    } else {
-                        frame::text(&stored.json)
-                    };
-                    conn.queue(replay.key, bytes, &mut self.dirty);
-                }
-                if let (Some(channel), Some(last), Some(recovery)) =
-                    (channel, events.last(), conn.recovery.as_mut())
-                {
-                    recovery.replayed(channel, last.id);
-                }
-            }
-            Err(too_old) => {
-                let notice = json!({
-                    "op": "reset",
-                    "channel": replay.channel,
-                    "since": replay.since.to_string(),
-                    "reason": too_old.reason,
-                });
-                self.send_notice(replay.key, notice);
-            }
-        }
     }
 
     /// Tells every subscriber of a channel that events may be missing (the history could not
@@ -364,7 +226,7 @@ impl Reactor {
     }
 
     /// A message for this subscriber alone (acknowledgement, error, reset).
-    fn send_notice(&mut self, key: usize, notice: serde_json::Value) {
+    pub(super) fn send_notice(&mut self, key: usize, notice: serde_json::Value) {
         let body = notice.to_string();
         let conn = &mut self.conns[key];
         let bytes = match conn.phase {
@@ -375,6 +237,6 @@ impl Reactor {
             }
             _ => return,
         };
-        conn.queue(key, bytes, &mut self.dirty);
+        conn.queue(key, bytes, &mut self.outbox);
     }
 }

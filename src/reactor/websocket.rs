@@ -6,7 +6,7 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::Reactor;
 use crate::conn::Phase;
-use crate::metrics::reason;
+use crate::metrics::{limit, reason};
 use crate::ws::frame::{self, Message, close_code};
 
 impl Reactor {
@@ -21,6 +21,10 @@ impl Reactor {
             conn.deadline = now + self.config.limits.ping_interval_secs;
         }
         while self.conns[key].is_websocket() {
+            if self.conns[key].backlog_bytes() > self.outbox.read_pause_bytes() {
+                self.pause_input(key);
+                break;
+            }
             let (header, range, n) = match frame::decode_frame(&mut buf[used..], max) {
                 Ok(Some(decoded)) => decoded,
                 Ok(None) => break,
@@ -44,6 +48,20 @@ impl Reactor {
             used += n;
         }
         used
+    }
+
+    /// The client is not reading what its messages produce: leave the rest of its input
+    /// unparsed (it waits in `tail`, then in the kernel) until the backlog drains. If it
+    /// makes no progress for a pong timeout, the sweep closes it as a slow consumer.
+    fn pause_input(&mut self, key: usize) {
+        let give_up_at = self.clock() + self.config.limits.pong_timeout_secs;
+        let conn = &mut self.conns[key];
+        if !conn.read_paused {
+            conn.read_paused = true;
+            conn.read_pending = true;
+            conn.deadline = conn.deadline.min(give_up_at);
+            self.metrics.limit_hit(limit::READ_PAUSED);
+        }
     }
 
     /// In Closing after our close frame: drop data frames, end at the peer's close frame.
@@ -82,23 +100,23 @@ impl Reactor {
         let conn = &mut self.conns[key];
         let echo = conn.phase == Phase::Echo;
         match message {
-            Message::Ping(data) => conn.queue(key, frame::pong(data), &mut self.dirty),
+            Message::Ping(data) => conn.queue(key, frame::pong(data), &mut self.outbox),
             Message::Pong => {}
             Message::Close(code, _) => {
                 // RFC 6455 5.5.1: answer a close with a close, echoing its status code.
                 let reply = frame::close(code.unwrap_or(close_code::NORMAL), "");
-                conn.queue(key, reply, &mut self.dirty);
+                conn.queue(key, reply, &mut self.outbox);
                 // RFC 6455 7.1.1: the server closes the TCP connection first, right after.
                 conn.peer_done = true;
                 self.begin_closing(key);
                 self.metrics.closed(reason::PEER_CLOSED);
             }
             Message::Text(text) if echo => {
-                conn.queue(key, frame::text(text.as_bytes()), &mut self.dirty)
+                conn.queue(key, frame::text(text.as_bytes()), &mut self.outbox)
             }
             Message::Binary(data) if echo => {
                 let frame = frame::encode(OpCode::Data(Data::Binary), &data);
-                conn.queue(key, frame, &mut self.dirty);
+                conn.queue(key, frame, &mut self.outbox);
             }
             Message::Text(text) => {
                 let text = text.into_owned();
@@ -120,7 +138,7 @@ impl Reactor {
         conn.queue(
             key,
             frame::close(error.close_code(), &error.to_string()),
-            &mut self.dirty,
+            &mut self.outbox,
         );
         self.begin_closing(key);
     }
@@ -129,15 +147,16 @@ impl Reactor {
     /// started receiving, tell it why, and let everyone else go on.
     pub(super) fn close_slow_consumer(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        if !conn.is_subscriber() {
+        if !conn.is_subscriber() && conn.phase != Phase::Echo {
             return;
         }
-        let queued = conn.out.queued_bytes();
+        let queued = conn.backlog_bytes();
         conn.out.discard_unstarted();
-        conn.recovery = None;
-        if conn.phase == Phase::WebSocket {
+        conn.replay = None;
+        conn.read_paused = false;
+        if conn.is_websocket() {
             let close = frame::close(close_code::POLICY_VIOLATION, "too slow: backlog over limit");
-            conn.queue(key, close, &mut self.dirty);
+            conn.queue(key, close, &mut self.outbox);
         }
         // An SSE stream just ends: EventSource reconnects with Last-Event-ID and catches up.
         self.begin_closing(key);
