@@ -117,10 +117,8 @@ fn flood_is_paused_then_closed(frame: Vec<u8>) {
         "flood of {sent} bytes: RSS before {rss_before}, during {rss_during}, after {rss_after}; \
          bound {FLOOD_RSS_BOUND} over before"
     );
-    assert!(
-        sent < 20 * 1024 * 1024,
-        "the server read the whole flood ({sent} bytes): input was not paused"
-    );
+    // How much of the flood the kernel took says little (the server's receive buffer may
+    // grow to tcp_rmem's maximum, 32 MB here); what the server holds is the test.
     assert!(
         rss_during.saturating_sub(rss_before) < FLOOD_RSS_BOUND,
         "RSS grew by {} bytes during the flood",
