@@ -20,7 +20,8 @@
 //! - `broker`       embedded or Redis: where a publish goes
 //! - `resp`         RESP commands and replies (redis-protocol) and the Redis link state machine
 //! - `channel`      channel names, lists, resume points, Redis names
-//! - `history`      the embedded broker's ring of recent events per channel; pages of it
+//! - `history`      the embedded broker's recent events per channel (capped in bytes, channels,
+//!   age); pages of it
 //! - `replay`       a resuming subscriber: which page next, what to do with live events meanwhile
 //! - `fanout`       channel -> subscribers; delivery of one shared frame to each
 //! - `sse`          Server-Sent Events records
