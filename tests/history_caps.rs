@@ -267,10 +267,10 @@ fn expired_history_is_dropped_and_resuming_from_it_resets() {
     wait_until("the history to expire", || {
         metric(port, "herald_history_channels") == Some(0.0)
     });
-    assert_eq!(
-        metric(port, "herald_limit_hits_total{limit=\"history_ttl\"}"),
-        Some(1.0)
-    );
+    // One eviction for the channel, or two if a sweep fell between the events' expiries
+    // (the first event dropped alone, then the channel).
+    let expired = metric(port, "herald_limit_hits_total{limit=\"history_ttl\"}");
+    assert!(matches!(expired, Some(1.0 | 2.0)), "{expired:?}");
     let reset = resume(port, "old", &before);
     assert_eq!(reset["op"], "reset", "{reset}");
     assert!(
