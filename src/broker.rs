@@ -4,9 +4,20 @@
 //! - `Embedded` (no Redis configured): the event gets an id, goes into a bounded ring per
 //!   channel (`history.rs`) and is delivered to local clients at once.
 //! - `Redis`: one Lua script appends the event to the channel's capped stream (`XADD ...
-//!   MAXLEN ~ N`) and PUBLISHes it with the stream id inside, atomically, so the id in the live
+//!   MAXLEN ~ N`, then `EXPIRE`, so the stream of a channel nobody publishes to any more goes
+//!   away) and PUBLISHes it with the stream id inside, atomically, so the id in the live
 //!   message is the id in the history. The event comes back, to this replica and every other,
 //!   through the subscriber link: one path to the sockets, one order for every client.
+//!   History reads are bounded in entries and in bytes by the script itself, so no reply
+//!   Herald asks for is larger than the RESP limits it decodes with.
+//!
+//! Which ids to believe: other programs publish on the same Redis channels (the tutorial's
+//! app, `redis-cli PUBLISH`), and their payloads may carry an `"id"` of any value. Herald's
+//! own ids are Redis stream ids, stamped by Redis's clock when the script ran, so they are
+//! never ahead of Redis's clock when they arrive. The command link reads that clock (TIME, at
+//! connect and when idle) and an id is trusted only if it is not ahead of it by more than
+//! `ID_CLOCK_SLACK`. A far-future id from `redis-cli` is then relayed as a foreign message
+//! (no id): it cannot become a channel's resume point nor hide later events.
 //!
 //! The broker knows events, channels and links, not sockets: the reactor keeps the FIFO of
 //! requests waiting for a reply and does the delivering.
@@ -17,16 +28,20 @@ use crate::channel::RedisNames;
 use crate::config::{Config, RedisUrl};
 use crate::event::{self, Event, EventId};
 use crate::history::{History, HistoryLimits, Page, PageSize, StoredEvent, TooOld};
-use crate::resp::cmd::Reply;
-use crate::resp::link::{RedisLink, Role};
+use crate::http::route::MAX_HISTORY_LIMIT;
+use crate::ratelog::truncate_error;
+use crate::resp::cmd::{Reply, RespLimits};
+use crate::resp::link::{LinkSettings, RedisLink, Role};
 
 /// Tokens of the two Redis links, above any slab key.
 pub const REDIS_SUB: mio::Token = mio::Token(usize::MAX - 2);
 pub const REDIS_PUB: mio::Token = mio::Token(usize::MAX - 3);
 
-/// KEYS: stream, channel. ARGV: the event's JSON (no id), the stream's MAXLEN.
-/// Returns {id, receivers}. The id is spliced in front exactly as `event::with_id` does.
+/// KEYS: stream, channel. ARGV: the event's JSON (no id), the stream's MAXLEN, its TTL in
+/// seconds ('0': none). Returns {id, receivers}. The id is spliced in front exactly as
+/// `event::with_id` does.
 const PUBLISH_SCRIPT: &str = r#"local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
+if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 local msg = '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2)
 return {id, redis.call('PUBLISH', KEYS[2], msg)}"#;
 
@@ -65,12 +80,23 @@ if latest then
 end
 return {first[1][1], out, more}"#;
 
+/// How far ahead of Redis's clock (as last read) an event id may be and still be trusted:
+/// covers the round trip of the TIME that read it and the drift since.
+pub const ID_CLOCK_SLACK_MS: i64 = 1000;
+
 #[derive(Debug)]
 pub struct RedisBroker {
     pub subscriber: RedisLink,
     pub publisher: RedisLink,
     pub names: RedisNames,
     history_len: usize,
+    /// Most bytes of events one history read returns (the script's budget).
+    page_bytes: usize,
+    /// `EXPIRE` of a stream after each event, as text for the script ('0': none).
+    ttl_secs: String,
+    /// The newest id Redis's own replies vouched for (publish replies, history reads): ids up
+    /// to it are trusted even if Redis's clock was behind its stream.
+    newest_confirmed: EventId,
 }
 
 #[derive(Debug)]
@@ -150,6 +176,7 @@ impl Broker {
                     channel.as_bytes(),
                     &event.to_json(None),
                     maxlen.as_bytes(),
+                    redis.ttl_secs.as_bytes(),
                 ]);
                 Publish::Pending
             }
@@ -167,7 +194,8 @@ impl Broker {
                 let stream = redis.names.stream_key(channel);
                 let since = since.map(|id| id.to_string()).unwrap_or_default();
                 let events = size.events.to_string();
-                let bytes = size.bytes.to_string();
+                // Never more than the RESP limits were sized for (`RespLimits::for_pages`).
+                let bytes = size.bytes.min(redis.page_bytes).to_string();
                 redis.publisher.command(&[
                     b"EVAL",
                     HISTORY_SCRIPT.as_bytes(),
@@ -182,12 +210,19 @@ impl Broker {
         }
     }
 
-    /// For `/health`: `embedded`, or the Redis link state.
+    /// For `/health`: `embedded`, or the Redis link state: `connected`, `stalled` (Redis
+    /// stopped answering: a command or a handshake timed out, and no new connection has been
+    /// answered since) or `disconnected`.
     pub fn state(&self) -> &'static str {
         match self {
             Broker::Embedded(_) => "embedded",
             Broker::Redis(redis) if redis.is_ready() && redis.subscriber.all_subscribed() => {
                 "connected"
+            }
+            Broker::Redis(redis)
+                if redis.publisher.is_stalled() || redis.subscriber.is_stalled() =>
+            {
+                "stalled"
             }
             Broker::Redis(_) => "disconnected",
         }
@@ -206,15 +241,50 @@ impl Broker {
 
 impl RedisBroker {
     fn new(url: &RedisUrl, config: &Config) -> RedisBroker {
+        // A history read returns at most what one subscriber may have queued: a larger page
+        // could not be sent to it at once anyway (it would be closed as a slow consumer).
+        let page_bytes = config.limits.max_queued_bytes;
+        let settings = LinkSettings {
+            limits: RespLimits::for_pages(
+                config.limits.max_queued_bytes,
+                config.history_len.max(MAX_HISTORY_LIMIT),
+                page_bytes,
+            ),
+            timeout: config.limits.redis_timeout,
+        };
         RedisBroker {
-            subscriber: RedisLink::new(Role::Subscriber, REDIS_SUB, url.clone()),
-            publisher: RedisLink::new(Role::Publisher, REDIS_PUB, url.clone()),
+            subscriber: RedisLink::new(Role::Subscriber, REDIS_SUB, url.clone(), settings),
+            publisher: RedisLink::new(Role::Publisher, REDIS_PUB, url.clone(), settings),
             names: RedisNames {
                 default_channel: config.channel.clone(),
                 prefix: config.channel_prefix.clone(),
             },
             history_len: config.history_len,
+            page_bytes,
+            ttl_secs: config
+                .redis_history_ttl
+                .map_or_else(|| "0".to_string(), |ttl| ttl.as_secs().max(1).to_string()),
+            newest_confirmed: EventId::default(),
         }
+    }
+
+    /// Whether an id found in a message on the subscription can be Herald's own: not ahead
+    /// of Redis's clock (plus `ID_CLOCK_SLACK_MS`) nor of the newest id Redis confirmed.
+    /// Before the clock is known, no id is trusted.
+    pub fn trusts_id(&self, id: EventId, now_ms: u64) -> bool {
+        if id <= self.newest_confirmed {
+            return true;
+        }
+        let Some(offset) = self.publisher.clock_offset_ms() else {
+            return false;
+        };
+        let redis_now = (now_ms as i64).saturating_add(offset);
+        (id.ms as i64) <= redis_now.saturating_add(ID_CLOCK_SLACK_MS)
+    }
+
+    /// An id Redis itself returned (a publish reply, a stream entry).
+    pub fn confirmed(&mut self, id: EventId) {
+        self.newest_confirmed = self.newest_confirmed.max(id);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -258,11 +328,16 @@ pub fn parse_published(reply: Reply) -> Result<(EventId, i64), String> {
                 .and_then(|s| s.parse().ok())
                 .map(|id| (id, *n))
                 .ok_or_else(|| "bad id in publish reply".to_string()),
-            _ => Err(format!("unexpected publish reply {parts:?}")),
+            _ => Err(unexpected("publish", &parts)),
         },
-        Reply::Error(e) => Err(format!("Redis: {e}")),
-        other => Err(format!("unexpected publish reply {other:?}")),
+        Reply::Error(e) => Err(truncate_error(&format!("Redis: {e}"))),
+        other => Err(unexpected("publish", &other)),
     }
+}
+
+/// A reply of the wrong shape, described briefly for a log line or an error body.
+fn unexpected(what: &str, reply: &impl std::fmt::Debug) -> String {
+    truncate_error(&format!("unexpected {what} reply {reply:?}"))
 }
 
 /// The history script's reply, checked against `since`: a page of the events after it, or
@@ -271,13 +346,13 @@ pub fn parse_history(reply: Reply, since: Option<EventId>) -> Result<Result<Page
     use redis_protocol::resp2::types::BytesFrame as F;
     let parts = match reply {
         Reply::Other(F::Array(parts)) => parts,
-        Reply::Error(e) => return Err(format!("Redis: {e}")),
-        other => return Err(format!("unexpected history reply {other:?}")),
+        Reply::Error(e) => return Err(truncate_error(&format!("Redis: {e}"))),
+        other => return Err(unexpected("history", &other)),
     };
     let (first, entries, more) = match &parts[..] {
         [first, F::Array(entries)] => (first, entries, false),
         [first, F::Array(entries), F::Integer(more)] => (first, entries, *more == 1),
-        _ => return Err(format!("unexpected history reply {parts:?}")),
+        _ => return Err(unexpected("history", &parts)),
     };
     let parse_id = |b: &Bytes| {
         std::str::from_utf8(b)

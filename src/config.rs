@@ -114,6 +114,30 @@ pub struct Cli {
     /// Seconds to finish in-flight work after SIGTERM before exiting.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5)]
     pub shutdown_grace_secs: u32,
+
+    /// Milliseconds Redis may take to answer a command (or a new connection's handshake)
+    /// before the request waiting on it gets a 504 and the link is reset.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 5000)]
+    pub redis_timeout_ms: u64,
+
+    /// Seconds an idle channel's history stream lives in Redis after its last event (0: no
+    /// expiry).
+    #[arg(long, env = "REDIS_HISTORY_TTL_SECS", default_value_t = 86_400)]
+    pub redis_history_ttl_secs: u64,
+
+    /// Most publishes waiting on Redis at once (beyond it: 503).
+    #[arg(long, env = "MAX_PENDING_PUBLISHES", default_value_t = 10_000)]
+    pub max_pending_publishes: usize,
+
+    /// Most history reads waiting on Redis at once: GET /events/<ch>, resuming subscribers,
+    /// channels catching up (beyond it: 503, or a reset notice to the subscriber).
+    #[arg(long, env = "MAX_PENDING_READS", default_value_t = 10_000)]
+    pub max_pending_reads: usize,
+
+    /// Most bytes of events held waiting on Redis: publishes not yet answered and live events
+    /// held while a channel catches up (beyond it: 503, or the catch-up gives up with a reset).
+    #[arg(long, env = "MAX_PENDING_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_pending_bytes: usize,
 }
 
 /// A value that must never reach a log line.
@@ -194,6 +218,11 @@ pub struct Limits {
     pub idle_timeout_secs: u32,
     pub ping_interval_secs: u32,
     pub pong_timeout_secs: u32,
+    /// How long Redis may take to answer before waiting requests are answered without it.
+    pub redis_timeout: Duration,
+    pub max_pending_publishes: usize,
+    pub max_pending_reads: usize,
+    pub max_pending_bytes: usize,
 }
 
 impl Default for Limits {
@@ -208,6 +237,10 @@ impl Default for Limits {
             idle_timeout_secs: 60,
             ping_interval_secs: 30,
             pong_timeout_secs: 10,
+            redis_timeout: Duration::from_millis(5000),
+            max_pending_publishes: 10_000,
+            max_pending_reads: 10_000,
+            max_pending_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -224,6 +257,8 @@ pub struct Config {
     pub history_max_bytes: usize,
     pub max_channels: usize,
     pub history_ttl: Option<Duration>,
+    /// Expiry of a Redis history stream after its last event; `None`: never.
+    pub redis_history_ttl: Option<Duration>,
     pub static_dir: Option<PathBuf>,
     pub echo_path: Option<String>,
     pub publish_token: Option<Secret>,
@@ -275,6 +310,8 @@ impl Config {
             max_channels: positive("MAX_CHANNELS", cli.max_channels)?,
             history_ttl: (cli.history_ttl_secs > 0)
                 .then(|| Duration::from_secs(cli.history_ttl_secs)),
+            redis_history_ttl: (cli.redis_history_ttl_secs > 0)
+                .then(|| Duration::from_secs(cli.redis_history_ttl_secs)),
             static_dir: cli.static_dir,
             echo_path: cli.echo_path,
             publish_token: cli.publish_token.filter(|t| !t.is_empty()).map(Secret),
@@ -294,6 +331,16 @@ impl Config {
                 idle_timeout_secs: cli.idle_timeout_secs.max(1),
                 ping_interval_secs: cli.ping_interval_secs.max(1),
                 pong_timeout_secs: cli.pong_timeout_secs.max(1),
+                redis_timeout: Duration::from_millis(positive(
+                    "REDIS_TIMEOUT_MS",
+                    cli.redis_timeout_ms as usize,
+                )? as u64),
+                max_pending_publishes: positive(
+                    "MAX_PENDING_PUBLISHES",
+                    cli.max_pending_publishes,
+                )?,
+                max_pending_reads: positive("MAX_PENDING_READS", cli.max_pending_reads)?,
+                max_pending_bytes: positive("MAX_PENDING_BYTES", cli.max_pending_bytes)?,
             },
             shutdown_grace: Duration::from_secs(cli.shutdown_grace_secs.into()),
         })
@@ -311,6 +358,7 @@ impl Config {
             history_max_bytes: 64 * 1024 * 1024,
             max_channels: 10_000,
             history_ttl: None,
+            redis_history_ttl: Some(Duration::from_secs(86_400)),
             static_dir: None,
             echo_path: None,
             publish_token: None,

@@ -5,6 +5,10 @@
 //! reconnect) and `"channel"`. The id always comes first, so a relay can read it from the
 //! front of the bytes without parsing the rest (`peek_id`), and Redis can prepend it
 //! (`with_id`) to the JSON it stores in its stream.
+//!
+//! Messages other programs publish on Herald's Redis channels are relayed only if they have the
+//! shape of an event (`inspect`): a JSON object with `type` and `message` strings and no `op`,
+//! the field by which clients tell Herald's own notices (`subscribed`, `reset`...) from events.
 
 use std::fmt;
 use std::str::FromStr;
@@ -120,6 +124,65 @@ pub fn peek_id(json: &[u8]) -> Option<EventId> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
+/// Why a payload from Redis is not relayed as an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotAnEvent {
+    #[error("not a JSON object with \"type\" and \"message\" strings")]
+    Shape,
+    #[error("it has an \"op\" field, which clients read as a notice from Herald")]
+    ControlField,
+}
+
+/// What relaying a payload needs to know about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspected {
+    /// Its `type`, for the SSE `event:` line.
+    pub kind: String,
+    /// It has an `"id"` member (trusted or not is for the caller to judge).
+    pub has_id: bool,
+}
+
+/// Checks a payload has the shape of an event (see the module doc). One parse; strings are
+/// borrowed where they have no escapes.
+pub fn inspect(payload: &[u8]) -> Result<Inspected, NotAnEvent> {
+    use std::borrow::Cow;
+    #[derive(serde::Deserialize)]
+    struct Shape<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow)]
+        #[allow(dead_code)]
+        message: Cow<'a, str>,
+        #[serde(default)]
+        op: Present,
+        #[serde(default)]
+        id: Present,
+    }
+    // A derived struct would also take a JSON array, field by field.
+    if payload.trim_ascii_start().first() != Some(&b'{') {
+        return Err(NotAnEvent::Shape);
+    }
+    let shape: Shape = serde_json::from_slice(payload).map_err(|_| NotAnEvent::Shape)?;
+    if shape.op.0 {
+        return Err(NotAnEvent::ControlField);
+    }
+    Ok(Inspected {
+        kind: shape.kind.into_owned(),
+        has_id: shape.id.0,
+    })
+}
+
+/// Whether a member is there, whatever its value (`null` included: `Option` would read a
+/// present `"op": null` as absent).
+#[derive(Default)]
+struct Present(bool);
+
+impl<'de> serde::Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Present, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Present(true))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +240,33 @@ mod tests {
         assert_eq!(peek_id(br#"{"type":"x","id":"1-0"}"#), None);
         assert_eq!(peek_id(br#"{"id":"nope"}"#), None);
         assert_eq!(with_id(b"{}", "1-0"), br#"{"id":"1-0"}"#);
+    }
+
+    #[test]
+    fn should_relay_only_payloads_shaped_like_events() {
+        let ok = inspect(br#"{"type":"x","message":"y","extra":[1,{"a":null}]}"#).unwrap();
+        assert_eq!(ok.kind, "x");
+        assert!(!ok.has_id);
+        let with_id = inspect(br#"{"id":"9999999999999-0","type":"x\n","message":""}"#).unwrap();
+        assert!(with_id.has_id);
+        assert_eq!(with_id.kind, "x\n");
+        for (bad, why) in [
+            (&br#"hello"#[..], NotAnEvent::Shape),
+            (br#"["type","message"]"#, NotAnEvent::Shape),
+            (br#"{"type":"x"}"#, NotAnEvent::Shape),
+            (br#"{"type":1,"message":"y"}"#, NotAnEvent::Shape),
+            (br#"{"type":"x","message":{"nested":1}}"#, NotAnEvent::Shape),
+            (br#"{"type":"x","message":"y"} trailing"#, NotAnEvent::Shape),
+            (
+                br#"{"op":"reset","type":"x","message":"y"}"#,
+                NotAnEvent::ControlField,
+            ),
+            (
+                br#"{"type":"x","message":"y","op":null}"#,
+                NotAnEvent::ControlField,
+            ),
+        ] {
+            assert_eq!(inspect(bad), Err(why), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -43,6 +43,24 @@ pub mod limit {
     pub const SUBSCRIBED_CHANNELS: &str = "subscribed_channels";
     /// A WebSocket's input was paused: its backlog passed a quarter of the cap.
     pub const READ_PAUSED: &str = "read_paused";
+    /// Publishes waiting on Redis reached `MAX_PENDING_PUBLISHES` (503).
+    pub const PENDING_PUBLISHES: &str = "pending_publishes";
+    /// History reads waiting on Redis reached `MAX_PENDING_READS` (503 or a reset notice).
+    pub const PENDING_READS: &str = "pending_reads";
+    /// Bytes of events waiting on Redis reached `MAX_PENDING_BYTES` (503, or a catch-up
+    /// given up with a reset notice).
+    pub const PENDING_BYTES: &str = "pending_bytes";
+    /// Work waiting on Redis reached `REDIS_TIMEOUT_MS` (504, reset notice; link reset).
+    pub const REDIS_TIMEOUT: &str = "redis_timeout";
+    /// A reply from Redis beyond the RESP limits (nesting, bulk, array, total): link reset.
+    pub const REDIS_REPLY: &str = "redis_reply";
+    /// A message on the subscription too large for any subscriber: dropped.
+    pub const REDIS_MESSAGE_BYTES: &str = "redis_message_bytes";
+    /// A message on the subscription not shaped like an event (or with an `op`): dropped.
+    pub const REDIS_MESSAGE_SHAPE: &str = "redis_message_shape";
+    /// A message on the subscription whose id is ahead of Redis's clock: relayed without
+    /// trusting the id.
+    pub const REDIS_MESSAGE_ID: &str = "redis_message_id";
 }
 
 /// Why a connection closed: the `reason` label of `herald_connections_closed_total`.

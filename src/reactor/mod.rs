@@ -21,7 +21,6 @@ mod resume;
 mod subscriptions;
 mod websocket;
 
-use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,8 +43,8 @@ use crate::resp::link::LinkEvent;
 use crate::sse;
 use crate::static_files::StaticFiles;
 use crate::ws::frame::{self, close_code};
-use publishing::{CatchUp, Parked, Pending};
-use resume::WaitingReplay;
+use publishing::{CatchUps, ParkedPublishes};
+use redis::{AwaitingRedis, PendingQueue};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNAL: Token = Token(usize::MAX - 4);
@@ -95,13 +94,13 @@ pub struct Reactor {
     fanout: Fanout,
     broker: Broker,
     /// What each outstanding Redis command is for, oldest first (replies come in order).
-    pending: VecDeque<Pending>,
+    pending: PendingQueue,
     /// Replays that wait for Redis (link up, subscription confirmed) before reading history.
-    awaiting_redis: Vec<WaitingReplay>,
+    awaiting_redis: AwaitingRedis,
     /// Publishes waiting for their channel's Redis subscription to be confirmed.
-    parked: Vec<Parked>,
+    parked: ParkedPublishes,
     /// Channels reading what they missed while the Redis subscription was down.
-    catch_ups: HashMap<String, CatchUp>,
+    catch_ups: CatchUps,
     metrics: Metrics,
     /// Warnings a peer can cause repeatedly, logged once per interval with a count.
     warnings: RateLog,
@@ -150,10 +149,10 @@ impl Reactor {
             conns: Slab::with_capacity(1024),
             fanout: Fanout::default(),
             broker,
-            pending: VecDeque::new(),
-            awaiting_redis: Vec::new(),
-            catch_ups: HashMap::new(),
-            parked: Vec::new(),
+            pending: PendingQueue::default(),
+            awaiting_redis: AwaitingRedis::default(),
+            catch_ups: CatchUps::default(),
+            parked: ParkedPublishes::default(),
             metrics: Metrics::default(),
             warnings: RateLog::default(),
             scratch: vec![0; SCRATCH_BYTES],
@@ -267,6 +266,9 @@ impl Reactor {
             deadline = deadline
                 .min(redis.subscriber.next_deadline())
                 .min(redis.publisher.next_deadline());
+        }
+        if let Some(at) = self.redis_work_deadline() {
+            deadline = deadline.min(at);
         }
         if let Some(at) = self.shutdown_deadline {
             deadline = deadline.min(at);
@@ -494,6 +496,7 @@ impl Reactor {
                 .on_timer(now, registry, &self.waker, &mut self.link_events);
         }
         self.drain_link_events();
+        self.expire_redis_work(now);
     }
 
     // ---- writing ----------------------------------------------------------------------------
@@ -707,9 +710,6 @@ impl Reactor {
     /// The once-a-second pass over every connection: head and idle timeouts, heartbeats,
     /// lingering closes, and memory an idle connection no longer needs.
     fn sweep(&mut self, _now: Instant) {
-        if !self.parked.is_empty() {
-            self.retry_parked(None); // answers 503 to any held too long
-        }
         if let Broker::Embedded(history) = &mut self.broker {
             history.sweep(crate::broker::now_ms());
             self.count_history_evictions();

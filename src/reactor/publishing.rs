@@ -2,23 +2,41 @@
 //! back (at once when embedded, through the Redis subscription otherwise) and is framed once
 //! per transport and handed to the fan-out; Redis replies are matched, in order, to the
 //! requests that wait for them.
+//!
+//! Everything waiting on Redis is bounded: in count (`MAX_PENDING_PUBLISHES`,
+//! `MAX_PENDING_READS`; beyond them a 503, or a reset notice where a subscriber waits), in bytes
+//! (`MAX_PENDING_BYTES`: events of publishes not yet answered, live events a catch-up holds)
+//! and in time (`REDIS_TIMEOUT_MS`: the link resets a stalled Redis, failing what was sent;
+//! the reactor's timers answer what was never sent: parked publishes, replays waiting for the
+//! link, catch-ups holding live events).
+//!
+//! Messages from the subscription are other programs' too: each is checked before it reaches
+//! a client (an event's shape, a size some subscriber can take) and its id is believed only
+//! if Redis's clock vouches for it (`RedisBroker::trusts_id`). Ids decide nothing about live
+//! delivery: Redis delivers a channel in order, so live messages are never dropped for their
+//! id. Only the seam after a catch-up drops late live copies of events the history just
+//! delivered, by ids Redis's stream returned.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
-use log::{error, warn};
+use log::error;
 use serde::Serialize;
 use serde_json::json;
 
 use super::Reactor;
 use super::resume::PageRead;
-use crate::broker::{self, Publish, Read};
+use crate::broker::{self, Broker, Publish, Read};
 use crate::conn::Phase;
 use crate::event::{Event, EventId};
 use crate::fanout::Frames;
-use crate::history::{Page, PageSize, TooOld};
+use crate::history::{Page, PageSize, StoredEvent, TooOld};
 use crate::http::reply::Reply;
+use crate::metrics::limit;
+use crate::ratelog::truncate_error;
 use crate::resp::cmd;
+use crate::resp::link::LinkFailure;
 use crate::{event, sse, ws::frame};
 
 /// What an outstanding Redis command is for. Replies arrive in the order commands were
@@ -32,6 +50,8 @@ pub(super) enum Pending {
         kind: String,
         channel: String,
         since: Instant,
+        /// The event's size, counted against `MAX_PENDING_BYTES` until Redis answers.
+        bytes: usize,
     },
     HttpHistory {
         key: usize,
@@ -54,7 +74,29 @@ pub(super) enum Pending {
 pub(super) struct CatchUp {
     since: EventId,
     read_sent: bool,
-    live: Vec<(Option<EventId>, Bytes)>,
+    /// Live messages held: trusted id, payload, type.
+    live: Vec<(Option<EventId>, Bytes, String)>,
+    /// When the first live event was held: held events are released (with a reset notice)
+    /// `REDIS_TIMEOUT_MS` later at the latest.
+    holding_since: Option<Instant>,
+}
+
+/// The channels catching up, and the seams left by finished catch-ups.
+#[derive(Debug, Default)]
+pub(super) struct CatchUps {
+    active: HashMap<String, CatchUp>,
+    /// Per channel, the newest id a catch-up's history delivered: the live copy of an event
+    /// at or below it may still be on its way (the history and the subscription are two
+    /// connections) and is dropped, until a newer live event shows the seam is passed.
+    seams: HashMap<String, EventId>,
+    /// Bytes of live events held, over every channel (counted in `MAX_PENDING_BYTES`).
+    held_bytes: usize,
+}
+
+impl CatchUps {
+    fn oldest_holding(&self) -> Option<Instant> {
+        self.active.values().filter_map(|c| c.holding_since).min()
+    }
 }
 
 /// A publish held until this replica's subscription to its channel is confirmed.
@@ -67,8 +109,40 @@ pub(super) struct Parked {
     since: Instant,
 }
 
-/// How long a publish may wait for a subscription to be confirmed before it gets a 503.
-const PARKED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Publishes held for a subscription, oldest first, with the bytes of their events.
+#[derive(Debug, Default)]
+pub(super) struct ParkedPublishes {
+    list: Vec<Parked>,
+    bytes: usize,
+}
+
+impl ParkedPublishes {
+    fn push(&mut self, parked: Parked) {
+        self.bytes += event_bytes(&parked.event);
+        self.list.push(parked);
+    }
+
+    fn take_all(&mut self) -> Vec<Parked> {
+        self.bytes = 0;
+        std::mem::take(&mut self.list)
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        self.list.first().map(|p| p.since)
+    }
+}
+
+/// Room for a frame's header (or an SSE record's field names and id) and a queue's handle.
+const FRAMING_MARGIN: usize = 64;
+
+/// About what an event weighs while it waits: its JSON is its fields and some punctuation.
+fn event_bytes(event: &Event) -> usize {
+    event.kind.len() + event.message.len() + event.channel.len() + 64
+}
 
 impl Reactor {
     /// Whether local clients of `channel` would get an event only live (so the Redis
@@ -76,11 +150,14 @@ impl Reactor {
     /// history (a replay, or the channel catching up after a lost subscription).
     fn needs_live_subscription(&self, channel: &str) -> bool {
         self.fanout.lookup(channel).is_some()
-            && !self.catch_ups.contains_key(channel)
+            && !self.catch_ups.active.contains_key(channel)
             && !self.awaiting_redis.iter().any(|r| &*r.channel == channel)
     }
 
     pub(super) fn publish(&mut self, key: usize, event: Event, keep_alive: bool) {
+        if let Some(why) = self.refuse_publish(key, &event) {
+            return self.send_reply(key, Reply::error(503, &why), keep_alive, false);
+        }
         let needs_live = self.needs_live_subscription(&event.channel);
         match self.broker.publish(&event, needs_live) {
             Publish::DeliverNow { id, json } => {
@@ -92,7 +169,7 @@ impl Reactor {
                 self.send_reply(key, reply, keep_alive, false);
             }
             Publish::Unavailable(why) => {
-                self.log_peer(key, log::Level::Warn, &format!("publish refused: {why}"));
+                self.warn_peer(key, "publish refused", &format!("publish refused: {why}"));
                 self.send_reply(key, Reply::error(503, &why), keep_alive, false);
             }
             Publish::Pending => {
@@ -102,6 +179,7 @@ impl Reactor {
                     key,
                     serial: conn.serial,
                     keep_alive,
+                    bytes: event_bytes(&event),
                     kind: event.kind,
                     channel: event.channel,
                     since: Instant::now(),
@@ -135,10 +213,60 @@ impl Reactor {
         self.metrics.limit_hits(limit::HISTORY_TTL, evicted.ttl);
     }
 
+    /// With Redis: why a publish cannot wait for it now (too many, or too many bytes, already
+    /// waiting), counted and logged once per interval; `None` if it may go ahead.
+    fn refuse_publish(&mut self, key: usize, event: &Event) -> Option<String> {
+        if !matches!(self.broker, Broker::Redis(_)) {
+            return None;
+        }
+        let limits = &self.config.limits;
+        let waiting = self.pending.publishes() + self.parked.len();
+        let waiting_bytes =
+            self.pending.publish_bytes() + self.parked.bytes + self.catch_ups.held_bytes;
+        let (cap, why) = if waiting >= limits.max_pending_publishes {
+            let why = format!(
+                "too many publishes waiting on Redis (MAX_PENDING_PUBLISHES {})",
+                limits.max_pending_publishes
+            );
+            (limit::PENDING_PUBLISHES, why)
+        } else if waiting_bytes + event_bytes(event) > limits.max_pending_bytes {
+            let why = format!(
+                "too many bytes waiting on Redis (MAX_PENDING_BYTES {})",
+                limits.max_pending_bytes
+            );
+            (limit::PENDING_BYTES, why)
+        } else {
+            return None;
+        };
+        self.metrics.limit_hit(cap);
+        self.warn_peer(key, cap, &format!("publish refused (503): {why}"));
+        Some(why)
+    }
+
+    /// With Redis: why a history read cannot wait for it now (`MAX_PENDING_READS` reached),
+    /// counted and logged once per interval; `None` if it may go ahead.
+    pub(super) fn refuse_read(&mut self) -> Option<String> {
+        if !matches!(self.broker, Broker::Redis(_)) {
+            return None;
+        }
+        let max = self.config.limits.max_pending_reads;
+        if self.pending.reads() + self.awaiting_redis.len() < max {
+            return None;
+        }
+        let why = format!("too many history reads waiting on Redis (MAX_PENDING_READS {max})");
+        self.metrics.limit_hit(limit::PENDING_READS);
+        self.warnings.warn(
+            limit::PENDING_READS,
+            &format!("history read refused: {why}"),
+        );
+        Some(why)
+    }
+
     /// Sends the publishes held for a subscription that is now confirmed; answers 503 to
     /// those held too long or whose Redis link went down (`give_up`).
     pub(super) fn retry_parked(&mut self, give_up: Option<&str>) {
-        for parked in std::mem::take(&mut self.parked) {
+        let timeout = self.config.limits.redis_timeout;
+        for parked in self.parked.take_all() {
             let alive = self
                 .conns
                 .get(parked.key)
@@ -146,13 +274,16 @@ impl Reactor {
             if !alive {
                 continue;
             }
-            let expired = parked.since.elapsed() >= PARKED_TIMEOUT;
+            let expired = parked.since.elapsed() >= timeout;
             let outcome = match give_up {
                 Some(why) => Publish::Unavailable(why.to_string()),
-                None if expired => Publish::Unavailable(
-                    "Redis unavailable: the channel's subscription was not confirmed in time"
-                        .into(),
-                ),
+                None if expired => {
+                    self.metrics.limit_hit(limit::REDIS_TIMEOUT);
+                    Publish::Unavailable(
+                        "Redis unavailable: the channel's subscription was not confirmed in time"
+                            .into(),
+                    )
+                }
                 None => {
                     let needs_live = self.needs_live_subscription(&parked.event.channel);
                     self.broker.publish(&parked.event, needs_live)
@@ -164,11 +295,17 @@ impl Reactor {
                     key: parked.key,
                     serial: parked.serial,
                     keep_alive: parked.keep_alive,
+                    bytes: event_bytes(&parked.event),
                     kind: parked.event.kind,
                     channel: parked.event.channel,
                     since: parked.since,
                 }),
                 Publish::Unavailable(why) => {
+                    self.warn_peer(
+                        parked.key,
+                        "publish refused",
+                        &format!("publish refused: {why}"),
+                    );
                     let reply = Reply::error(503, &why);
                     self.answer_waiting(parked.key, parked.serial, reply, parked.keep_alive);
                 }
@@ -181,27 +318,82 @@ impl Reactor {
         }
     }
 
-    /// Frames the event once per transport and queues the same bytes on every subscriber of
-    /// the channel. Returns how many subscribers got it.
+    /// The earliest moment some work waiting on Redis, but not sent to it, must be answered
+    /// without it (what was sent is the link's to time out).
+    pub(super) fn redis_work_deadline(&self) -> Option<Instant> {
+        let oldest = [
+            self.parked.oldest(),
+            self.awaiting_redis.oldest(),
+            self.catch_ups.oldest_holding(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        Some(oldest + self.config.limits.redis_timeout)
+    }
+
+    /// Answers what waited on Redis for `REDIS_TIMEOUT_MS` without being sent: parked
+    /// publishes (503), replays (a reset notice), catch-ups (held events released after a
+    /// reset notice).
+    pub(super) fn expire_redis_work(&mut self, now: Instant) {
+        let Some(cutoff) = now.checked_sub(self.config.limits.redis_timeout) else {
+            return;
+        };
+        if self.parked.oldest().is_some_and(|t| t <= cutoff) {
+            self.retry_parked(None);
+        }
+        for waiting in self.awaiting_redis.take_waiting_since(cutoff) {
+            self.metrics.limit_hit(limit::REDIS_TIMEOUT);
+            let why = "Redis unavailable: the history could not be read in time";
+            self.give_up_waiting_replay(waiting, why);
+        }
+        let expired: Vec<String> = self
+            .catch_ups
+            .active
+            .iter()
+            .filter(|(_, c)| c.holding_since.is_some_and(|t| t <= cutoff))
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel in expired {
+            self.metrics.limit_hit(limit::REDIS_TIMEOUT);
+            let why = "Redis did not answer in time".to_string();
+            self.finish_catch_up(&channel, Err(why));
+        }
+    }
+
+    /// Frames Herald's own event (its id inside) once per transport and queues the same
+    /// bytes on every subscriber of the channel. Returns how many subscribers got it.
     pub(super) fn broadcast(&mut self, channel: &str, id: Option<EventId>, json: &[u8]) -> usize {
+        self.fan_out(channel, id, json, None)
+    }
+
+    /// `broadcast` for a message from the subscription: `id` only if trusted, and the SSE
+    /// record built with that id (not whatever `"id"` the payload carries) and `kind`.
+    fn fan_out(
+        &mut self,
+        channel: &str,
+        id: Option<EventId>,
+        json: &[u8],
+        relayed_kind: Option<&str>,
+    ) -> usize {
         let Some(channel) = self.fanout.lookup(channel) else {
             return 0;
         };
         if let Some(id) = id {
-            // Ids grow along a channel, and Redis delivers in that order: one at or below the
-            // last delivered is a late copy of an event already sent (by a catch-up).
-            if self.fanout.last_id(channel).is_some_and(|last| id <= last) {
-                return 0;
-            }
+            // The newest id delivered: where a catch-up resumes if the subscription drops.
             self.fanout.delivered(channel, id);
         }
+        let sse = self
+            .fanout
+            .has_sse_subscribers(channel)
+            .then(|| match relayed_kind {
+                None => sse::event_record(json),
+                Some(kind) => sse::record(id.map(|id| id.to_string()).as_deref(), Some(kind), json),
+            });
         let frames = Frames {
             id,
             ws: frame::text(json).into(),
-            sse: self
-                .fanout
-                .has_sse_subscribers(channel)
-                .then(|| sse::event_record(json).into()),
+            sse: sse.map(Into::into),
         };
         let queued = self
             .fanout
@@ -210,31 +402,110 @@ impl Reactor {
         queued
     }
 
-    /// A message on one of our Redis channels: relay it as published.
+    /// A message on one of our Redis channels: relayed as published if it is shaped like an
+    /// event and small enough for a subscriber; its id trusted only if Redis vouches for it.
     pub(super) fn on_redis_message(&mut self, redis_channel: &[u8], payload: &Bytes) {
-        // A text frame must hold UTF-8 (RFC 6455 8.1).
-        if std::str::from_utf8(payload).is_err() {
-            warn!(
-                "dropping a non-UTF-8 message from Redis ({} bytes)",
-                payload.len()
-            );
-            return;
-        }
         let Some(name) = self.local_channel(redis_channel) else {
             return;
         };
-        self.metrics.events_received += 1;
-        let id = event::peek_id(payload);
-        if let Some(catch_up) = self.catch_ups.get_mut(&name) {
-            catch_up.live.push((id, payload.clone()));
-            return;
+        let max = self.config.limits.max_queued_bytes;
+        // The larger of its two framings: a WebSocket frame (header up to 10 bytes) or an SSE
+        // record (`id:`, `event:` with the type, `data:`), which is checked once the type is
+        // known, each with the queue's handle on it. Larger would close every subscriber as a
+        // slow consumer, even one with an empty queue.
+        if payload.len() + FRAMING_MARGIN > max {
+            return self.drop_redis_message(
+                &name,
+                payload,
+                limit::REDIS_MESSAGE_BYTES,
+                &format!("larger than a subscriber may have queued (MAX_QUEUED_BYTES {max})"),
+            );
         }
-        self.broadcast(&name, id, payload);
+        let inspected = match std::str::from_utf8(payload) {
+            // A text frame must hold UTF-8 (RFC 6455 8.1).
+            Err(_) => Err("not UTF-8".to_string()),
+            Ok(_) => event::inspect(payload).map_err(|e| e.to_string()),
+        };
+        let inspected = match inspected {
+            Ok(inspected) => inspected,
+            Err(why) => {
+                return self.drop_redis_message(&name, payload, limit::REDIS_MESSAGE_SHAPE, &why);
+            }
+        };
+        if payload.len() + inspected.kind.len() + 2 * FRAMING_MARGIN > max {
+            return self.drop_redis_message(&name, payload, limit::REDIS_MESSAGE_BYTES, &format!(
+                "its SSE record would be larger than a subscriber may have queued (MAX_QUEUED_BYTES {max})"
+            ));
+        }
+        self.metrics.events_received += 1;
+        let id = self.trusted_id(payload);
+        if inspected.has_id && id.is_none() {
+            self.metrics.limit_hit(limit::REDIS_MESSAGE_ID);
+            self.warnings.warn(
+                limit::REDIS_MESSAGE_ID,
+                &format!(
+                    "channel {name}: relaying a message from Redis without trusting its id (ahead of Redis's clock, or not where Herald puts it): {}",
+                    sample(payload)
+                ),
+            );
+        }
+        self.relay(&name, id, payload.clone(), inspected.kind);
+    }
+
+    fn drop_redis_message(&mut self, channel: &str, payload: &[u8], cap: &'static str, why: &str) {
+        self.metrics.limit_hit(cap);
+        self.warnings.warn(
+            cap,
+            &format!(
+                "channel {channel}: dropping a {} byte message from Redis: {why}; starts {}",
+                payload.len(),
+                sample(payload)
+            ),
+        );
+    }
+
+    /// The id at the front of a payload, if Redis's clock says it can be Herald's own.
+    fn trusted_id(&self, payload: &[u8]) -> Option<EventId> {
+        let Broker::Redis(redis) = &self.broker else {
+            return None;
+        };
+        event::peek_id(payload).filter(|&id| redis.trusts_id(id, broker::now_ms()))
+    }
+
+    /// Hands a checked message to a catch-up in progress, or past the seam to the clients.
+    fn relay(&mut self, channel: &str, id: Option<EventId>, payload: Bytes, kind: String) {
+        if self.catch_ups.active.contains_key(channel) {
+            let budget = self.config.limits.max_pending_bytes;
+            if self.catch_ups.held_bytes + payload.len() > budget {
+                // Holding more would grow without bound if Redis never answers the read:
+                // give the catch-up up (subscribers get a reset) and go live.
+                self.metrics.limit_hit(limit::PENDING_BYTES);
+                self.warnings.warn(
+                    limit::PENDING_BYTES,
+                    &format!("channel {channel}: catch-up gave up: live events held over MAX_PENDING_BYTES {budget}"),
+                );
+                self.finish_catch_up(channel, Err("too many live events held".into()));
+            } else if let Some(catch_up) = self.catch_ups.active.get_mut(channel) {
+                self.catch_ups.held_bytes += payload.len();
+                catch_up.holding_since.get_or_insert_with(Instant::now);
+                catch_up.live.push((id, payload, kind));
+                return;
+            }
+        }
+        if let Some(id) = id
+            && let Some(&seam) = self.catch_ups.seams.get(channel)
+        {
+            if id <= seam {
+                return; // a late live copy of an event the catch-up's history delivered
+            }
+            self.catch_ups.seams.remove(channel);
+        }
+        self.fan_out(channel, id, &payload, Some(&kind));
     }
 
     /// The local channel a Redis channel carries, if it is one of ours.
     pub(super) fn local_channel(&self, redis_channel: &[u8]) -> Option<String> {
-        let broker::Broker::Redis(redis) = &self.broker else {
+        let Broker::Redis(redis) = &self.broker else {
             return None;
         };
         let redis_channel = std::str::from_utf8(redis_channel).ok()?;
@@ -245,10 +516,12 @@ impl Reactor {
     /// meanwhile, read from its stream once the subscription is back.
     pub(super) fn begin_catch_up(&mut self) {
         for (channel, since) in self.fanout.last_ids() {
-            self.catch_ups.entry(channel).or_insert(CatchUp {
+            self.catch_ups.seams.remove(&channel);
+            self.catch_ups.active.entry(channel).or_insert(CatchUp {
                 since,
                 read_sent: false,
                 live: Vec::new(),
+                holding_since: None,
             });
         }
     }
@@ -256,17 +529,22 @@ impl Reactor {
     /// Channels whose subscription is confirmed again, with the command link up: read what
     /// they missed.
     pub(super) fn continue_catch_ups(&mut self) {
-        let broker::Broker::Redis(redis) = &self.broker else {
+        let Broker::Redis(redis) = &self.broker else {
             return;
         };
         let ready: Vec<(String, EventId)> = self
             .catch_ups
+            .active
             .iter()
             .filter(|(channel, c)| !c.read_sent && redis.can_replay(channel))
             .map(|(channel, c)| (channel.clone(), c.since))
             .collect();
         for (channel, since) in ready {
-            if let Some(catch_up) = self.catch_ups.get_mut(&channel) {
+            if let Some(why) = self.refuse_read() {
+                self.finish_catch_up(&channel, Err(why));
+                continue;
+            }
+            if let Some(catch_up) = self.catch_ups.active.get_mut(&channel) {
                 catch_up.read_sent = true;
             }
             match self.broker.read_history(
@@ -284,35 +562,53 @@ impl Reactor {
     /// Delivers the missed events, then the live ones held meanwhile (minus those the history
     /// already had). If the history cannot cover the gap, subscribers are told to reset.
     fn finish_catch_up(&mut self, channel: &str, result: Result<Result<Page, TooOld>, String>) {
-        let Some(catch_up) = self.catch_ups.remove(channel) else {
+        let Some(catch_up) = self.catch_ups.active.remove(channel) else {
             return;
         };
+        let held: usize = catch_up
+            .live
+            .iter()
+            .map(|(_, payload, _)| payload.len())
+            .sum();
+        self.catch_ups.held_bytes -= held;
+        let mut seam = catch_up.since;
         match result {
-            Ok(Ok(Page { events, .. })) => {
-                if !events.is_empty() {
+            Ok(Ok(page)) => {
+                if !page.events.is_empty() {
                     log::info!(
                         "channel {channel}: delivering {} events missed while the Redis subscription was down",
-                        events.len()
+                        page.events.len()
                     );
                 }
-                for stored in events {
+                for stored in page.events {
+                    seam = seam.max(stored.id);
                     self.broadcast(channel, Some(stored.id), &stored.json);
+                }
+                if page.more {
+                    let reason = "more was missed than one history read holds";
+                    self.reset_channel(channel, catch_up.since, reason);
                 }
             }
             Ok(Err(TooOld { reason })) => self.reset_channel(channel, catch_up.since, reason),
             Err(why) => {
-                warn!("channel {channel}: cannot read what was missed: {why}");
+                self.warnings.warn(
+                    "catch-up failed",
+                    &format!("channel {channel}: cannot read what was missed: {why}"),
+                );
                 self.reset_channel(channel, catch_up.since, "history unavailable");
             }
         }
-        // `broadcast` drops those the history already delivered (ids at or below the last).
-        for (id, payload) in catch_up.live {
-            self.broadcast(channel, id, &payload);
+        if seam > catch_up.since {
+            self.catch_ups.seams.insert(channel.to_string(), seam);
+        }
+        // Through the seam: those the history already delivered are dropped.
+        for (id, payload, kind) in catch_up.live {
+            self.relay(channel, id, payload, kind);
         }
     }
 
     /// The reply to the oldest outstanding Redis command.
-    pub(super) fn on_redis_reply(&mut self, reply: Result<cmd::Reply, String>) {
+    pub(super) fn on_redis_reply(&mut self, reply: Result<cmd::Reply, LinkFailure>) {
         let Some(pending) = self.pending.pop_front() else {
             error!("bug: a Redis reply with no request waiting for it");
             return;
@@ -325,21 +621,44 @@ impl Reactor {
                 kind,
                 channel,
                 since,
+                bytes: _,
             } => {
-                let reply = match reply.and_then(broker::parse_published) {
-                    Ok((id, receivers)) => {
-                        self.metrics.events_published += 1;
-                        self.metrics.publish_latency.observe(since.elapsed());
-                        let event = Event {
-                            kind,
-                            message: String::new(),
-                            channel,
+                let reply = match reply {
+                    Ok(reply) => match broker::parse_published(reply) {
+                        Ok((id, receivers)) => {
+                            self.metrics.events_published += 1;
+                            self.metrics.publish_latency.observe(since.elapsed());
+                            if let Broker::Redis(redis) = &mut self.broker {
+                                redis.confirmed(id);
+                            }
+                            let event = Event {
+                                kind,
+                                message: String::new(),
+                                channel,
+                            };
+                            published_reply(&event, id, receivers)
+                        }
+                        Err(why) => {
+                            self.warn_peer(
+                                key,
+                                "publish failed",
+                                &format!("publish failed: {why}"),
+                            );
+                            Reply::error(503, &why)
+                        }
+                    },
+                    Err(failure) => {
+                        let (status, kind) = if failure.timed_out {
+                            (504, "publish timed out")
+                        } else {
+                            (503, "publish failed")
                         };
-                        published_reply(&event, id, receivers)
-                    }
-                    Err(why) => {
-                        self.log_peer(key, log::Level::Warn, &format!("publish failed: {why}"));
-                        Reply::error(503, &why)
+                        self.warn_peer(
+                            key,
+                            kind,
+                            &format!("{kind}, outcome unknown: {}", failure.reason),
+                        );
+                        unknown_outcome(status, &failure)
                     }
                 };
                 self.answer_waiting(key, serial, reply, keep_alive);
@@ -351,23 +670,53 @@ impl Reactor {
                 channel,
                 since,
             } => {
-                let reply = match reply.and_then(|r| broker::parse_history(r, since)) {
-                    Ok(result) => history_reply(&channel, result),
-                    Err(why) => Reply::error(503, &why),
+                let reply = match reply {
+                    Err(failure) if failure.timed_out => {
+                        Reply::json(504, &json!({ "error": "redis timeout" }))
+                    }
+                    reply => match reply
+                        .map_err(|failure| failure.reason)
+                        .and_then(|r| broker::parse_history(r, since))
+                    {
+                        Ok(result) => {
+                            if let Ok(page) = &result {
+                                self.confirm_ids(&page.events);
+                            }
+                            history_reply(&channel, result)
+                        }
+                        Err(why) => Reply::error(503, &why),
+                    },
                 };
                 self.answer_waiting(key, serial, reply, keep_alive);
             }
             Pending::Replay(page_read) => {
                 let since = Some(page_read.after());
-                let result = reply.and_then(|r| broker::parse_history(r, since));
+                let result = reply
+                    .map_err(|failure| failure.reason)
+                    .and_then(|r| broker::parse_history(r, since));
+                if let Ok(Ok(page)) = &result {
+                    self.confirm_ids(&page.events);
+                }
                 let key = page_read.key();
                 self.on_replay_page(page_read, result);
                 self.continue_replay(key);
             }
             Pending::CatchUp { channel, since } => {
-                let result = reply.and_then(|r| broker::parse_history(r, Some(since)));
+                let result = reply
+                    .map_err(|failure| failure.reason)
+                    .and_then(|r| broker::parse_history(r, Some(since)));
+                if let Ok(Ok(page)) = &result {
+                    self.confirm_ids(&page.events);
+                }
                 self.finish_catch_up(&channel, result);
             }
+        }
+    }
+
+    /// Ids read from a stream are Redis's own: they may be trusted when they arrive live.
+    fn confirm_ids(&mut self, events: &[StoredEvent]) {
+        if let (Some(last), Broker::Redis(redis)) = (events.last(), &mut self.broker) {
+            redis.confirmed(last.id);
         }
     }
 
@@ -380,6 +729,9 @@ impl Reactor {
         limit: usize,
         keep_alive: bool,
     ) {
+        if let Some(busy) = self.refuse_read() {
+            return self.send_reply(key, Reply::error(503, &busy), keep_alive, false);
+        }
         match self
             .broker
             .read_history(&channel, since, PageSize::events(limit))
@@ -419,6 +771,33 @@ impl Reactor {
         self.send_reply(key, reply, keep_alive, false);
         self.resume_reading(key);
     }
+}
+
+/// The answer to a publish Redis may or may not have run: the link failed after it was sent.
+/// A retry may deliver the event twice (README: "Publishing when Redis stalls").
+fn unknown_outcome(status: u16, failure: &LinkFailure) -> Reply {
+    let error = if failure.timed_out {
+        "redis timeout".to_string()
+    } else {
+        failure.reason.clone()
+    };
+    Reply::json(status, &json!({ "error": error, "outcome": "unknown" }))
+}
+
+/// The first bytes of a payload for a log line, non-printables masked.
+fn sample(payload: &[u8]) -> String {
+    let shown: String = payload
+        .iter()
+        .take(48)
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    truncate_error(&format!("{shown:?}"))
 }
 
 /// The 200 of a publish: `{"published":true,"type":...,"channel":...,"id":...,"receivers":n}`.

@@ -79,6 +79,20 @@ impl Reactor {
             };
             let serial = conn.serial;
             let name = self.fanout.name(read.channel).to_string();
+            if self.refuse_read().is_some() {
+                // MAX_PENDING_READS: the client reloads rather than queueing without bound.
+                let busy = TooOld {
+                    reason: "server busy: too many history reads waiting on Redis",
+                };
+                self.on_replay_page(PageRead { key, serial, read }, Ok(Err(busy)));
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let Some(replay) = conn.replay.as_mut() else {
+                return;
+            };
             if let Broker::Redis(redis) = &self.broker
                 && !redis.can_replay(&name)
             {
@@ -111,11 +125,9 @@ impl Reactor {
         let Broker::Redis(redis) = &self.broker else {
             return;
         };
-        let (ready, waiting): (Vec<WaitingReplay>, Vec<WaitingReplay>) =
-            std::mem::take(&mut self.awaiting_redis)
-                .into_iter()
-                .partition(|w| redis.can_replay(&w.channel));
-        self.awaiting_redis = waiting;
+        let ready = self
+            .awaiting_redis
+            .take_ready(|w| redis.can_replay(&w.channel));
         for waiting in ready {
             if self
                 .conns
@@ -124,6 +136,29 @@ impl Reactor {
             {
                 self.continue_replay(waiting.key);
             }
+        }
+    }
+
+    /// A replay waited for Redis longer than `REDIS_TIMEOUT_MS`: its subscriber is told to
+    /// reset on each channel still to be replayed, at once rather than one timeout each.
+    pub(super) fn give_up_waiting_replay(&mut self, waiting: WaitingReplay, why: &str) {
+        // Bounded by the channels a connection may have.
+        for _ in 0..=crate::channel::MAX_PER_CONNECTION {
+            let Some(conn) = self.conns.get_mut(waiting.key) else {
+                return;
+            };
+            if conn.serial != waiting.serial {
+                return;
+            }
+            let Some(read) = conn.replay.as_mut().and_then(|r| r.next_read()) else {
+                return;
+            };
+            let page_read = PageRead {
+                key: waiting.key,
+                serial: waiting.serial,
+                read,
+            };
+            self.on_replay_page(page_read, Err(why.to_string()));
         }
     }
 

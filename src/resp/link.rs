@@ -11,13 +11,28 @@
 //! ```text
 //! Waiting --retry time reached--> Resolving (host name) | Connecting (IP address)
 //! Resolving --address found--> Connecting          Resolving --lookup failed--> Waiting
-//! Connecting --socket writable, connected--> Handshaking (AUTH, SELECT, SUBSCRIBE sent)
+//! Connecting --socket writable, connected--> Handshaking (AUTH, SELECT, PING or TIME,
+//!                                                         SUBSCRIBE sent)
 //! Handshaking --every handshake reply OK--> Ready
-//! Connecting | Handshaking | Ready --error reply, EOF, socket error--> Waiting (backoff)
+//! Connecting | Handshaking | Ready --error reply, EOF, socket error, reply beyond the
+//!                                   RESP limits--> Waiting (backoff)
+//! Handshaking | Ready --oldest command unanswered for `timeout`--> Waiting (backoff, stalled)
 //! ```
 //!
+//! The handshake always ends with a PING (TIME on the command link), so Ready means Redis
+//! answered, not merely that a kernel accepted the connection: a stopped Redis process (its
+//! kernel still completes TCP handshakes) or a black hole never gets a link to Ready.
+//! Replies come in the order commands were sent, so the oldest outstanding command's send
+//! time is the whole stall detector: when it is `timeout` old, every command waiting on the
+//! link fails (reported as timed out: Redis may still run them later) and the link is reset.
+//!
 //! Waiting uses capped exponential backoff with jitter, so a dead Redis costs a connection
-//! attempt now and then, never a hot loop, and replicas do not reconnect in lockstep.
+//! attempt now and then, never a hot loop, and replicas do not reconnect in lockstep. The
+//! failure count behind the backoff is forgiven only once a link has stayed Ready for
+//! `STABLE_AFTER`: a Redis (or impostor) that accepts, answers the handshake and then drops
+//! the connection still sees the attempts slow down. Warnings go through a `RateLog`, so a
+//! reconnect loop costs a line per interval, and every error text from Redis is cut short
+//! before it reaches a log line or `/health`.
 //! A host name is resolved on a short-lived thread (getaddrinfo blocks, and a slow DNS server
 //! must not stall every client); the thread wakes the reactor through its `Waker`.
 
@@ -29,20 +44,40 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use log::{debug, info, warn};
+use log::{debug, info};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token, Waker};
 
-use super::cmd::{self, Reply};
+use super::cmd::{self, Decoder, Reply, RespLimits};
 use crate::config::RedisUrl;
+use crate::metrics::limit;
+use crate::ratelog::{RateLog, truncate_error};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
-/// A link that hears nothing for this long is pinged; one that then stays silent as long
-/// again is dropped (a half-open TCP connection would otherwise look alive forever).
+/// A link that hears nothing for this long is pinged, so a half-open TCP connection (or a
+/// stopped Redis) is found by the stall timeout even when Herald has nothing to send.
 const IDLE_PING: Duration = Duration::from_secs(15);
-/// A connection attempt or handshake that takes longer than this is abandoned.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a link must stay Ready before its failure count (and so its backoff) is reset.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// What a link needs to know besides where Redis is.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkSettings {
+    /// The most a reply may nest and weigh.
+    pub limits: RespLimits,
+    /// How long a command (or a connection attempt and its handshake) may go unanswered.
+    pub timeout: Duration,
+}
+
+/// Why a command will get no reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkFailure {
+    /// Redis did not answer in time: it may still run the command later (outcome unknown).
+    pub timed_out: bool,
+    /// Short, for a log line or an error body.
+    pub reason: String,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -57,6 +92,28 @@ impl Role {
             Role::Publisher => "publisher",
         }
     }
+
+    /// The `RateLog` kind of a link's log line: one window per role and news.
+    fn kind(self, news: News) -> &'static str {
+        match (self, news) {
+            (Role::Subscriber, News::Up) => "redis subscriber up",
+            (Role::Subscriber, News::Down) => "redis subscriber down",
+            (Role::Subscriber, News::Failed) => "redis subscriber failed",
+            (Role::Publisher, News::Up) => "redis publisher up",
+            (Role::Publisher, News::Down) => "redis publisher down",
+            (Role::Publisher, News::Failed) => "redis publisher failed",
+        }
+    }
+}
+
+/// What a link logs about itself.
+#[derive(Debug, Clone, Copy)]
+enum News {
+    Up,
+    /// A Ready link failed.
+    Down,
+    /// An attempt to connect failed.
+    Failed,
 }
 
 /// What a link tells the reactor.
@@ -72,7 +129,10 @@ pub enum LinkEvent {
     /// Redis confirmed a subscription: messages on this channel now reach us.
     Subscribed(Bytes),
     /// The reply to the oldest outstanding command (`command`), or why there will be none.
-    Reply(Result<Reply, String>),
+    Reply(Result<Reply, LinkFailure>),
+    /// Redis went past one of Herald's caps (`metrics::limit`): a reply beyond the RESP
+    /// limits, or no answer within the timeout. The link has been reset.
+    LimitHit(&'static str),
 }
 
 #[derive(Debug)]
@@ -90,7 +150,9 @@ enum State {
     Handshaking {
         since: Instant,
     },
-    Ready,
+    Ready {
+        since: Instant,
+    },
 }
 
 /// The reply each command sent is waiting for, oldest first.
@@ -103,7 +165,18 @@ enum Expect {
     Subscribe(Bytes, u64),
     Unsubscribe,
     Command,
+    /// The last step of the handshake: Redis answers, so the link is really up.
+    Hello,
+    /// The command link's handshake and idle check: Redis's clock, for judging event ids.
+    Time,
     Ping,
+}
+
+/// A command sent and the moment it was queued (the stall detector's clock).
+#[derive(Debug)]
+struct Sent {
+    expect: Expect,
+    at: Instant,
 }
 
 #[derive(Debug)]
@@ -118,15 +191,24 @@ pub struct RedisLink {
     state: State,
     stream: Option<TcpStream>,
     input: BytesMut,
+    decoder: Decoder,
     output: BytesMut,
-    expect: VecDeque<Expect>,
+    expect: VecDeque<Sent>,
+    timeout: Duration,
     failures: u32,
     last_heard: Instant,
     last_error: Option<String>,
+    /// The last failure was a stall (Redis stopped answering), not a refusal or a close.
+    stalled: bool,
+    /// Redis's clock minus ours, in ms, from the latest TIME reply (command link only).
+    clock_offset_ms: Option<i64>,
+    /// The first "link up" is always logged; later ones (a flapping link) through `warnings`.
+    ever_ready: bool,
+    warnings: RateLog,
 }
 
 impl RedisLink {
-    pub fn new(role: Role, token: Token, url: RedisUrl) -> RedisLink {
+    pub fn new(role: Role, token: Token, url: RedisUrl, settings: LinkSettings) -> RedisLink {
         let now = Instant::now();
         RedisLink {
             role,
@@ -137,38 +219,69 @@ impl RedisLink {
             state: State::Waiting { retry_at: now },
             stream: None,
             input: BytesMut::new(),
+            decoder: Decoder::new(settings.limits),
             output: BytesMut::new(),
             expect: VecDeque::new(),
+            timeout: settings.timeout,
             failures: 0,
             last_heard: now,
             last_error: None,
+            stalled: false,
+            clock_offset_ms: None,
+            ever_ready: false,
+            warnings: RateLog::default(),
         }
     }
 
     pub fn is_ready(&self) -> bool {
-        matches!(self.state, State::Ready)
+        matches!(self.state, State::Ready { .. })
     }
 
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
     }
 
+    /// Redis stopped answering (a command or a handshake timed out) and has not answered a
+    /// new connection's handshake since.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled && !self.is_ready()
+    }
+
+    /// Redis's clock minus ours (ms), as of the last TIME reply; `None` before the first.
+    pub fn clock_offset_ms(&self) -> Option<i64> {
+        self.clock_offset_ms
+    }
+
+    /// Bytes of commands not yet written to the socket (they grow while Redis is not reading).
+    pub fn output_bytes(&self) -> usize {
+        self.output.len()
+    }
+
     /// When the reactor must call `on_timer` next, at the latest.
     pub fn next_deadline(&self) -> Instant {
-        match &self.state {
-            State::Waiting { retry_at } => *retry_at,
+        let stall = self.expect.front().map(|sent| sent.at + self.timeout);
+        let due = match &self.state {
+            State::Waiting { retry_at } => return *retry_at,
             State::Resolving { since, .. }
             | State::Connecting { since }
-            | State::Handshaking { since } => *since + CONNECT_TIMEOUT,
-            State::Ready => self.last_heard + IDLE_PING,
-        }
+            | State::Handshaking { since } => *since + self.timeout,
+            State::Ready { .. } => self.last_heard + IDLE_PING,
+        };
+        stall.map_or(due, |stall| stall.min(due))
     }
 
     /// Appends a command; its reply arrives later as `LinkEvent::Reply`, in order.
     pub fn command(&mut self, args: &[&[u8]]) {
         debug_assert!(self.is_ready(), "bug: command on a link that is not ready");
         cmd::encode(&mut self.output, args);
-        self.expect.push_back(Expect::Command);
+        self.expect_reply(Expect::Command);
+    }
+
+    fn expect_reply(&mut self, expect: Expect) {
+        self.expect.push_back(Sent {
+            expect,
+            at: Instant::now(),
+        });
     }
 
     /// Wants `channel`; subscribes now if connected, else on the next connection.
@@ -182,15 +295,14 @@ impl RedisLink {
             .insert(channel.clone(), (self.generation, false));
         if self.is_connected() {
             cmd::encode(&mut self.output, &[b"SUBSCRIBE", &channel]);
-            self.expect
-                .push_back(Expect::Subscribe(channel, self.generation));
+            self.expect_reply(Expect::Subscribe(channel, self.generation));
         }
     }
 
     pub fn unsubscribe(&mut self, channel: &[u8]) {
         if self.wanted.remove(channel).is_some() && self.is_connected() {
             cmd::encode(&mut self.output, &[b"UNSUBSCRIBE", channel]);
-            self.expect.push_back(Expect::Unsubscribe);
+            self.expect_reply(Expect::Unsubscribe);
         }
     }
 
@@ -209,11 +321,11 @@ impl RedisLink {
     }
 
     fn is_connected(&self) -> bool {
-        matches!(self.state, State::Handshaking { .. } | State::Ready)
+        matches!(self.state, State::Handshaking { .. } | State::Ready { .. })
     }
 
     /// Time-driven work: start a connection when the backoff is over, give up on a stuck
-    /// attempt, ping an idle link and drop one that stopped answering.
+    /// attempt or a command Redis has not answered in time, ping an idle link.
     pub fn on_timer(
         &mut self,
         now: Instant,
@@ -221,27 +333,47 @@ impl RedisLink {
         waker: &Arc<Waker>,
         events: &mut Vec<LinkEvent>,
     ) {
+        if self.is_connected()
+            && let Some(oldest) = self.expect.front()
+            && now >= oldest.at + self.timeout
+        {
+            let waited = now.duration_since(oldest.at).as_millis();
+            let reason = format!("Redis did not answer for {waited} ms (stalled)");
+            events.push(LinkEvent::LimitHit(limit::REDIS_TIMEOUT));
+            return self.fail_with(registry, reason, true, events);
+        }
         match &self.state {
             State::Waiting { retry_at } if now >= *retry_at => self.start(registry, waker, events),
             State::Resolving { since, .. }
             | State::Connecting { since }
             | State::Handshaking { since }
-                if now >= *since + CONNECT_TIMEOUT =>
+                if now >= *since + self.timeout =>
             {
-                self.fail(registry, "timed out connecting".into(), events);
+                // A connection that opened but whose handshake went unanswered is a stall.
+                let stalled = matches!(self.state, State::Handshaking { .. });
+                self.fail_with(registry, "timed out connecting".into(), stalled, events);
             }
-            State::Ready if now >= self.last_heard + IDLE_PING => {
-                if self.expect.contains(&Expect::Ping) {
-                    if now >= self.last_heard + 2 * IDLE_PING {
-                        self.fail(registry, "no reply to PING".into(), events);
-                    }
-                } else {
-                    cmd::encode(&mut self.output, &[b"PING"]);
-                    self.expect.push_back(Expect::Ping);
-                    self.flush(registry, events);
-                }
+            State::Ready { .. } if now >= self.last_heard + IDLE_PING && self.expect.is_empty() => {
+                self.send_check();
+                self.flush(registry, events);
             }
             _ => {}
+        }
+    }
+
+    /// The liveness check of the handshake and of an idle link: TIME on the command link (it
+    /// also refreshes Redis's clock), PING on the subscriber (in subscribed mode Redis allows
+    /// only (UN)SUBSCRIBE, PING and a few others).
+    fn send_check(&mut self) {
+        match self.role {
+            Role::Publisher => {
+                cmd::encode(&mut self.output, &[b"TIME"]);
+                self.expect_reply(Expect::Time);
+            }
+            Role::Subscriber => {
+                cmd::encode(&mut self.output, &[b"PING"]);
+                self.expect_reply(Expect::Ping);
+            }
         }
     }
 
@@ -345,6 +477,7 @@ impl RedisLink {
     fn on_connected(&mut self, since: Instant, events: &mut Vec<LinkEvent>) {
         debug!("redis {} link connected to {}", self.role.name(), self.url);
         self.input.clear();
+        self.decoder.reset();
         self.output.clear();
         self.expect.clear();
         if let Some(password) = &self.url.password {
@@ -353,13 +486,20 @@ impl RedisLink {
                 Some(user) => cmd::encode(&mut self.output, &[b"AUTH", user.as_bytes(), password]),
                 None => cmd::encode(&mut self.output, &[b"AUTH", password]),
             }
-            self.expect.push_back(Expect::Auth);
+            self.expect_reply(Expect::Auth);
         }
         if self.url.db != 0 {
             let db = self.url.db.to_string();
             cmd::encode(&mut self.output, &[b"SELECT", db.as_bytes()]);
-            self.expect.push_back(Expect::Select);
+            self.expect_reply(Expect::Select);
         }
+        // Before SUBSCRIBE, so the subscriber's PING gets a plain +PONG.
+        self.send_check();
+        let hello = self
+            .expect
+            .back_mut()
+            .expect("bug: a check was just queued");
+        hello.expect = Expect::Hello;
         if !self.wanted.is_empty() {
             // Restore every subscription in one command; Redis confirms each channel.
             let channels: Vec<Bytes> = self.wanted.keys().cloned().collect();
@@ -370,8 +510,7 @@ impl RedisLink {
                 self.generation += 1;
                 self.wanted
                     .insert(channel.clone(), (self.generation, false));
-                self.expect
-                    .push_back(Expect::Subscribe(channel, self.generation));
+                self.expect_reply(Expect::Subscribe(channel, self.generation));
             }
         }
         self.last_heard = Instant::now();
@@ -383,20 +522,30 @@ impl RedisLink {
         let handshaking = self
             .expect
             .iter()
-            .any(|e| matches!(e, Expect::Auth | Expect::Select));
+            .any(|sent| matches!(sent.expect, Expect::Auth | Expect::Select | Expect::Hello));
         if matches!(self.state, State::Handshaking { .. }) && !handshaking {
-            if self.failures > 0 {
-                info!(
+            let message = if self.failures > 0 {
+                format!(
                     "redis {} link up again at {} after {} failed attempts",
                     self.role.name(),
                     self.url,
                     self.failures
-                );
+                )
             } else {
-                info!("redis {} link up at {}", self.role.name(), self.url);
+                format!("redis {} link up at {}", self.role.name(), self.url)
+            };
+            if self.ever_ready {
+                self.warnings
+                    .log(log::Level::Info, self.role.kind(News::Up), &message);
+            } else {
+                info!("{message}");
+                self.ever_ready = true;
             }
-            self.state = State::Ready;
-            self.failures = 0;
+            // `failures` stays until the link has proven stable (see `fail`).
+            self.state = State::Ready {
+                since: Instant::now(),
+            };
+            self.stalled = false;
             self.last_error = None;
             events.push(LinkEvent::Up(self.role));
         }
@@ -424,10 +573,13 @@ impl RedisLink {
     /// Returns false if the link failed.
     fn decode_replies(&mut self, registry: &Registry, events: &mut Vec<LinkEvent>) -> bool {
         loop {
-            let reply = match cmd::decode(&mut self.input) {
+            let reply = match self.decoder.decode(&mut self.input) {
                 Ok(Some(reply)) => reply,
                 Ok(None) => return true,
                 Err(e) => {
+                    if e.is_over_limit() {
+                        events.push(LinkEvent::LimitHit(limit::REDIS_REPLY));
+                    }
                     self.fail(registry, e.to_string(), events);
                     return false;
                 }
@@ -448,16 +600,19 @@ impl RedisLink {
             events.push(LinkEvent::Message { channel, payload });
             return Ok(());
         }
-        let Some(expected) = self.expect.pop_front() else {
-            return Err(format!("unexpected reply {reply:?}"));
+        let Some(Sent { expect, .. }) = self.expect.pop_front() else {
+            return Err(format!("unexpected reply {}", brief(&reply)));
         };
-        match (expected, reply) {
+        match (expect, reply) {
             (Expect::Auth, Reply::Error(e)) => return Err(format!("AUTH failed: {e}")),
             (Expect::Select, Reply::Error(e)) => {
                 return Err(format!("SELECT {} failed: {e}", self.url.db));
             }
             (Expect::Subscribe(..), Reply::Error(e)) => {
                 return Err(format!("SUBSCRIBE failed: {e}"));
+            }
+            (Expect::Hello | Expect::Time | Expect::Ping, Reply::Error(e)) => {
+                return Err(format!("liveness check failed: {e}"));
             }
             (Expect::Auth | Expect::Select, Reply::Status(_)) => {}
             (Expect::Subscribe(channel, generation), Reply::SubscriptionChange { .. }) => {
@@ -470,9 +625,14 @@ impl RedisLink {
             }
             (Expect::Unsubscribe, Reply::SubscriptionChange { .. }) => {}
             (Expect::Command, reply) => events.push(LinkEvent::Reply(Ok(reply))),
+            (Expect::Hello | Expect::Time, Reply::Other(time)) if self.role == Role::Publisher => {
+                self.clock_offset_ms = redis_clock_offset_ms(&time);
+            }
             // A PING answers +PONG, or ["pong", ""] in subscribed mode.
-            (Expect::Ping, _) => {}
-            (expected, reply) => return Err(format!("reply {reply:?} to {expected:?}")),
+            (Expect::Hello | Expect::Ping, _) if self.role == Role::Subscriber => {}
+            (expected, reply) => {
+                return Err(format!("reply {} to {expected:?}", brief(&reply)));
+            }
         }
         self.maybe_ready(events);
         Ok(())
@@ -503,45 +663,100 @@ impl RedisLink {
         !self.output.is_empty()
     }
 
-    /// Drops the connection: fails every outstanding PUBLISH (never a silent loss), reports
+    /// Drops the connection: fails every outstanding command (never a silent loss), reports
     /// the link down and schedules the next attempt.
     fn fail(&mut self, registry: &Registry, reason: String, events: &mut Vec<LinkEvent>) {
+        self.fail_with(registry, reason, false, events);
+    }
+
+    /// `stalled`: Redis stopped answering (rather than refusing or closing); the commands in
+    /// flight may still run.
+    fn fail_with(
+        &mut self,
+        registry: &Registry,
+        reason: String,
+        stalled: bool,
+        events: &mut Vec<LinkEvent>,
+    ) {
+        let reason = truncate_error(&reason);
         if let Some(mut stream) = self.stream.take() {
             let _ = registry.deregister(&mut stream);
         }
-        for expected in self.expect.drain(..) {
-            if expected == Expect::Command {
-                events.push(LinkEvent::Reply(Err(format!(
-                    "Redis connection lost: {reason}"
-                ))));
+        let lost = LinkFailure {
+            timed_out: stalled,
+            reason: if stalled {
+                reason.clone()
+            } else {
+                format!("Redis connection lost: {reason}")
+            },
+        };
+        for sent in self.expect.drain(..) {
+            if sent.expect == Expect::Command {
+                events.push(LinkEvent::Reply(Err(lost.clone())));
             }
         }
         for (_, confirmed) in self.wanted.values_mut() {
             *confirmed = false;
         }
-        if matches!(self.state, State::Ready) {
-            warn!(
-                "redis {} link down ({}): {reason}",
-                self.role.name(),
-                self.url
+        let now = Instant::now();
+        if let State::Ready { since } = self.state {
+            if now.duration_since(since) >= STABLE_AFTER {
+                self.failures = 0;
+            }
+            self.warnings.warn(
+                self.role.kind(News::Down),
+                &format!(
+                    "redis {} link down ({}): {reason}",
+                    self.role.name(),
+                    self.url
+                ),
             );
             events.push(LinkEvent::Down(self.role));
-        } else if self.failures < 3 || self.failures.is_multiple_of(10) {
-            warn!(
-                "redis {} link to {} failed (attempt {}): {reason}",
-                self.role.name(),
-                self.url,
-                self.failures + 1
+        } else {
+            self.warnings.warn(
+                self.role.kind(News::Failed),
+                &format!(
+                    "redis {} link to {} failed (attempt {}): {reason}",
+                    self.role.name(),
+                    self.url,
+                    self.failures + 1
+                ),
             );
         }
         self.failures = self.failures.saturating_add(1);
         self.input.clear();
+        self.decoder.reset();
         self.output.clear();
         self.last_error = Some(reason);
+        self.stalled = stalled;
         self.state = State::Waiting {
-            retry_at: Instant::now() + backoff(self.failures),
+            retry_at: now + backoff(self.failures),
         };
     }
+}
+
+/// A reply, short enough for a log line.
+fn brief(reply: &Reply) -> String {
+    truncate_error(&format!("{reply:?}"))
+}
+
+/// Redis's clock minus ours, from a TIME reply (`[seconds, microseconds]`, as bulk strings).
+fn redis_clock_offset_ms(time: &redis_protocol::resp2::types::BytesFrame) -> Option<i64> {
+    use redis_protocol::resp2::types::BytesFrame as F;
+    let F::Array(parts) = time else { return None };
+    let number = |frame: &F| match frame {
+        F::BulkString(text) => std::str::from_utf8(text).ok()?.parse::<i64>().ok(),
+        _ => None,
+    };
+    let [secs, micros] = &parts[..] else {
+        return None;
+    };
+    let redis_ms = number(secs)?.checked_mul(1000)? + number(micros)? / 1000;
+    let ours = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis() as i64;
+    Some(redis_ms - ours)
 }
 
 /// Capped exponential backoff with "equal jitter": half fixed, half random, so a flock of
