@@ -94,6 +94,13 @@ pub(super) struct CatchUps {
 }
 
 impl CatchUps {
+    /// The channel lost its last local subscriber: no one is left for its seam to protect
+    /// (a later subscriber never got the history's copies), and keeping it would leave one
+    /// entry per channel name ever caught up, across Redis reconnects.
+    pub(super) fn forget_seam(&mut self, channel: &str) {
+        self.seams.remove(channel);
+    }
+
     fn oldest_holding(&self) -> Option<Instant> {
         self.active.values().filter_map(|c| c.holding_since).min()
     }
@@ -598,7 +605,7 @@ impl Reactor {
                 self.reset_channel(channel, catch_up.since, "history unavailable");
             }
         }
-        if seam > catch_up.since {
+        if seam > catch_up.since && self.fanout.lookup(channel).is_some() {
             self.catch_ups.seams.insert(channel.to_string(), seam);
         }
         // Through the seam: those the history already delivered are dropped.

@@ -139,6 +139,7 @@ impl Reactor {
 
     /// No local client wants the channel any more: stop receiving it from Redis.
     fn forget_channel(&mut self, name: &str) {
+        self.catch_ups.forget_seam(name);
         if let Broker::Redis(redis) = &mut self.broker {
             let redis_channel = redis.names.channel(name);
             redis.subscriber.unsubscribe(redis_channel.as_bytes());
