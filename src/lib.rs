@@ -6,7 +6,7 @@
 //! client readable -> scratch buffer -> Conn tail -> http::parse | ws::frame
 //!   -> http::route -> Action::Publish(event) -> Broker
 //!        Embedded: -> Fanout                     Redis: PUBLISH, waiter queued (FIFO)
-//! Redis SUB readable -> resp::cmd::decode -> payload (JSON as published) -> Fanout
+//! Redis SUB readable -> resp::cmd::Decoder (limits) -> payload (event shape, size checked) -> Fanout
 //! Fanout::deliver -> ws::frame::text once -> Bytes -> OutQueue::push(clone) per subscriber
 //! end of turn -> flush each dirty Conn (writev) -> leftovers? ask WRITABLE -> flush again
 //! ```
@@ -18,7 +18,7 @@
 //! - `http`         request parsing (httparse), routing, publish bodies, replies
 //! - `ws`           the upgrade handshake; frames in (validated) and out (built once)
 //! - `broker`       embedded or Redis: where a publish goes
-//! - `resp`         RESP commands and replies (redis-protocol) and the Redis link state machine
+//! - `resp`         RESP commands and replies (redis-protocol, within limits); the Redis link
 //! - `channel`      channel names, lists, resume points, Redis names
 //! - `history`      the embedded broker's recent events per channel (capped in bytes, channels,
 //!   age); pages of it

@@ -349,8 +349,12 @@ impl RedisLink {
             | State::Handshaking { since }
                 if now >= *since + self.timeout =>
             {
-                // A connection that opened but whose handshake went unanswered is a stall.
-                let stalled = matches!(self.state, State::Handshaking { .. });
+                // No answer to a SYN (a black hole) or to a handshake (a stopped process) is a
+                // stall; a host name that does not resolve in time is not Redis's doing.
+                let stalled = matches!(
+                    self.state,
+                    State::Connecting { .. } | State::Handshaking { .. }
+                );
                 self.fail_with(registry, "timed out connecting".into(), stalled, events);
             }
             State::Ready { .. } if now >= self.last_heard + IDLE_PING && self.expect.is_empty() => {
