@@ -214,12 +214,7 @@ fn a_flood_of_large_events_over_many_channels_stays_within_the_history_caps() {
     // The watcher got every event on its channel, in order, while all this went on.
     publisher.send("watched", "end");
     publisher.read_replies();
-    let mut end = Publisher::connect(port);
-    end.writer
-        .write_all(b"POST /events/watched?event_type=done&message=. HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
-        .unwrap();
-    end.in_flight = 1;
-    end.read_replies();
+    publish_to(port, "watched", "done", ".");
     let got = watching.join().expect("the watcher thread");
     let mut expected: Vec<String> = (0..watched_sent).map(|i| i.to_string()).collect();
     expected.push("end".into());
