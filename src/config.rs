@@ -95,6 +95,15 @@ pub struct Cli {
     #[arg(long, env = "MAX_QUEUED_BYTES", default_value_t = 1024 * 1024)]
     pub max_queued_bytes: usize,
 
+    /// Most open connections from one IP address (beyond it: 503 and close); 0: no limit.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Largest `GET /events/<channel>` reply body, in bytes: longer histories come in pages
+    /// (`"more":true`, `"next"`). Never above MAX_QUEUED_BYTES.
+    #[arg(long, env = "HISTORY_PAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub history_page_bytes: usize,
+
     /// Seconds a client may take to send a complete request head.
     #[arg(long, env = "HEAD_TIMEOUT_SECS", default_value_t = 10)]
     pub head_timeout_secs: u32,
@@ -214,6 +223,10 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub max_connections: usize,
     pub max_queued_bytes: usize,
+    /// 0: no per-address limit.
+    pub max_connections_per_ip: usize,
+    /// At most `max_queued_bytes`.
+    pub history_page_bytes: usize,
     pub head_timeout_secs: u32,
     pub idle_timeout_secs: u32,
     pub ping_interval_secs: u32,
@@ -233,6 +246,8 @@ impl Default for Limits {
             max_message_bytes: 64 * 1024,
             max_connections: 100_000,
             max_queued_bytes: 1024 * 1024,
+            max_connections_per_ip: 0,
+            history_page_bytes: 1024 * 1024,
             head_timeout_secs: 10,
             idle_timeout_secs: 60,
             ping_interval_secs: 30,
@@ -299,6 +314,9 @@ impl Config {
                 Ok(v)
             }
         };
+        let max_queued_bytes = positive("MAX_QUEUED_BYTES", cli.max_queued_bytes)?;
+        let max_body_bytes = deliverable_body_bytes(cli.max_body_bytes, max_queued_bytes);
+        let history_page_bytes = positive("HISTORY_PAGE_BYTES", cli.history_page_bytes)?;
         Ok(Config {
             bind: cli.bind,
             port: cli.port,
@@ -323,10 +341,13 @@ impl Config {
             }),
             limits: Limits {
                 max_head_bytes: positive("MAX_HEAD_BYTES", cli.max_head_bytes)?,
-                max_body_bytes: cli.max_body_bytes,
+                max_body_bytes,
                 max_message_bytes: positive("MAX_MESSAGE_BYTES", cli.max_message_bytes)?,
                 max_connections: positive("MAX_CONNECTIONS", cli.max_connections)?,
-                max_queued_bytes: positive("MAX_QUEUED_BYTES", cli.max_queued_bytes)?,
+                max_queued_bytes,
+                max_connections_per_ip: cli.max_connections_per_ip,
+                // A page is queued whole on the asking connection: never more than its cap.
+                history_page_bytes: history_page_bytes.min(max_queued_bytes),
                 head_timeout_secs: cli.head_timeout_secs.max(1),
                 idle_timeout_secs: cli.idle_timeout_secs.max(1),
                 ping_interval_secs: cli.ping_interval_secs.max(1),
@@ -369,9 +390,69 @@ impl Config {
     }
 }
 
+/// What an event adds to its body on the way to a subscriber: the id, the channel name, the
+/// JSON keys and the frame header (`http::publish::largest_frame_bytes` has the exact count).
+pub const EVENT_OVERHEAD_BYTES: usize = 256;
+
+/// `MAX_BODY_BYTES` must leave room for the event it carries in a subscriber's queue: an event
+/// bigger than `MAX_QUEUED_BYTES` would close every subscriber that receives it. A body limit
+/// above that is lowered, with a warning at start, rather than refused: a small
+/// `MAX_QUEUED_BYTES` (set to shed slow clients early) should not stop the server from
+/// starting because `MAX_BODY_BYTES` kept its default. Events whose JSON escaping still takes
+/// them over the cap are refused at publish (413).
+fn deliverable_body_bytes(max_body: usize, max_queued: usize) -> usize {
+    let deliverable = max_queued.saturating_sub(EVENT_OVERHEAD_BYTES);
+    if max_body > deliverable {
+        log::warn!(
+            "MAX_BODY_BYTES lowered from {max_body} to {deliverable}: an event carries up to \
+             {EVENT_OVERHEAD_BYTES} bytes more than its body, and a subscriber receives at \
+             most MAX_QUEUED_BYTES ({max_queued})"
+        );
+    }
+    max_body.min(deliverable)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("herald").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn should_lower_a_body_limit_no_subscriber_could_receive() {
+        let body_limit = |args: &[&str]| {
+            let config = Config::from_cli(cli(args), None).unwrap();
+            config.limits.max_body_bytes
+        };
+        assert_eq!(body_limit(&["--max-queued-bytes", "65536"]), 65536 - 256);
+        let small = ["--max-queued-bytes", "65536", "--max-body-bytes", "1000"];
+        assert_eq!(body_limit(&small), 1000);
+        assert_eq!(body_limit(&[]), 64 * 1024);
+    }
+
+    #[test]
+    fn should_keep_history_pages_within_the_queue_cap() {
+        let config = Config::from_cli(
+            cli(&[
+                "--max-queued-bytes",
+                "300000",
+                "--history-page-bytes",
+                "5000000",
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(config.limits.history_page_bytes, 300_000);
+        assert_eq!(
+            Config::from_cli(cli(&[]), None)
+                .unwrap()
+                .limits
+                .history_page_bytes,
+            1 << 20
+        );
+    }
 
     #[test]
     fn should_parse_full_redis_url() {

@@ -82,6 +82,8 @@ pub struct Conn {
     /// The socket may hold unread input (reading paused while a publish is in flight, or the
     /// per-turn read budget ran out).
     pub read_pending: bool,
+    /// A `100 Continue` went out for the request whose body is arriving.
+    pub continue_sent: bool,
     /// A heartbeat ping is out and unanswered.
     pub awaiting_pong: bool,
     /// Input is not read because the backlog is over `Outbox::read_pause_bytes`; the
@@ -111,6 +113,7 @@ impl Conn {
             dirty: false,
             wants_writable: false,
             read_pending: false,
+            continue_sent: false,
             awaiting_pong: false,
             read_paused: false,
             write_shut: false,

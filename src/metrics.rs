@@ -61,6 +61,10 @@ pub mod limit {
     /// A message on the subscription whose id is ahead of Redis's clock: relayed without
     /// trusting the id.
     pub const REDIS_MESSAGE_ID: &str = "redis_message_id";
+    /// A publish whose framed event would not fit a subscriber's `MAX_QUEUED_BYTES` (413).
+    pub const EVENT_BYTES: &str = "event_bytes";
+    /// A connection from an address already at `MAX_CONNECTIONS_PER_IP` (503).
+    pub const CONNECTIONS_PER_IP: &str = "connections_per_ip";
 }
 
 /// Why a connection closed: the `reason` label of `herald_connections_closed_total`.

@@ -274,3 +274,95 @@ fn running_out_of_file_descriptors_pauses_accepts_without_spinning() {
     let errors = metric(herald.port, "herald_accept_errors_total").unwrap();
     assert!(errors >= 1.0, "accept errors counted: {errors}");
 }
+
+/// A connection to the server from a chosen source address in 127.0.0.0/8 (bound before
+/// connecting, which Linux allows on the loopback without configuration).
+fn connect_from(source: [u8; 4], port: u16) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let from = std::net::SocketAddr::from((source, 0));
+    socket.bind(&from.into()).unwrap();
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    socket.connect(&to.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+}
+
+/// One request from a chosen source address; the reply, or `None` if the connection was
+/// refused before any request (a 503 arrives unasked, then the close).
+fn get_from(source: [u8; 4], port: u16, path: &str) -> HttpReply {
+    let mut stream = connect_from(source, port);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes());
+    read_reply(&mut BufReader::new(stream)).expect("a reply")
+}
+
+#[test]
+fn one_address_cannot_take_more_than_max_connections_per_ip() {
+    const PER_IP: usize = 3;
+    let herald = Herald::with(&[], &[("MAX_CONNECTIONS_PER_IP", &PER_IP.to_string())]);
+    let p = herald.port;
+    let a = [127, 0, 0, 1];
+    let b = [127, 0, 0, 2];
+    let observer = [127, 0, 0, 3];
+    // The harness's own startup requests (from 127.0.0.1) are gone first.
+    wait_until("only the observer to be connected", || {
+        get_from(observer, p, "/health").json()["connections"] == 1
+    });
+    let mut held: Vec<TcpStream> = (0..PER_IP).map(|_| connect_from(a, p)).collect();
+    wait_until("the held connections to be accepted", || {
+        get_from(observer, p, "/health").json()["connections"] == PER_IP + 1
+    });
+    // Over the limit from the same address: 503 and close, several times over.
+    for _ in 0..5 {
+        assert_shed(connect_from(a, p));
+    }
+    // Another address is served meanwhile.
+    let mut other = ws_client_from(b, p);
+    assert_eq!(get_from(b, p, "/health").status, 200);
+    // A slot given back (the connection freed) is available again.
+    drop(held.pop());
+    wait_until("the freed slot to be given back", || {
+        get_from(observer, p, "/health").json()["connections"] == PER_IP + 1
+    });
+    held.push(connect_from(a, p));
+    let mut extra = connect_from(a, p);
+    extra
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let shed = read_reply(&mut BufReader::new(extra)).expect("a 503");
+    assert_eq!(shed.status, 503, "{shed:?}");
+    let page = get_from(observer, p, "/metrics").body;
+    assert_eq!(
+        metric_in(
+            &page,
+            "herald_limit_hits_total{limit=\"connections_per_ip\"}"
+        ),
+        Some(6.0)
+    );
+    // One warning line for all six (rate-limited), naming the setting.
+    assert_eq!(herald.log().matches("MAX_CONNECTIONS_PER_IP").count(), 1);
+    // The client on the other address still gets events.
+    publish_from_b(p, b);
+    assert_eq!(next_event(&mut other)["type"], "per-ip");
+}
+
+fn ws_client_from(source: [u8; 4], port: u16) -> Client {
+    let stream = connect_from(source, port);
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let (ws, response) = tungstenite::client::client(url.as_str(), stream).expect("handshake");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+fn publish_from_b(port: u16, source: [u8; 4]) {
+    let mut stream = connect_from(source, port);
+    stream
+        .write_all(
+            b"POST /events?event_type=per-ip HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let reply = read_reply(&mut BufReader::new(stream)).unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+}

@@ -5,6 +5,10 @@
 //! Limits are enforced as soon as a length is known: a head that outgrows `max_head_bytes`
 //! before it is complete is a 431 right away, a declared body over `max_body_bytes` a 413
 //! before any of it arrives.
+//!
+//! A head whose body has not fully arrived is handed out too (`Parsed::AwaitingBody`), so the
+//! reactor can answer `Expect: 100-continue` (RFC 9110 10.1.1) or refuse the request before
+//! the client sends a body that would be refused anyway.
 
 use thiserror::Error;
 
@@ -33,6 +37,9 @@ pub struct Headers<'a> {
     pub origin: Option<&'a str>,
     pub authorization: Option<&'a str>,
     pub last_event_id: Option<&'a str>,
+    /// `Expect: 100-continue` on HTTP/1.1: the client waits for a `100 Continue` before it
+    /// sends the body (RFC 9110 10.1.1: ignored on HTTP/1.0).
+    pub expect_continue: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,15 +67,44 @@ pub enum HttpError {
     BodyTooLarge(usize),
     #[error("Transfer-Encoding is not supported; send Content-Length")]
     TransferEncoding,
+    /// RFC 6455 4.1: the opening handshake is a GET with no body; bytes after the head are
+    /// frames, so a declared body would make them ambiguous.
+    #[error("a WebSocket upgrade request carries no body")]
+    UpgradeWithBody,
+    /// RFC 9110 10.1.1: `100-continue` is the only expectation defined.
+    #[error("unsupported expectation: only Expect: 100-continue is understood")]
+    ExpectationFailed,
     #[error("HTTP version not supported")]
     Version,
 }
 
-/// Parses one request from the front of `buf`. Returns the request and the bytes it used.
+/// What the front of a buffer holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed<'a> {
+    /// A whole request, and the bytes it used.
+    Complete(Request<'a>, usize),
+    /// The head is complete (and checked), its declared body is not there yet; `body` is
+    /// empty. The reactor may answer `Expect: 100-continue` or refuse now.
+    AwaitingBody(Request<'a>),
+    /// The head is not complete yet.
+    Partial,
+}
+
+/// Parses one request from the front of `buf`. Returns the request and the bytes it used, or
+/// `None` until the whole request (head and body) is there.
 pub fn parse_request<'a>(
     buf: &'a [u8],
     limits: &Limits,
 ) -> Result<Option<(Request<'a>, usize)>, HttpError> {
+    Ok(match parse(buf, limits)? {
+        Parsed::Complete(request, used) => Some((request, used)),
+        Parsed::AwaitingBody(_) | Parsed::Partial => None,
+    })
+}
+
+/// Parses the front of `buf`: a whole request, a head still waiting for its body, or not
+/// even a whole head.
+pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, HttpError> {
     let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut header_slots);
     let head_len = match req.parse(buf) {
@@ -76,7 +112,7 @@ pub fn parse_request<'a>(
         Ok(httparse::Status::Partial) if buf.len() > limits.max_head_bytes => {
             return Err(HttpError::HeadTooLarge(limits.max_head_bytes));
         }
-        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(httparse::Error::TooManyHeaders) => {
             return Err(HttpError::HeadTooLarge(limits.max_head_bytes));
         }
@@ -108,6 +144,7 @@ pub fn parse_request<'a>(
     let mut content_length: Option<usize> = None;
     let mut close = false;
     let mut keep_alive = false;
+    let mut transfer_encoding = false;
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value)
             .map_err(|_| HttpError::Malformed("header value is not UTF-8"))?
@@ -120,7 +157,12 @@ pub fn parse_request<'a>(
             }
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError::TransferEncoding);
+            transfer_encoding = true;
+        } else if name.eq_ignore_ascii_case("expect") {
+            if !value.eq_ignore_ascii_case("100-continue") {
+                return Err(HttpError::ExpectationFailed);
+            }
+            headers.expect_continue = !http10;
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(',').map(str::trim) {
                 close |= token.eq_ignore_ascii_case("close");
@@ -145,22 +187,34 @@ pub fn parse_request<'a>(
     }
 
     let body_len = content_length.unwrap_or(0);
+    let is_upgrade = headers.upgrade.is_some_and(|u| {
+        u.split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+    });
+    if is_upgrade && (body_len > 0 || transfer_encoding) {
+        return Err(HttpError::UpgradeWithBody);
+    }
+    if transfer_encoding {
+        return Err(HttpError::TransferEncoding);
+    }
     if body_len > limits.max_body_bytes {
         return Err(HttpError::BodyTooLarge(limits.max_body_bytes));
     }
     let total = head_len + body_len;
-    if buf.len() < total {
-        return Ok(None);
-    }
+    let complete = buf.len() >= total;
     let request = Request {
         method,
         path,
         query,
         keep_alive: if http10 { keep_alive && !close } else { !close },
         headers,
-        body: &buf[head_len..total],
+        body: if complete { &buf[head_len..total] } else { &[] },
     };
-    Ok(Some((request, total)))
+    Ok(if complete {
+        Parsed::Complete(request, total)
+    } else {
+        Parsed::AwaitingBody(request)
+    })
 }
 
 fn parse_content_length(value: &str) -> Result<usize, HttpError> {
@@ -199,6 +253,10 @@ mod tests {
 
     fn parse(input: &str) -> Result<Option<(Request<'_>, usize)>, HttpError> {
         parse_request(input.as_bytes(), &limits())
+    }
+
+    fn parse_request_or_head(input: &str) -> Result<Parsed<'_>, HttpError> {
+        super::parse(input.as_bytes(), &limits())
     }
 
     /// Table of (input, expectation) pairs, like httparse's `req!` tests.
@@ -290,6 +348,43 @@ mod tests {
             parse_request(req.as_bytes(), &big),
             Err(HttpError::HeadTooLarge(8192))
         );
+    }
+
+    #[test]
+    fn should_hand_out_a_head_awaiting_its_body_with_its_expectation() {
+        let head = "POST /events HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 5\r\n\r\n";
+        let Ok(Parsed::AwaitingBody(req)) = parse_request_or_head(head) else {
+            panic!("{:?}", parse_request_or_head(head));
+        };
+        assert!(req.headers.expect_continue);
+        assert_eq!(req.body, b"");
+        let whole = format!("{head}hello");
+        let Ok(Parsed::Complete(req, used)) = parse_request_or_head(&whole) else {
+            panic!("incomplete");
+        };
+        assert_eq!((req.body, used), (&b"hello"[..], whole.len()));
+        // HTTP/1.0 clients do not wait for a 100 (RFC 9110 10.1.1).
+        let old = "POST /events HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+        let Ok(Parsed::AwaitingBody(req)) = parse_request_or_head(old) else {
+            panic!("{:?}", parse_request_or_head(old));
+        };
+        assert!(!req.headers.expect_continue);
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\n"),
+            Err(HttpError::ExpectationFailed)
+        );
+    }
+
+    #[test]
+    fn should_refuse_an_upgrade_that_carries_a_body() {
+        let upgrade = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+        for framing in ["Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n"] {
+            // Refused as soon as the head is in, without waiting for the body.
+            let req = format!("{upgrade}{framing}\r\n");
+            assert_eq!(parse(&req), Err(HttpError::UpgradeWithBody), "{framing}");
+        }
+        let empty = format!("{upgrade}Content-Length: 0\r\n\r\n");
+        assert!(matches!(parse(&empty), Ok(Some(_))));
     }
 
     #[test]

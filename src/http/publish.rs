@@ -73,6 +73,39 @@ pub fn event_from(req: &Request<'_>, path_channel: Option<&str>) -> Result<Event
     })
 }
 
+/// The most bytes the event can take in a subscriber's queue, whatever its id: its JSON as
+/// `Event::to_json` writes it (escapes counted), as a WebSocket frame or as an SSE record
+/// (which repeats the type in its `event:` line). An event over `MAX_QUEUED_BYTES` by this
+/// measure would close every subscriber it reached, so it is refused at publish.
+pub fn largest_frame_bytes(event: &Event) -> usize {
+    /// The longest id, `<20 digits>-<20 digits>`.
+    const ID: usize = 41;
+    /// `{"id":"<id>","type":,"message":,"channel":}`
+    const JSON_FIXED: usize = 39 + ID;
+    /// A WebSocket frame header for 64 KiB and more.
+    const WS_HEADER: usize = 10;
+    /// `id: <id>\nevent: \ndata: \n\n`
+    const SSE_FIXED: usize = 21 + ID;
+    let json = JSON_FIXED
+        + json_string_bytes(&event.kind)
+        + json_string_bytes(&event.message)
+        + json_string_bytes(&event.channel);
+    json + WS_HEADER.max(SSE_FIXED + event.kind.len())
+}
+
+/// The length of `text` as a JSON string with serde_json's escapes: quotes, `"` and `\` as
+/// two bytes, control characters as two (`\n`) or six (`\u0001`).
+fn json_string_bytes(text: &str) -> usize {
+    2 + text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +195,42 @@ mod tests {
         );
         assert_eq!(channel(json, None), "j");
         assert_eq!(channel(post("event_type=a", None, b""), None), "events");
+    }
+
+    #[test]
+    fn should_bound_the_framed_size_of_an_event_exactly_enough() {
+        let texts = [
+            "",
+            "plain",
+            "quote \" and \\ back",
+            "\u{1}\u{1f}\n\t\x08\x0c\r",
+            "caf\u{e9} \u{7f}",
+        ];
+        for kind in texts {
+            for message in texts {
+                let event = Event {
+                    kind: kind.into(),
+                    message: message.repeat(50),
+                    channel: "a.b-c_d".into(),
+                };
+                let id = crate::event::EventId {
+                    ms: u64::MAX,
+                    seq: u64::MAX,
+                };
+                let json = event.to_json(Some(id));
+                let ws = crate::ws::frame::text(&json).len();
+                let sse = crate::sse::event_record(&json).len();
+                let bound = largest_frame_bytes(&event);
+                let largest = ws.max(sse);
+                assert!(
+                    bound >= largest,
+                    "{kind:?}/{message:?}: {bound} < {largest}"
+                );
+                assert!(
+                    bound <= largest + 16,
+                    "{kind:?}/{message:?}: {bound} >> {largest}"
+                );
+            }
+        }
     }
 }

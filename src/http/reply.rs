@@ -30,6 +30,12 @@ pub struct Reply {
     pub body: Bytes,
     /// Close the connection once this reply is sent.
     pub close: bool,
+    /// Send the head only: the answer to a HEAD request, which announces the length of the
+    /// body a GET would get but carries none (RFC 9110 9.3.2).
+    omit_body: bool,
+    /// The GET reply would be a stream of unknown length (SSE): no `Content-Length` at all, as
+    /// RFC 9110 8.6 allows only the length the GET body would have.
+    length_unknown: bool,
 }
 
 impl Reply {
@@ -40,6 +46,8 @@ impl Reply {
             headers: Vec::new(),
             body: body.into(),
             close: false,
+            omit_body: false,
+            length_unknown: false,
         }
     }
 
@@ -63,9 +71,23 @@ impl Reply {
         self
     }
 
+    /// The reply to a HEAD request (when `head_only` is true): headers only.
+    pub fn for_head(mut self, head_only: bool) -> Reply {
+        self.omit_body |= head_only;
+        self
+    }
+
+    /// The head of a stream whose length is not known (only ever sent for HEAD).
+    pub fn stream_head(mut self) -> Reply {
+        self.length_unknown = true;
+        self.omit_body = true;
+        self
+    }
+
     /// The reply as buffers for an output queue: the head, with the body behind it when it is
     /// small, else the body as a second buffer. `head_only` answers a HEAD request.
     pub fn encode(&self, keep_alive: bool, head_only: bool) -> (Bytes, Option<Bytes>) {
+        let head_only = head_only || self.omit_body;
         let body = if head_only { &[][..] } else { &self.body[..] };
         let inline = body.len() <= INLINE_BODY_BYTES;
         let mut out = String::with_capacity(256 + if inline { body.len() } else { 0 });
@@ -94,12 +116,15 @@ impl Reply {
         };
         let _ = write!(
             out,
-            "HTTP/1.1 {} {}\r\n{COMMON_HEADERS}Content-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n",
+            "HTTP/1.1 {} {}\r\n{COMMON_HEADERS}Content-Type: {}\r\n",
             self.status,
             reason(self.status),
             self.content_type,
-            self.body.len(),
         );
+        if !self.length_unknown {
+            let _ = write!(out, "Content-Length: {}\r\n", self.body.len());
+        }
+        let _ = write!(out, "Connection: {connection}\r\n");
         for (name, value) in &self.headers {
             out.push_str(name);
             out.push_str(": ");
@@ -118,14 +143,30 @@ impl HttpError {
             HttpError::HeadTooLarge(_) => 431,
             HttpError::BodyTooLarge(_) => 413,
             HttpError::TransferEncoding => 501,
+            HttpError::UpgradeWithBody => 400,
+            HttpError::ExpectationFailed => 417,
             HttpError::Version => 505,
         };
         Reply::error(status, &self.to_string()).closing()
     }
 }
 
+/// The standard reason phrase (RFC 9110 section 15) of every status Herald sends. A status
+/// missing here would still get its class's generic phrase, never a made-up one; a unit test
+/// checks every status written in the source is listed.
 pub fn reason(status: u16) -> &'static str {
-    match status {
+    standard_reason(status).unwrap_or(match status / 100 {
+        1 => "Informational",
+        2 => "Success",
+        3 => "Redirection",
+        4 => "Client Error",
+        _ => "Server Error",
+    })
+}
+
+fn standard_reason(status: u16) -> Option<&'static str> {
+    Some(match status {
+        100 => "Continue",
         101 => "Switching Protocols",
         200 => "OK",
         204 => "No Content",
@@ -136,17 +177,22 @@ pub fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        410 => "Gone",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
         422 => "Unprocessable Content",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
-        _ => "Unknown",
-    }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -185,5 +231,77 @@ mod tests {
         assert_eq!(reply.status, 431);
         let wire = String::from_utf8(reply.to_bytes(true)).unwrap();
         assert!(wire.contains("Connection: close\r\n"));
+    }
+
+    /// Every status the source can send: the literal after a reply constructor, a
+    /// `responded(..)` count or a hand-written status line, and every number in a
+    /// `status = ...;` statement (the `HttpError` table, `if .. { 422 } else { 400 }`).
+    /// A status added anywhere later without its phrase fails here.
+    fn statuses_in_source() -> std::collections::BTreeSet<u16> {
+        const MARKERS: [&str; 6] = [
+            "Reply::error(",
+            "Reply::json(",
+            "Reply::new(",
+            "responded(",
+            "HTTP/1.1 ",
+            "status = ",
+        ];
+        let mut found = std::collections::BTreeSet::new();
+        let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                for marker in MARKERS {
+                    for (at, _) in text.match_indices(marker) {
+                        let rest = text[at + marker.len()..].trim_start();
+                        let scope = if marker == "status = " {
+                            &rest[..rest.find(';').unwrap_or(rest.len())]
+                        } else {
+                            &rest[..rest.len().min(3)]
+                        };
+                        found.extend(numbers(scope).filter(|n| (100..600).contains(n)));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// The 3-digit numbers standing alone in `text`.
+    fn numbers(text: &str) -> impl Iterator<Item = u16> + '_ {
+        text.split(|c: char| !c.is_ascii_digit())
+            .filter(|word| word.len() == 3)
+            .filter_map(|word| word.parse().ok())
+    }
+
+    #[test]
+    fn should_give_every_status_the_code_sends_its_standard_reason() {
+        let statuses = statuses_in_source();
+        // The scan itself must see the statuses it exists for.
+        for expected in [101, 200, 401, 410, 413, 417, 431, 503] {
+            assert!(
+                statuses.contains(&expected),
+                "{expected} not found in {statuses:?}"
+            );
+        }
+        for status in statuses {
+            let phrase = standard_reason(status)
+                .unwrap_or_else(|| panic!("status {status} has no standard reason phrase"));
+            let line = String::from_utf8(Reply::error(status, "x").to_bytes(false)).unwrap();
+            assert!(
+                line.starts_with(&format!("HTTP/1.1 {status} {phrase}\r\n")),
+                "{line}"
+            );
+        }
+        assert_eq!(reason(410), "Gone");
+        assert_eq!(reason(599), "Server Error");
     }
 }

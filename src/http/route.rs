@@ -61,18 +61,19 @@ pub fn route(req: &Request<'_>, config: &Config, statics: &StaticFiles) -> Actio
         (Method::Get | Method::Head, _) if path.starts_with("/events/") => {
             history(req, &path["/events/".len()..])
         }
-        (Method::Get, "/ws") => upgrade(req, config, false),
-        (Method::Get, "/sse") => match wanted(req, req.headers.last_event_id) {
+        (Method::Get | Method::Head, "/ws") => upgrade(req, config, false),
+        (Method::Get | Method::Head, "/sse") => match wanted(req, req.headers.last_event_id) {
+            Ok(_) if req.method == Method::Head => Action::Reply(sse_head()),
             Ok(wanted) => Action::Sse { wanted },
             Err(reply) => Action::Reply(reply),
         },
-        (Method::Get, _) if is_echo => upgrade(req, config, true),
+        (Method::Get | Method::Head, _) if is_echo => upgrade(req, config, true),
         (_, "/" | "/health" | "/metrics") => not_allowed("GET, HEAD"),
         (_, _) if path.starts_with("/static/") => not_allowed("GET, HEAD"),
         (_, "/events") => not_allowed("POST"),
         (_, _) if path.starts_with("/events/") => not_allowed("GET, HEAD, POST"),
-        (_, "/ws" | "/sse") => not_allowed("GET"),
-        (_, _) if is_echo => not_allowed("GET"),
+        (_, "/ws" | "/sse") => not_allowed("GET, HEAD"),
+        (_, _) if is_echo => not_allowed("GET, HEAD"),
         _ => Action::Reply(Reply::error(404, "not found")),
     }
 }
@@ -98,12 +99,26 @@ fn not_allowed(allow: &'static str) -> Action {
     Action::Reply(Reply::error(405, "method not allowed").header("Allow", allow))
 }
 
+/// What `HEAD /sse` answers: the head a stream starts with, without the stream (its length
+/// is unknown, so no `Content-Length`).
+fn sse_head() -> Reply {
+    Reply::new(200, "text/event-stream", "")
+        .header("Cache-Control", "no-store")
+        .header("X-Accel-Buffering", "no")
+        .stream_head()
+}
+
+/// A WebSocket handshake. HEAD gets what a GET would get, except that it cannot upgrade.
 fn upgrade(req: &Request<'_>, config: &Config, echo: bool) -> Action {
     let wanted = match wanted(req, None) {
         Ok(wanted) => wanted,
         Err(reply) => return Action::Reply(reply),
     };
     match handshake::accept_key(req, config.allowed_origins.as_deref()) {
+        // RFC 6455 4.2.1: the opening handshake is a GET; anything else gets a 400.
+        Ok(_) if req.method == Method::Head => {
+            Action::Reply(Reply::error(400, "the WebSocket handshake is a GET request").closing())
+        }
         Ok(accept_key) => Action::Upgrade {
             accept_key,
             echo,
@@ -120,6 +135,19 @@ fn publish(req: &Request<'_>, config: &Config, path_channel: Option<&str>) -> Ac
     match publish::event_from(req, path_channel) {
         Ok(event) => Action::Publish(event),
         Err(reply) => Action::Reply(reply),
+    }
+}
+
+/// What a request whose body has not arrived yet gets before it is sent: a refusal if the body
+/// would be refused whatever it holds (a publish without the token), so the client need not
+/// send it (`Expect: 100-continue`).
+pub fn refusal_before_body(head: &Request<'_>, config: &Config) -> Option<Reply> {
+    let is_publish = head.method == Method::Post
+        && (head.path == "/events" || head.path.starts_with("/events/"));
+    if is_publish {
+        authorize(head, config).err()
+    } else {
+        None
     }
 }
 

@@ -1,16 +1,43 @@
 //! HTTP on a connection, the reactor's side: parse each pipelined request, route it, act on
 //! it, queue the reply; a request waiting for Redis holds the ones behind it, so replies go
 //! out in order.
+//!
+//! Output is bounded per connection: once a connection's queue passes `MAX_QUEUED_BYTES`,
+//! parsing stops (its further requests wait in the tail, its socket in the kernel) and
+//! resumes when the queue has drained (`resume_reading`, from `flush`). Every reply is
+//! bounded too: history replies come in pages of at most `HISTORY_PAGE_BYTES`.
 
+use bytes::Bytes;
 use serde_json::json;
 
+use super::publishing::Pending;
 use super::{CLOSE_TIMEOUT_SECS, Reactor};
-use crate::broker::Broker;
+use crate::broker::{self, Broker, Read};
 use crate::conn::Phase;
-use crate::http::parse::{Method, parse_request};
+use crate::event::EventId;
+use crate::history::{Page, PageSize, TooOld};
+use crate::http::parse::{Method, Parsed, Request, parse};
+use crate::http::publish::largest_frame_bytes;
 use crate::http::reply::Reply;
-use crate::http::route::{Action, route};
-use crate::metrics::{Gauges, reason};
+use crate::http::route::{self, Action, route};
+use crate::metrics::{Gauges, limit, reason};
+use crate::resp::cmd;
+use crate::resp::link::LinkFailure;
+
+/// The interim answer to `Expect: 100-continue` (RFC 9110 15.2.1).
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// A `GET /events/<channel>` being answered: at once (embedded), or when Redis replies.
+#[derive(Debug)]
+pub(super) struct HistoryRequest {
+    pub(super) key: usize,
+    serial: u32,
+    keep_alive: bool,
+    head_only: bool,
+    channel: String,
+    since: Option<EventId>,
+    limit: usize,
+}
 
 impl Reactor {
     pub(super) fn process_http(&mut self, key: usize, buf: &mut [u8]) -> usize {
@@ -25,9 +52,16 @@ impl Reactor {
                 conn.read_pending = true;
                 return used;
             }
-            let request = match parse_request(&buf[used..], &self.config.limits) {
-                Ok(Some(parsed)) => parsed,
-                Ok(None) => {
+            let request = match parse(&buf[used..], &self.config.limits) {
+                Ok(Parsed::Complete(req, n)) => (req, n),
+                Ok(Parsed::AwaitingBody(head)) => {
+                    conn.deadline = conn.deadline.min(head_by);
+                    if self.refused_before_body(key, &head) {
+                        return buf.len();
+                    }
+                    return used;
+                }
+                Ok(Parsed::Partial) => {
                     if used < buf.len() {
                         // A request has begun: it must complete within the head timeout.
                         conn.deadline = conn.deadline.min(head_by);
@@ -44,6 +78,7 @@ impl Reactor {
             };
             let (req, n) = request;
             used += n;
+            self.conns[key].continue_sent = false;
             let keep_alive = req.keep_alive && self.shutdown_deadline.is_none();
             let head_only = req.method == Method::Head;
             match route(&req, &self.config, &self.statics) {
@@ -57,12 +92,30 @@ impl Reactor {
                     let reply = Reply::new(200, "text/plain; version=0.0.4; charset=utf-8", text);
                     self.send_reply(key, reply, keep_alive, head_only);
                 }
-                Action::Publish(event) => self.publish(key, event, keep_alive),
+                Action::Publish(event) => {
+                    let framed = largest_frame_bytes(&event);
+                    if framed > self.config.limits.max_queued_bytes {
+                        self.refuse_oversized_event(key, framed, keep_alive);
+                    } else {
+                        self.publish(key, event, keep_alive);
+                    }
+                }
                 Action::History {
                     channel,
                     since,
                     limit,
-                } => self.read_history(key, channel, since, limit, keep_alive),
+                } => {
+                    let request = HistoryRequest {
+                        key,
+                        serial: self.conns[key].serial,
+                        keep_alive,
+                        head_only,
+                        channel,
+                        since,
+                        limit,
+                    };
+                    self.read_history(request);
+                }
                 Action::Upgrade {
                     accept_key,
                     echo,
@@ -78,6 +131,101 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    /// A head whose body is still on its way. With `Expect: 100-continue` the client waits for
+    /// our word before sending it (RFC 9110 10.1.1): a refusal now if the body would be
+    /// refused anyway (401 without the publish token; a 413 by Content-Length never gets
+    /// here), else one `100 Continue`. The refusal closes the connection: the client may send
+    /// the body regardless, and it must not be read as the next request. Returns true when
+    /// refused.
+    fn refused_before_body(&mut self, key: usize, head: &Request<'_>) -> bool {
+        let conn = &mut self.conns[key];
+        if !head.headers.expect_continue || conn.continue_sent {
+            return false;
+        }
+        if let Some(reply) = route::refusal_before_body(head, &self.config) {
+            self.send_reply(key, reply.closing(), false, false);
+            return true;
+        }
+        conn.continue_sent = true;
+        conn.queue(key, Bytes::from_static(CONTINUE), &mut self.outbox);
+        self.metrics.responded(100);
+        false
+    }
+
+    /// An event bigger than what a subscriber may have queued would close every subscriber it
+    /// reached (as a slow consumer): refused, to the publisher only.
+    fn refuse_oversized_event(&mut self, key: usize, framed: usize, keep_alive: bool) {
+        let cap = self.config.limits.max_queued_bytes;
+        self.metrics.limit_hit(limit::EVENT_BYTES);
+        let why = format!(
+            "event too large: {framed} bytes framed, subscribers receive at most {cap} (MAX_QUEUED_BYTES)"
+        );
+        self.warn_peer(key, "event too large", &why);
+        self.send_reply(key, Reply::error(413, &why), keep_alive, false);
+    }
+
+    /// `GET /events/<channel>`: a page of history as JSON, for scripts. The page is cut by
+    /// `limit` and by bytes where it is read (the embedded ring; in Redis, by the history
+    /// script, 64 entries at a time), so neither Redis nor the link nor this process ever
+    /// holds more than about one page of it for this request.
+    pub(super) fn read_history(&mut self, request: HistoryRequest) {
+        if let Some(busy) = self.refuse_read() {
+            let reply = Reply::error(503, &busy);
+            return self.send_reply(request.key, reply, request.keep_alive, request.head_only);
+        }
+        let size = page_size(request.limit, self.config.limits.history_page_bytes);
+        match self
+            .broker
+            .read_history(&request.channel, request.since, size)
+        {
+            Read::Done(result) => {
+                let reply = history_reply(&request, result);
+                let HistoryRequest {
+                    key,
+                    keep_alive,
+                    head_only,
+                    ..
+                } = request;
+                self.send_reply(key, reply, keep_alive, head_only);
+            }
+            Read::Unavailable(why) => {
+                let reply = Reply::error(503, &why);
+                self.send_reply(request.key, reply, request.keep_alive, request.head_only);
+            }
+            Read::Pending => {
+                self.conns[request.key].phase = Phase::AwaitingBroker;
+                self.pending.push_back(Pending::HttpHistory(request));
+            }
+        }
+    }
+
+    /// Redis answered a history read (or did not, in time).
+    pub(super) fn answer_history(
+        &mut self,
+        request: HistoryRequest,
+        reply: Result<cmd::Reply, LinkFailure>,
+    ) {
+        let reply = match reply {
+            Err(failure) if failure.timed_out => {
+                Reply::json(504, &json!({ "error": "redis timeout" }))
+            }
+            reply => match reply
+                .map_err(|failure| failure.reason)
+                .and_then(|r| broker::parse_history(r, request.since))
+            {
+                Ok(result) => {
+                    if let Ok(page) = &result {
+                        self.confirm_ids(&page.events);
+                    }
+                    history_reply(&request, result)
+                }
+                Err(why) => Reply::error(503, &why),
+            },
+        };
+        let reply = reply.for_head(request.head_only);
+        self.answer_waiting(request.key, request.serial, reply, request.keep_alive);
     }
 
     /// Queues a reply; closes after it when asked to or when the request was not keep-alive.
@@ -141,22 +289,74 @@ impl Reactor {
         }
     }
 
-    /// Parses what waited in the tail, and reads again if the socket may hold more.
+    /// Parses what waited in the tail, and reads again if the socket may hold more. Called when
+    /// a connection may go on: its Redis answer came, or its queue drained after parsing had
+    /// stopped at the cap (the requests already buffered must not wait for new bytes).
     pub(super) fn resume_reading(&mut self, key: usize) {
-        let conn = &mut self.conns[key];
-        if conn.phase != Phase::ReadingRequest {
-            return;
+        if self.conns[key].phase == Phase::ReadingRequest {
+            self.resume_input(key);
         }
-        if !conn.tail.is_empty() {
-            let buf = std::mem::take(&mut conn.tail);
-            self.process_tail(key, buf);
+    }
+}
+
+/// The wrapper of a history reply around its events: `{"channel":"<64 bytes>","events":[`,
+/// `],"more":false,"next":"<20 digits>-<20 digits>"}` and a newline, rounded up.
+const HISTORY_REPLY_OVERHEAD: usize = 192;
+
+/// What one `GET /events/<channel>` may read: `limit` events, and event bytes such that the
+/// whole reply (events, the commas between them, the wrapper) stays within `page_bytes`.
+fn page_size(limit: usize, page_bytes: usize) -> PageSize {
+    PageSize {
+        events: limit,
+        bytes: page_bytes.saturating_sub(HISTORY_REPLY_OVERHEAD + limit),
+    }
+}
+
+/// `{"channel":..,"events":[..],"more":..,"next":..}`: a page of events as stored, oldest
+/// first, or 410 when the history no longer reaches back to `since`. A page holds at least
+/// one event, whatever its size, so paging always moves on.
+///
+/// `next` is the last event's id: what to pass as `since` to go on from this page. `more`
+/// says events were left out by `limit` or `HISTORY_PAGE_BYTES`: with `since`, they follow
+/// `next` (and a `Link: <...>; rel="next"` header gives that page's URL); without it, the page
+/// holds the latest events and those left out are older ones.
+fn history_reply(request: &HistoryRequest, result: Result<Page, TooOld>) -> Reply {
+    let channel = &request.channel;
+    let Page { events, more } = match result {
+        Ok(page) => page,
+        Err(too_old) => {
+            return Reply::json(
+                410,
+                &json!({ "error": too_old.reason, "reset": true, "channel": channel }),
+            );
         }
-        if let Some(conn) = self.conns.get_mut(key)
-            && conn.read_pending
-        {
-            conn.read_pending = false;
-            self.read_later.push(key);
+    };
+    let event_bytes: usize = events.iter().map(|e| e.json.len() + 1).sum();
+    let mut body = Vec::with_capacity(event_bytes + HISTORY_REPLY_OVERHEAD);
+    body.extend_from_slice(format!("{{\"channel\":{},\"events\":[", json!(channel)).as_bytes());
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
         }
+        body.extend_from_slice(&event.json);
+    }
+    let next = events.last().map(|e| e.id);
+    body.extend_from_slice(format!("],\"more\":{more}").as_bytes());
+    if let Some(next) = next {
+        body.extend_from_slice(format!(",\"next\":\"{next}\"").as_bytes());
+    }
+    body.extend_from_slice(b"}\n");
+    let reply = Reply::new(200, "application/json", body);
+    match (next, request.since) {
+        // Channel names are URL-safe (`channel::validate`).
+        (Some(next), Some(_)) if more => reply.header(
+            "Link",
+            format!(
+                "</events/{channel}?since={next}&limit={}>; rel=\"next\"",
+                request.limit
+            ),
+        ),
+        _ => reply,
     }
 }
 
@@ -194,7 +394,83 @@ fn printable_sample(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::printable_sample;
+    use super::*;
+    use crate::history::StoredEvent;
+
+    fn request(since: Option<EventId>, limit: usize) -> HistoryRequest {
+        HistoryRequest {
+            key: 0,
+            serial: 0,
+            keep_alive: true,
+            head_only: false,
+            channel: "c".into(),
+            since,
+            limit,
+        }
+    }
+
+    fn stored(ms: u64, bytes: usize) -> StoredEvent {
+        let id = EventId { ms, seq: 0 };
+        let pad = "x".repeat(bytes);
+        StoredEvent {
+            id,
+            json: Bytes::from(format!("{{\"id\":\"{id}\",\"message\":\"{pad}\"}}")),
+        }
+    }
+
+    #[test]
+    fn should_keep_a_full_page_within_its_bytes() {
+        for (limit, page_bytes, pad) in [(1000, 1 << 20, 0), (3, 4096, 1000), (50, 65536, 900)] {
+            let size = page_size(limit, page_bytes);
+            // The largest page a read may return for this size (what `Page::cut` admits):
+            // events of the longest ids while their JSON fits in `size.bytes`.
+            let mut events = Vec::new();
+            let mut bytes = 0;
+            while events.len() < size.events {
+                let ms = u64::MAX - events.len() as u64;
+                let mut event = stored(ms, pad);
+                event.id.seq = u64::MAX;
+                if bytes + event.json.len() > size.bytes {
+                    break;
+                }
+                bytes += event.json.len();
+                events.push(event);
+            }
+            let mut request = request(Some(EventId { ms: 1, seq: 0 }), limit);
+            request.channel = "c".repeat(64);
+            let reply = history_reply(&request, Ok(Page { events, more: true }));
+            let body = reply.body.len();
+            assert!(body <= page_bytes, "{limit} {page_bytes}: {body}");
+        }
+    }
+
+    #[test]
+    fn should_say_where_the_next_page_starts() {
+        let events: Vec<StoredEvent> = (1..=3).map(|ms| stored(ms, 10)).collect();
+        let since = Some(EventId { ms: 0, seq: 0 });
+        let page = Page {
+            events: events.clone(),
+            more: true,
+        };
+        let reply = history_reply(&request(since, 3), Ok(page));
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["events"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            (body["more"].as_bool(), body["next"].as_str()),
+            (Some(true), Some("3-0"))
+        );
+        let link = &reply.headers.iter().find(|(n, _)| *n == "Link").unwrap().1;
+        assert_eq!(link, "</events/c?since=3-0&limit=3>; rel=\"next\"");
+        // Without `since` the page is the latest events: nothing follows it to link to.
+        let latest = history_reply(&request(None, 3), Ok(Page { events, more: true }));
+        assert!(latest.headers.is_empty());
+        let last = history_reply(&request(since, 3), Ok(Page::default()));
+        assert_eq!(
+            &last.body[..],
+            b"{\"channel\":\"c\",\"events\":[],\"more\":false}\n"
+        );
+        assert!(last.headers.is_empty());
+    }
 
     #[test]
     fn should_mask_credentials_in_log_samples() {

@@ -15,6 +15,7 @@
 //! route -> broker -> fanout (frame once) -> OutQueues -> dirty list -> flush.
 
 mod http;
+mod per_ip;
 mod publishing;
 mod redis;
 mod resume;
@@ -43,6 +44,7 @@ use crate::resp::link::LinkEvent;
 use crate::sse;
 use crate::static_files::StaticFiles;
 use crate::ws::frame::{self, close_code};
+use per_ip::ConnectionsPerIp;
 use publishing::{CatchUps, ParkedPublishes};
 use redis::{AwaitingRedis, PendingQueue};
 
@@ -91,6 +93,8 @@ pub struct Reactor {
     config: Config,
     statics: StaticFiles,
     conns: Slab<Conn>,
+    /// Open connections per source address (`MAX_CONNECTIONS_PER_IP`).
+    per_ip: ConnectionsPerIp,
     fanout: Fanout,
     broker: Broker,
     /// What each outstanding Redis command is for, oldest first (replies come in order).
@@ -138,6 +142,7 @@ impl Reactor {
         let statics = StaticFiles::new(config.static_dir.as_deref())?;
         let broker = Broker::from_config(&config);
         let outbox = Outbox::new(config.limits.max_queued_bytes);
+        let per_ip = ConnectionsPerIp::new(config.limits.max_connections_per_ip);
         let mut reactor = Reactor {
             poll,
             listener: Some(listener),
@@ -147,6 +152,7 @@ impl Reactor {
             config,
             statics,
             conns: Slab::with_capacity(1024),
+            per_ip,
             fanout: Fanout::default(),
             broker,
             pending: PendingQueue::default(),
@@ -327,13 +333,22 @@ impl Reactor {
         if self.conns.len() >= self.config.limits.max_connections
             || self.shutdown_deadline.is_some()
         {
-            // Shed load rather than stall: a best-effort 503 straight into the fresh socket's
-            // empty send buffer, then close.
             self.metrics.rejected += 1;
+            refuse_connection(&mut stream, "server at its connection limit");
             self.metrics.responded(503);
-            let reply = Reply::error(503, "server at its connection limit").closing();
-            let _ = stream.write(&reply.to_bytes(false));
             debug!("{peer}: refused, at the connection limit");
+            return;
+        }
+        if !self.per_ip.admits(peer.ip()) {
+            refuse_connection(&mut stream, "too many connections from this address");
+            self.metrics.responded(503);
+            self.metrics
+                .limit_hit(crate::metrics::limit::CONNECTIONS_PER_IP);
+            let limit = self.per_ip.limit();
+            self.warnings.warn(
+                "connections per ip",
+                &format!("{peer}: refused, {limit} connections already open from this address (MAX_CONNECTIONS_PER_IP)"),
+            );
             return;
         }
         let deadline = self.clock() + self.config.limits.head_timeout_secs;
@@ -352,6 +367,7 @@ impl Reactor {
         }
         self.next_serial = self.next_serial.wrapping_add(1);
         entry.insert(Conn::new(stream, self.next_serial, deadline));
+        self.per_ip.opened(key, peer.ip());
         self.metrics.accepted += 1;
     }
 
@@ -611,9 +627,10 @@ impl Reactor {
                     self.close_now(key, reason::DONE, "closed at shutdown");
                 }
             }
-            Phase::ReadingRequest if conn.read_pending => {
-                conn.read_pending = false;
-                self.read_later.push(key);
+            // Parsing stopped at the cap (or a request waits half-read): the requests already
+            // buffered go on now, not when the client happens to send more bytes.
+            Phase::ReadingRequest if conn.read_pending || !conn.tail.is_empty() => {
+                self.resume_reading(key);
             }
             _ => {}
         }
@@ -698,6 +715,7 @@ impl Reactor {
             self.unsubscribe_all(key);
             self.awaiting_redis.retain(|waiting| waiting.key != key);
             let mut conn = self.conns.remove(key);
+            self.per_ip.closed(key);
             match conn.became {
                 Became::WebSocket => self.websockets -= 1,
                 Became::Sse => self.sse_streams -= 1,
@@ -872,6 +890,13 @@ impl Reactor {
             .map_or_else(|| "?".to_string(), |a| a.to_string());
         log::log!(level, "conn {key} {peer}: {message}");
     }
+}
+
+/// Sheds a connection rather than stall: a best-effort 503 straight into the fresh socket's
+/// empty send buffer, then close (the stream is dropped by the caller).
+fn refuse_connection(stream: &mut TcpStream, why: &str) {
+    let reply = Reply::error(503, why).closing();
+    let _ = stream.write(&reply.to_bytes(false));
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {

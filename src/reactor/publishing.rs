@@ -26,6 +26,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::Reactor;
+use super::http::HistoryRequest;
 use super::resume::PageRead;
 use crate::broker::{self, Broker, Publish, Read};
 use crate::conn::Phase;
@@ -53,13 +54,7 @@ pub(super) enum Pending {
         /// The event's size, counted against `MAX_PENDING_BYTES` until Redis answers.
         bytes: usize,
     },
-    HttpHistory {
-        key: usize,
-        serial: u32,
-        keep_alive: bool,
-        channel: String,
-        since: Option<EventId>,
-    },
+    HttpHistory(HistoryRequest),
     Replay(PageRead),
     /// The events a channel missed while this replica's Redis subscription was down.
     CatchUp {
@@ -670,32 +665,7 @@ impl Reactor {
                 };
                 self.answer_waiting(key, serial, reply, keep_alive);
             }
-            Pending::HttpHistory {
-                key,
-                serial,
-                keep_alive,
-                channel,
-                since,
-            } => {
-                let reply = match reply {
-                    Err(failure) if failure.timed_out => {
-                        Reply::json(504, &json!({ "error": "redis timeout" }))
-                    }
-                    reply => match reply
-                        .map_err(|failure| failure.reason)
-                        .and_then(|r| broker::parse_history(r, since))
-                    {
-                        Ok(result) => {
-                            if let Ok(page) = &result {
-                                self.confirm_ids(&page.events);
-                            }
-                            history_reply(&channel, result)
-                        }
-                        Err(why) => Reply::error(503, &why),
-                    },
-                };
-                self.answer_waiting(key, serial, reply, keep_alive);
-            }
+            Pending::HttpHistory(request) => self.answer_history(request, reply),
             Pending::Replay(page_read) => {
                 let since = Some(page_read.after());
                 let result = reply
@@ -721,52 +691,21 @@ impl Reactor {
     }
 
     /// Ids read from a stream are Redis's own: they may be trusted when they arrive live.
-    fn confirm_ids(&mut self, events: &[StoredEvent]) {
+    pub(super) fn confirm_ids(&mut self, events: &[StoredEvent]) {
         if let (Some(last), Broker::Redis(redis)) = (events.last(), &mut self.broker) {
             redis.confirmed(last.id);
         }
     }
 
-    /// `GET /events/<channel>`: history as JSON, for scripts.
-    pub(super) fn read_history(
-        &mut self,
-        key: usize,
-        channel: String,
-        since: Option<EventId>,
-        limit: usize,
-        keep_alive: bool,
-    ) {
-        if let Some(busy) = self.refuse_read() {
-            return self.send_reply(key, Reply::error(503, &busy), keep_alive, false);
-        }
-        match self
-            .broker
-            .read_history(&channel, since, PageSize::events(limit))
-        {
-            Read::Done(result) => {
-                let reply = history_reply(&channel, result);
-                self.send_reply(key, reply, keep_alive, false);
-            }
-            Read::Unavailable(why) => {
-                self.send_reply(key, Reply::error(503, &why), keep_alive, false)
-            }
-            Read::Pending => {
-                let conn = &mut self.conns[key];
-                conn.phase = Phase::AwaitingBroker;
-                self.pending.push_back(Pending::HttpHistory {
-                    key,
-                    serial: conn.serial,
-                    keep_alive,
-                    channel,
-                    since,
-                });
-            }
-        }
-    }
-
     /// Answers a request that waited for Redis, if its connection is still the same one,
     /// then lets that connection's pipelined requests go on.
-    fn answer_waiting(&mut self, key: usize, serial: u32, reply: Reply, keep_alive: bool) {
+    pub(super) fn answer_waiting(
+        &mut self,
+        key: usize,
+        serial: u32,
+        reply: Reply,
+        keep_alive: bool,
+    ) {
         let alive = self
             .conns
             .get(key)
@@ -828,26 +767,4 @@ fn published_reply(event: &Event, id: EventId, receivers: i64) -> Reply {
             receivers,
         },
     )
-}
-
-/// `{"channel": ..., "events": [...]}` with each event's JSON as stored, or 410 when the
-/// history no longer reaches back to `since`.
-fn history_reply(channel: &str, result: Result<Page, TooOld>) -> Reply {
-    match result {
-        Ok(Page { events, .. }) => {
-            let mut body = format!("{{\"channel\":{},\"events\":[", json!(channel)).into_bytes();
-            for (i, e) in events.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                body.extend_from_slice(&e.json);
-            }
-            body.extend_from_slice(b"]}\n");
-            Reply::new(200, "application/json", body)
-        }
-        Err(too_old) => Reply::json(
-            410,
-            &json!({ "error": too_old.reason, "reset": true, "channel": channel }),
-        ),
-    }
 }
