@@ -147,6 +147,11 @@ pub struct Cli {
     /// held while a channel catches up (beyond it: 503, or the catch-up gives up with a reset).
     #[arg(long, env = "MAX_PENDING_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_pending_bytes: usize,
+
+    /// Seconds to keep serving after SIGTERM, with /health at 503 "draining", before the
+    /// shutdown grace begins (Kubernetes: time for the ingress to stop routing here).
+    #[arg(long, env = "DRAIN_SECS", default_value_t = 0)]
+    pub drain_secs: u32,
 }
 
 /// A value that must never reach a log line.
@@ -280,6 +285,8 @@ pub struct Config {
     pub allowed_origins: Option<Vec<String>>,
     pub limits: Limits,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, serve on (readiness probe failing) this long before closing.
+    pub drain: Duration,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -364,6 +371,7 @@ impl Config {
                 max_pending_bytes: positive("MAX_PENDING_BYTES", cli.max_pending_bytes)?,
             },
             shutdown_grace: Duration::from_secs(cli.shutdown_grace_secs.into()),
+            drain: Duration::from_secs(cli.drain_secs.into()),
         })
     }
 
@@ -386,6 +394,7 @@ impl Config {
             allowed_origins: None,
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(5),
+            drain: Duration::ZERO,
         }
     }
 }

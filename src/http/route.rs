@@ -53,6 +53,11 @@ pub fn route(req: &Request<'_>, config: &Config, statics: &StaticFiles) -> Actio
             page(statics, &path["/static/".len()..])
         }
         (Method::Get | Method::Head, "/health") => Action::Health,
+        // Liveness: any answer proves the reactor turns; stays 200 while draining.
+        (Method::Get | Method::Head, "/livez") => Action::Reply(
+            Reply::json(200, &serde_json::json!({"status": "alive"}))
+                .header("Cache-Control", "no-store"),
+        ),
         (Method::Get | Method::Head, "/metrics") => Action::Metrics,
         (Method::Post, "/events") => publish(req, config, None),
         (Method::Post, _) if path.starts_with("/events/") => {
@@ -68,7 +73,7 @@ pub fn route(req: &Request<'_>, config: &Config, statics: &StaticFiles) -> Actio
             Err(reply) => Action::Reply(reply),
         },
         (Method::Get | Method::Head, _) if is_echo => upgrade(req, config, true),
-        (_, "/" | "/health" | "/metrics") => not_allowed("GET, HEAD"),
+        (_, "/" | "/health" | "/livez" | "/metrics") => not_allowed("GET, HEAD"),
         (_, _) if path.starts_with("/static/") => not_allowed("GET, HEAD"),
         (_, "/events") => not_allowed("POST"),
         (_, _) if path.starts_with("/events/") => not_allowed("GET, HEAD, POST"),

@@ -79,7 +79,7 @@ impl Reactor {
             let (req, n) = request;
             used += n;
             self.conns[key].continue_sent = false;
-            let keep_alive = req.keep_alive && self.shutdown_deadline.is_none();
+            let keep_alive = req.keep_alive && !self.is_stopping();
             let head_only = req.method == Method::Head;
             match route(&req, &self.config, &self.statics) {
                 Action::Reply(reply) => self.send_reply(key, reply, keep_alive, head_only),
@@ -253,13 +253,20 @@ impl Reactor {
         }
     }
 
+    /// Readiness: 200 "ok" while serving; 503 "draining" from SIGTERM on, so a readiness
+    /// probe takes this replica out of the load balancer (liveness is `/livez`).
     pub(super) fn health(&self) -> Reply {
+        let (status, state) = if self.is_stopping() {
+            (503, "draining")
+        } else {
+            (200, "ok")
+        };
         let redis = match &self.broker {
             Broker::Embedded(_) => serde_json::Value::Null,
             broker => json!(broker.state()),
         };
         let mut body = json!({
-            "status": "ok",
+            "status": state,
             "broker": if matches!(self.broker, Broker::Embedded(_)) { "embedded" } else { "redis" },
             "redis": redis,
             "connections": self.conns.len(),
@@ -270,7 +277,7 @@ impl Reactor {
         if let Some(e) = self.broker.last_error() {
             body["redis_error"] = json!(e);
         }
-        Reply::json(200, &body).header("Cache-Control", "no-store")
+        Reply::json(status, &body).header("Cache-Control", "no-store")
     }
 
     pub(super) fn gauges(&self) -> Gauges {

@@ -128,6 +128,9 @@ pub struct Reactor {
     sse_streams: usize,
     accept_paused_until: Option<Instant>,
     last_accept_warning: Option<Instant>,
+    /// SIGTERM came: serving on, `/health` at 503, until then; the closing phase follows.
+    drain_until: Option<Instant>,
+    /// The closing phase: listener gone, 1001 sent; exit by then at the latest.
     shutdown_deadline: Option<Instant>,
 }
 
@@ -175,6 +178,7 @@ impl Reactor {
             sse_streams: 0,
             accept_paused_until: None,
             last_accept_warning: None,
+            drain_until: None,
             shutdown_deadline: None,
         };
         if let Some(listener) = reactor.listener.as_mut() {
@@ -245,6 +249,9 @@ impl Reactor {
             }
             let now = Instant::now();
             self.on_timers(now);
+            if self.drain_until.is_some_and(|until| now >= until) {
+                self.start_closing();
+            }
             self.flush_links();
             self.close_over_cap();
             self.flush_dirty();
@@ -276,7 +283,7 @@ impl Reactor {
         if let Some(at) = self.redis_work_deadline() {
             deadline = deadline.min(at);
         }
-        if let Some(at) = self.shutdown_deadline {
+        if let Some(at) = self.shutdown_deadline.or(self.drain_until) {
             deadline = deadline.min(at);
         }
         deadline.saturating_duration_since(Instant::now())
@@ -805,12 +812,42 @@ impl Reactor {
         self.begin_shutdown();
     }
 
-    /// Stop accepting, tell every WebSocket we are going away (1001) so pages reconnect
-    /// elsewhere, let in-flight requests and publishes finish, flush, then exit.
+    /// SIGTERM: first drain, then close. Draining (`DRAIN_SECS`) changes nothing but the
+    /// answers: `/health` says 503 "draining" so a readiness probe takes this replica out
+    /// of the load balancer, and HTTP replies close their connection so clients come back
+    /// through it; meanwhile every request, publish and subscriber is served as before,
+    /// because the ingress keeps routing here for a moment after the pod starts to
+    /// terminate (endpoint updates propagate in seconds). A second signal skips the rest of
+    /// the drain. Exit comes within drain + grace.
     pub fn begin_shutdown(&mut self) {
         if self.shutdown_deadline.is_some() {
             return;
         }
+        if self.drain_until.is_none() && !self.config.drain.is_zero() {
+            self.drain_until = Some(Instant::now() + self.config.drain);
+            info!(
+                "draining for {:?}: /health answers 503, still serving {} connections ({} WebSockets); then closing",
+                self.config.drain,
+                self.conns.len(),
+                self.websockets
+            );
+            return;
+        }
+        self.start_closing();
+    }
+
+    /// True from the first SIGTERM on: `/health` says draining, replies close.
+    fn is_stopping(&self) -> bool {
+        self.drain_until.is_some() || self.shutdown_deadline.is_some()
+    }
+
+    /// Stop accepting, tell every WebSocket we are going away (1001) so pages reconnect
+    /// elsewhere, let in-flight requests and publishes finish, flush, then exit.
+    fn start_closing(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.drain_until = None;
         let deadline = Instant::now() + self.config.shutdown_grace;
         self.shutdown_deadline = Some(deadline);
         if let Some(mut listener) = self.listener.take() {

@@ -176,6 +176,22 @@ impl Herald {
         }
     }
 
+    /// Waits (up to `within`) for the process to exit by itself; returns the exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let mut child = self.child.take().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if start.elapsed() > within {
+                let _ = child.kill();
+                panic!("herald did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the process (SIGKILL) and starts it again on the same port.
     pub fn restart(&mut self) {
         self.kill();
