@@ -6,7 +6,8 @@
 # stubs load as a workspace and build with --locked; the real sources then compile, and are
 # really compiled, not mistaken for the stubs). What it cannot: the base image, Kaniko.
 #
-#   tests/dockerfile_steps.sh --check     every `cargo build` run as `cargo check` (CI: cheap)
+#   tests/dockerfile_steps.sh --check     every `cargo build` run as `cargo check` (CI: cheap;
+#       the checked dependencies are kept in target/dockerfile-check for the next run)
 #   tests/dockerfile_steps.sh --measure   the steps as written (release), timed: a clean
 #       build (deps layer + sources layer), then a one-line change to src/ rebuilt from the
 #       cached deps layer as Kaniko would (the sources layer again), timed too.
@@ -66,7 +67,16 @@ seen_sources=0
 while read -r instr rest; do
   step_no=$((step_no + 1))
   case "${instr^^}" in
-    WORKDIR) workdir="$root$rest"; mkdir -p "$workdir"; echo "  WORKDIR $rest" ;;
+    WORKDIR)
+      workdir="$root$rest"
+      mkdir -p "$workdir"
+      if [ "$mode" = --check ]; then
+        # Checked dependencies are kept between runs (the first run pays for them): Herald's
+        # own artifacts are still removed by the deps step and checked anew from the sources.
+        mkdir -p "$repo/target/dockerfile-check"
+        ln -s "$repo/target/dockerfile-check" "$workdir/target"
+      fi
+      echo "  WORKDIR $rest" ;;
     ENV)
       for pair in $rest; do env_pairs+=("$pair"); done
       echo "  ENV $rest" ;;
