@@ -102,10 +102,13 @@ EOF
 )"
     # Herald reads its settings from the environment too (clap env): drop the ones
     # that would change what is tested (use HERALD_ARGS to set them on purpose).
+    # The echo of a message counts toward the connection's queue like any output, so the
+    # queue cap must hold the largest message echoed (16 MiB, cases 9.x) with room to spare.
     # shellcheck disable=SC2086
     env -u PUBSUB_CACHE_URL -u REDIS_URL -u ALLOWED_ORIGINS -u MAX_QUEUED_BYTES \
         -u MAX_CONNECTIONS -u PING_INTERVAL_SECS -u PONG_TIMEOUT_SECS -u PUBLISH_TOKEN \
         "$BIN" --bind 127.0.0.1 --port "$PORT" --echo-path /echo --max-message-bytes 16777216 \
+        --max-queued-bytes 67108864 \
         ${HERALD_ARGS:-} >"$TMP/herald.log" 2>&1 &
     HERALD_PID=$!
     ready=0
