@@ -169,9 +169,10 @@ fn one_bad_client(port: u16, rng: &mut Rng, may_hold: bool) -> Option<TcpStream>
             }
             return Some(stream);
         }
-        // Heads too large, too many headers, bad methods and versions, bad lengths.
+        // Heads too large, too many headers, bad methods and versions, bad lengths, odd
+        // expectations, an upgrade that carries a body.
         4 | 5 => {
-            let req = match rng.below(5) {
+            let req = match rng.below(8) {
                 0 => format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(9000)),
                 1 => {
                     (0..200)
@@ -181,6 +182,17 @@ fn one_bad_client(port: u16, rng: &mut Rng, may_hold: bool) -> Option<TcpStream>
                 }
                 2 => "BREW /pot HTCPCP/1.0\r\n\r\n".to_string(),
                 3 => "POST /events HTTP/1.1\r\nContent-Length: -5\r\n\r\n".to_string(),
+                4 => "POST /events HTTP/1.1\r\nExpect: 42-maybe\r\nContent-Length: 3\r\n\r\nabc"
+                    .to_string(),
+                // A 100 Continue comes back; the body never does.
+                5 => {
+                    "POST /events HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 50000\r\n\r\n"
+                        .to_string()
+                }
+                6 => format!(
+                    "{}Content-Length: 5\r\n\r\nhello",
+                    std::str::from_utf8(&UPGRADE[..UPGRADE.len() - 2]).unwrap()
+                ),
                 _ => "POST /events HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n"
                     .to_string(),
             };

@@ -167,9 +167,11 @@ impl Reactor {
     }
 
     /// `GET /events/<channel>`: a page of history as JSON, for scripts. The page is cut by
-    /// `limit` and by bytes where it is read (the embedded ring; in Redis, by the history
-    /// script, 64 entries at a time), so neither Redis nor the link nor this process ever
-    /// holds more than about one page of it for this request.
+    /// `limit` and by bytes where it is read: the embedded ring, or Redis's history script,
+    /// which reads 64 entries at a time and stops at the byte budget. What a large read still
+    /// costs Redis is the page plus one batch of 64 entries (up to 64 x MAX_BODY_BYTES, 4 MiB
+    /// with the defaults) in the script's memory while it runs; the reply on the link and in
+    /// this process is the page.
     pub(super) fn read_history(&mut self, request: HistoryRequest) {
         if let Some(busy) = self.refuse_read() {
             let reply = Reply::error(503, &busy);
