@@ -68,6 +68,24 @@ fn read_all_pages(port: u16, since: &str, page_bytes: usize) -> Vec<String> {
     panic!("more than 1000 pages");
 }
 
+/// `HEAD path` then `GET path` on one keep-alive connection, in one write: the HEAD reply's
+/// head, and the GET reply read after it (garbled if the HEAD reply carried a body).
+fn head_then_get(port: u16, path: &str) -> (String, HttpReply) {
+    use std::io::BufRead;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let both =
+        format!("HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\nGET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    stream.write_all(both.as_bytes()).unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        assert!(reader.read_line(&mut head).unwrap() > 0, "EOF in {head:?}");
+    }
+    let get_reply = read_reply(&mut reader).expect("the GET reply after the HEAD one");
+    (head, get_reply)
+}
+
 /// The story in either broker mode: 120 events of 20 KB, pages of 64 KiB.
 fn pages_chain_without_gap_or_duplicate(port: u16, page_bytes: usize) {
     const EVENTS: usize = 120;
@@ -82,6 +100,14 @@ fn pages_chain_without_gap_or_duplicate(port: u16, page_bytes: usize) {
     assert!(!events.is_empty() && events.len() < EVENTS);
     let newest = events.last().unwrap()["message"].as_str().unwrap();
     assert!(newest.starts_with(&format!("{:04}", EVENTS - 1)));
+    // HEAD: the same page's headers, no body; the next reply on the connection is intact.
+    let path = format!("/events/events?since={marker}&limit=1000");
+    let (head, get_reply) = head_then_get(port, &path);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("Link: </events/events?since="), "{head}");
+    assert_eq!(get_reply.status, 200);
+    let length = format!("Content-Length: {}\r\n", get_reply.body.len());
+    assert!(head.contains(&length), "{head} announces the GET's length");
     // From the marker on: every event exactly once, in order.
     let messages = read_all_pages(port, &marker, page_bytes);
     let expected: Vec<String> = (0..EVENTS).map(|i| large_message(i, EVENT_BYTES)).collect();
