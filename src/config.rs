@@ -47,9 +47,15 @@ pub struct Cli {
     pub history_max_bytes: usize,
 
     /// Most channels with embedded history kept (over it, the least recently published one's
-    /// history goes), and most channels with subscribers on this server.
+    /// history goes).
     #[arg(long, env = "MAX_CHANNELS", default_value_t = 10_000)]
     pub max_channels: usize,
+
+    /// Most channels with subscribers on this server (each a fan-out entry and, with Redis, a
+    /// subscription). Apart from MAX_CHANNELS: a feed with a channel per signed-in user has
+    /// many more channels listened to than channels worth a history.
+    #[arg(long, env = "MAX_SUBSCRIBED_CHANNELS", default_value_t = 100_000)]
+    pub max_subscribed_channels: usize,
 
     /// Seconds an event stays in the embedded history (0: no age limit).
     #[arg(long, env = "HISTORY_TTL_SECS", default_value_t = 0)]
@@ -276,6 +282,8 @@ pub struct Config {
     /// Caps of the embedded history (`HISTORY_MAX_BYTES`, `MAX_CHANNELS`, `HISTORY_TTL_SECS`).
     pub history_max_bytes: usize,
     pub max_channels: usize,
+    /// Channels with subscribers (`MAX_SUBSCRIBED_CHANNELS`).
+    pub max_subscribed_channels: usize,
     pub history_ttl: Option<Duration>,
     /// Expiry of a Redis history stream after its last event; `None`: never.
     pub redis_history_ttl: Option<Duration>,
@@ -333,6 +341,10 @@ impl Config {
             history_len: cli.history_len.max(1),
             history_max_bytes: positive("HISTORY_MAX_BYTES", cli.history_max_bytes)?,
             max_channels: positive("MAX_CHANNELS", cli.max_channels)?,
+            max_subscribed_channels: positive(
+                "MAX_SUBSCRIBED_CHANNELS",
+                cli.max_subscribed_channels,
+            )?,
             history_ttl: (cli.history_ttl_secs > 0)
                 .then(|| Duration::from_secs(cli.history_ttl_secs)),
             redis_history_ttl: (cli.redis_history_ttl_secs > 0)
@@ -386,6 +398,7 @@ impl Config {
             history_len: 1000,
             history_max_bytes: 64 * 1024 * 1024,
             max_channels: 10_000,
+            max_subscribed_channels: 100_000,
             history_ttl: None,
             redis_history_ttl: Some(Duration::from_secs(86_400)),
             static_dir: None,

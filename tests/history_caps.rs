@@ -288,7 +288,7 @@ fn join_refused(port: u16, channels: &[String]) -> (Client, Vec<String>) {
         let notice = next_event(&mut ws);
         assert_eq!(notice["op"], "error", "{notice}");
         assert_eq!(
-            notice["error"], "server at its channel limit (MAX_CHANNELS)",
+            notice["error"], "server at its channel limit (MAX_SUBSCRIBED_CHANNELS)",
             "{notice}"
         );
         refused.push(notice["channel"].as_str().unwrap().to_string());
@@ -296,8 +296,8 @@ fn join_refused(port: u16, channels: &[String]) -> (Client, Vec<String>) {
     (ws, refused)
 }
 
-/// `MAX_CHANNELS` also caps the channels with subscribers (fan-out entries and, with Redis,
-/// subscriptions): a client naming ever more channels gets an error notice for each one over
+/// `MAX_SUBSCRIBED_CHANNELS` caps the channels with subscribers (fan-out entries and, with
+/// Redis, subscriptions): a client naming ever more channels gets an error notice for each one over
 /// the cap, and a counter; channels that exist stay open to everyone.
 fn subscribed_channels_are_capped(herald: &Herald, redis: Option<&Redis>) {
     const CAP: usize = 3;
@@ -369,7 +369,7 @@ fn subscribed_channels_are_capped(herald: &Herald, redis: Option<&Redis>) {
 
 #[test]
 fn subscribed_channels_are_capped_in_embedded_mode() {
-    let herald = Herald::with(&[], &[("MAX_CHANNELS", "3")]);
+    let herald = Herald::with(&[], &[("MAX_SUBSCRIBED_CHANNELS", "3")]);
     subscribed_channels_are_capped(&herald, None);
 }
 
@@ -378,7 +378,10 @@ fn subscribed_channels_are_capped_in_redis_mode() {
     let redis = Redis::start();
     let herald = Herald::with(
         &[],
-        &[("PUBSUB_CACHE_URL", &redis.url()), ("MAX_CHANNELS", "3")],
+        &[
+            ("PUBSUB_CACHE_URL", &redis.url()),
+            ("MAX_SUBSCRIBED_CHANNELS", "3"),
+        ],
     );
     wait_redis_connected(&herald);
     subscribed_channels_are_capped(&herald, Some(&redis));

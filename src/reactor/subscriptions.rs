@@ -70,20 +70,21 @@ impl Reactor {
         }
     }
 
-    /// `MAX_CHANNELS` caps the channels with subscribers here too: each is a fan-out entry
+    /// `MAX_SUBSCRIBED_CHANNELS` caps the channels with subscribers: each is a fan-out entry
     /// and, with Redis, a subscription (and its catch-up state), so a client must not be able
     /// to make the server hold any number of them. Joining an existing channel is always
     /// fine; a new one over the cap is refused with an error notice (true: refused).
     fn refuse_new_channel(&mut self, key: usize, name: &str) -> bool {
-        let max = self.config.max_channels;
+        let max = self.config.max_subscribed_channels;
         if self.fanout.lookup(name).is_some() || self.fanout.channel_count() < max {
             return false;
         }
         self.metrics.limit_hit(limit::SUBSCRIBED_CHANNELS);
-        let warning =
-            format!("channel {name:?} refused: {max} channels have subscribers (MAX_CHANNELS)");
+        let warning = format!(
+            "channel {name:?} refused: {max} channels have subscribers (MAX_SUBSCRIBED_CHANNELS)"
+        );
         self.warn_peer(key, "subscribed_channels", &warning);
-        let error = "server at its channel limit (MAX_CHANNELS)";
+        let error = "server at its channel limit (MAX_SUBSCRIBED_CHANNELS)";
         self.send_notice(
             key,
             json!({ "op": "error", "channel": name, "error": error }),
