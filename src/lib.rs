@@ -31,6 +31,7 @@
 //! - `metrics`      counters and the Prometheus page
 //! - `ratelog`      warnings logged once per interval with a count; peer error texts cut short
 
+pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod config;
