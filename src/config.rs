@@ -2,7 +2,8 @@
 //! (clap reads both), turned into one validated `Config`.
 //!
 //! Secrets (the Redis password, the publish token) live in `Secret`, whose `Debug` prints `***`,
-//! so logging a `Config` can never leak them. `--help` shows no env values (`hide_env_values`).
+//! and the JWT key in `Auth`, whose `Debug` names only its algorithms, so logging a `Config`
+//! can never leak them. `--help` shows no env values (`hide_env_values`).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -10,6 +11,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use thiserror::Error;
+
+use crate::auth::{Auth, AuthConfigError, AuthSettings};
 
 /// Herald: a real-time event feed server (HTTP publish, Redis pub/sub, WebSocket fan-out).
 #[derive(Parser, Debug)]
@@ -158,6 +161,65 @@ pub struct Cli {
     /// shutdown grace begins (Kubernetes: time for the ingress to stop routing here).
     #[arg(long, env = "DRAIN_SECS", default_value_t = 0)]
     pub drain_secs: u32,
+
+    /// HS256 secret (at least 32 bytes) that signs subscriber and publisher tokens; turns
+    /// auth on.
+    #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
+    pub auth_jwt_secret: Option<String>,
+
+    /// Path of a PEM public key (RSA: RS256, EC P-256: ES256) that verifies tokens; turns
+    /// auth on.
+    #[arg(long, env = "AUTH_JWT_PUBLIC_KEY")]
+    pub auth_jwt_public_key: Option<PathBuf>,
+
+    /// Required `iss` claim of tokens.
+    #[arg(long, env = "AUTH_JWT_ISSUER")]
+    pub auth_jwt_issuer: Option<String>,
+
+    /// Required `aud` claim of tokens.
+    #[arg(long, env = "AUTH_JWT_AUDIENCE")]
+    pub auth_jwt_audience: Option<String>,
+
+    /// Comma-separated channel patterns anyone may subscribe to without a token while auth
+    /// is on (`news`, `status.*`, `*`).
+    #[arg(long, env = "PUBLIC_CHANNELS", value_delimiter = ',')]
+    pub public_channels: Option<Vec<String>>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `herald` does other than serving (with no subcommand, it serves).
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Print an HS256 token for curl and tests, signed with the secret in an environment
+    /// variable (never on the command line, where `ps` would show it).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TokenArgs {
+    /// Environment variable that holds the secret.
+    #[arg(long, default_value = "AUTH_JWT_SECRET")]
+    pub secret_env: String,
+    /// The identity (`sub` claim).
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// Comma-separated patterns the holder may subscribe to (`orders.*`, `news`, `*`).
+    #[arg(long, value_delimiter = ',')]
+    pub channels: Vec<String>,
+    /// Comma-separated patterns the holder may publish to.
+    #[arg(long, value_delimiter = ',')]
+    pub publish: Vec<String>,
+    /// Lifetime: 90s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// `iss` claim (needed when the server sets AUTH_JWT_ISSUER).
+    #[arg(long)]
+    pub iss: Option<String>,
+    /// `aud` claim (needed when the server sets AUTH_JWT_AUDIENCE).
+    #[arg(long)]
+    pub aud: Option<String>,
 }
 
 /// A value that must never reach a log line.
@@ -295,6 +357,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// After SIGTERM, serve on (readiness probe failing) this long before closing.
     pub drain: Duration,
+    /// Token verification; `None`: auth off, every channel open as before.
+    pub auth: Option<Auth>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -303,6 +367,8 @@ pub enum ConfigError {
     RedisUrl(String),
     #[error("invalid {0}: {1}")]
     Invalid(&'static str, String),
+    #[error("invalid auth setting: {0}")]
+    Auth(#[from] AuthConfigError),
 }
 
 impl Config {
@@ -384,6 +450,13 @@ impl Config {
             },
             shutdown_grace: Duration::from_secs(cli.shutdown_grace_secs.into()),
             drain: Duration::from_secs(cli.drain_secs.into()),
+            auth: Auth::from_settings(&AuthSettings {
+                secret: cli.auth_jwt_secret,
+                public_key: cli.auth_jwt_public_key,
+                issuer: cli.auth_jwt_issuer.filter(|s| !s.is_empty()),
+                audience: cli.auth_jwt_audience.filter(|s| !s.is_empty()),
+                public_channels: cli.public_channels.unwrap_or_default(),
+            })?,
         })
     }
 
@@ -408,6 +481,7 @@ impl Config {
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(5),
             drain: Duration::ZERO,
+            auth: None,
         }
     }
 }

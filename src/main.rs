@@ -5,12 +5,16 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use herald::config::{Cli, Config};
+use herald::auth::{self, TokenSpec};
+use herald::config::{Cli, Command, Config, TokenArgs};
 use herald::reactor::Reactor;
 use log::{error, info};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Command::Token(args)) = cli.command.take() {
+        return print_token(&args);
+    }
     init_logging(&cli.log_level);
     let config = match Config::from_cli(cli, std::env::var("REDIS_URL").ok()) {
         Ok(config) => config,
@@ -54,6 +58,35 @@ fn serve(config: Config) -> std::io::Result<()> {
     );
     info!("limits: {limits}");
     reactor.run()
+}
+
+/// `herald token`: prints a token on stdout, or why not on stderr (exit 2).
+fn print_token(args: &TokenArgs) -> ExitCode {
+    let minted = std::env::var(&args.secret_env)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| format!("set {} to the server's AUTH_JWT_SECRET", args.secret_env))
+        .and_then(|secret| {
+            let spec = TokenSpec {
+                sub: args.sub.clone(),
+                channels: args.channels.clone(),
+                publish: args.publish.clone(),
+                ttl: auth::parse_ttl(&args.ttl)?,
+                issuer: args.iss.clone(),
+                audience: args.aud.clone(),
+            };
+            auth::mint_hs256(secret.as_bytes(), &spec)
+        });
+    match minted {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald token: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn init_logging(level: &str) {

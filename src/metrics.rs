@@ -26,6 +26,7 @@ pub mod names {
     pub const LIMIT_HITS: &str = "herald_limit_hits_total";
     pub const HISTORY_BYTES: &str = "herald_history_bytes";
     pub const HISTORY_CHANNELS: &str = "herald_history_channels";
+    pub const AUTH_REFUSALS: &str = "herald_auth_refusals_total";
 }
 
 /// Which cap was hit: the `limit` label of `herald_limit_hits_total`. Every cap a peer can
@@ -78,6 +79,8 @@ pub mod reason {
     pub const IDLE_TIMEOUT: &str = "idle_timeout";
     pub const PING_TIMEOUT: &str = "ping_timeout";
     pub const SHUTDOWN: &str = "shutdown";
+    /// The subscriber's token reached its `exp` (WebSocket: 1008).
+    pub const TOKEN_EXPIRED: &str = "token_expired";
     pub const DONE: &str = "done";
 }
 
@@ -121,6 +124,8 @@ pub struct Metrics {
     pub publish_latency: Histogram,
     /// Times each cap was hit, by `limit` name.
     pub limit_hits: BTreeMap<&'static str, u64>,
+    /// Requests, subscriptions and refreshes refused by auth, by reason (`auth::Refusal`).
+    pub auth_refusals: BTreeMap<&'static str, u64>,
 }
 
 /// Values that are state, not counts: read from the reactor when the page is built.
@@ -151,6 +156,10 @@ impl Metrics {
         if count > 0 {
             *self.limit_hits.entry(limit).or_default() += count;
         }
+    }
+
+    pub fn auth_refused(&mut self, reason: &'static str) {
+        *self.auth_refusals.entry(reason).or_default() += 1;
     }
 
     pub fn responded(&mut self, status: u16) {
@@ -246,6 +255,13 @@ impl Metrics {
         for (limit, n) in &self.limit_hits {
             let _ = writeln!(out, "{LIMIT_HITS}{{limit=\"{limit}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP {AUTH_REFUSALS} Requests, subscriptions and refreshes refused by auth, by reason.\n# TYPE {AUTH_REFUSALS} counter"
+        );
+        for (reason, n) in &self.auth_refusals {
+            let _ = writeln!(out, "{AUTH_REFUSALS}{{reason=\"{reason}\"}} {n}");
+        }
         if let Some(up) = gauges.redis_up {
             let _ = writeln!(
                 out,
@@ -293,6 +309,7 @@ mod tests {
         m.responded(200);
         m.closed(reason::SLOW_CONSUMER);
         m.limit_hit(limit::QUEUED_BYTES);
+        m.auth_refused("signature");
         m.publish_latency.observe(Duration::from_micros(300));
         m.publish_latency.observe(Duration::from_millis(30));
         let text = m.render(&Gauges {
@@ -312,6 +329,7 @@ mod tests {
         assert!(text.contains("herald_redis_up 1\n"));
         assert!(text.contains("herald_limit_hits_total{limit=\"queued_bytes\"} 1\n"));
         assert!(text.contains("herald_history_bytes 4096\n"));
+        assert!(text.contains("herald_auth_refusals_total{reason=\"signature\"} 1\n"));
         assert!(text.contains("herald_history_channels 2\n"));
     }
 }

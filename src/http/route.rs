@@ -2,12 +2,12 @@
 //! queue, an event to publish, or a WebSocket to open. They never touch sockets, and what needs
 //! the reactor's live state (health, metrics) is named by the action and filled in there.
 
-use subtle::ConstantTimeEq;
-
+use super::access::{self, Refused};
 use super::form;
 use super::parse::{Method, Request};
 use super::publish;
 use super::reply::{PAGE_CSP, Reply};
+use crate::auth::{Denial, Grant};
 use crate::channel::{self, Wanted};
 use crate::config::Config;
 use crate::event::{Event, EventId};
@@ -28,10 +28,18 @@ pub enum Action {
         accept_key: String,
         echo: bool,
         wanted: Wanted,
+        /// What the token allows (auth on and a token sent).
+        grant: Option<Grant>,
     },
     /// Turn this connection into a Server-Sent Events stream of these channels.
     Sse {
         wanted: Wanted,
+        grant: Option<Grant>,
+    },
+    /// Auth refused the request: the reactor counts and logs the denial, then sends `reply`.
+    Refused {
+        denial: Denial,
+        reply: Reply,
     },
     /// `GET /events/<channel>`: the channel's history as JSON.
     History {
@@ -64,14 +72,10 @@ pub fn route(req: &Request<'_>, config: &Config, statics: &StaticFiles) -> Actio
             publish(req, config, Some(&path["/events/".len()..]))
         }
         (Method::Get | Method::Head, _) if path.starts_with("/events/") => {
-            history(req, &path["/events/".len()..])
+            history(req, config, &path["/events/".len()..])
         }
         (Method::Get | Method::Head, "/ws") => upgrade(req, config, false),
-        (Method::Get | Method::Head, "/sse") => match wanted(req, req.headers.last_event_id) {
-            Ok(_) if req.method == Method::Head => Action::Reply(sse_head()),
-            Ok(wanted) => Action::Sse { wanted },
-            Err(reply) => Action::Reply(reply),
-        },
+        (Method::Get | Method::Head, "/sse") => sse(req, config),
         (Method::Get | Method::Head, _) if is_echo => upgrade(req, config, true),
         (_, "/" | "/health" | "/livez" | "/metrics") => not_allowed("GET, HEAD"),
         (_, _) if path.starts_with("/static/") => not_allowed("GET, HEAD"),
@@ -119,6 +123,14 @@ fn upgrade(req: &Request<'_>, config: &Config, echo: bool) -> Action {
         Ok(wanted) => wanted,
         Err(reply) => return Action::Reply(reply),
     };
+    // The echo route is for conformance tests and carries no channels: no auth.
+    let grant = match echo {
+        true => None,
+        false => match access::subscriber(req, config, wanted.iter().map(|(n, _)| n.as_str())) {
+            Ok(grant) => grant,
+            Err(denial) => return refused(denial),
+        },
+    };
     match handshake::accept_key(req, config.allowed_origins.as_deref()) {
         // RFC 6455 4.2.1: the opening handshake is a GET; anything else gets a 400.
         Ok(_) if req.method == Method::Head => {
@@ -128,31 +140,58 @@ fn upgrade(req: &Request<'_>, config: &Config, echo: bool) -> Action {
             accept_key,
             echo,
             wanted,
+            grant,
         },
         Err(reply) => Action::Reply(reply),
     }
 }
 
-fn publish(req: &Request<'_>, config: &Config, path_channel: Option<&str>) -> Action {
-    if let Err(reply) = authorize(req, config) {
-        return Action::Reply(reply);
+fn sse(req: &Request<'_>, config: &Config) -> Action {
+    let wanted = match wanted(req, req.headers.last_event_id) {
+        Ok(wanted) => wanted,
+        Err(reply) => return Action::Reply(reply),
+    };
+    match access::subscriber(req, config, wanted.iter().map(|(n, _)| n.as_str())) {
+        Ok(_) if req.method == Method::Head => Action::Reply(sse_head()),
+        Ok(grant) => Action::Sse { wanted, grant },
+        Err(denial) => refused(denial),
     }
-    match publish::event_from(req, path_channel) {
-        Ok(event) => Action::Publish(event),
-        Err(reply) => Action::Reply(reply),
+}
+
+fn refused(denial: Denial) -> Action {
+    let reply = access::denial_reply(&denial);
+    Action::Refused { denial, reply }
+}
+
+fn publish(req: &Request<'_>, config: &Config, path_channel: Option<&str>) -> Action {
+    let publisher = match access::publisher(req, config) {
+        Ok(publisher) => publisher,
+        Err(Refused::Plain(reply)) => return Action::Reply(reply),
+        Err(Refused::Denied(denial)) => return refused(denial),
+    };
+    let event = match publish::event_from(req, path_channel) {
+        Ok(event) => event,
+        Err(reply) => return Action::Reply(reply),
+    };
+    match publisher.may_publish(&event.channel) {
+        Ok(()) => Action::Publish(event),
+        Err(denial) => refused(denial),
     }
 }
 
 /// What a request whose body has not arrived yet gets before it is sent: a refusal if the body
 /// would be refused whatever it holds (a publish without the token), so the client need not
-/// send it (`Expect: 100-continue`).
-pub fn refusal_before_body(head: &Request<'_>, config: &Config) -> Option<Reply> {
+/// send it (`Expect: 100-continue`). An `Action::Reply` or, with auth on, `Action::Refused`.
+pub fn refusal_before_body(head: &Request<'_>, config: &Config) -> Option<Action> {
     let is_publish = head.method == Method::Post
         && (head.path == "/events" || head.path.starts_with("/events/"));
-    if is_publish {
-        authorize(head, config).err()
-    } else {
-        None
+    if !is_publish {
+        return None;
+    }
+    match access::publisher(head, config) {
+        Ok(_) => None,
+        Err(Refused::Plain(reply)) => Some(Action::Reply(reply)),
+        Err(Refused::Denied(denial)) => Some(refused(denial)),
     }
 }
 
@@ -167,9 +206,13 @@ fn wanted(req: &Request<'_>, last_event_id: Option<&str>) -> Result<Wanted, Repl
     channel::parse_wanted(channels.as_deref(), since).map_err(bad)
 }
 
-fn history(req: &Request<'_>, name: &str) -> Action {
+fn history(req: &Request<'_>, config: &Config, name: &str) -> Action {
     if let Err(e) = channel::validate(name) {
         return Action::Reply(Reply::error(400, &e));
+    }
+    // The history of a channel is what a subscriber of it would have received.
+    if let Err(denial) = access::subscriber(req, config, [name]) {
+        return refused(denial);
     }
     let query = req.query.as_bytes();
     let param = |key| form::get(query, key).ok().flatten();
@@ -194,26 +237,6 @@ fn history(req: &Request<'_>, name: &str) -> Action {
         channel: name.to_string(),
         since,
         limit,
-    }
-}
-
-/// With a publish token configured, `POST /events` needs `Authorization: Bearer <token>`,
-/// compared in constant time.
-fn authorize(req: &Request<'_>, config: &Config) -> Result<(), Reply> {
-    let Some(token) = &config.publish_token else {
-        return Ok(());
-    };
-    let offered = req
-        .headers
-        .authorization
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or("");
-    if bool::from(offered.as_bytes().ct_eq(token.0.as_bytes())) {
-        Ok(())
-    } else {
-        Err(Reply::error(401, "missing or wrong publish token")
-            .header("WWW-Authenticate", "Bearer"))
     }
 }
 
@@ -277,7 +300,8 @@ mod tests {
                 &c
             ),
             Action::Sse {
-                wanted: vec![("a".into(), Some(EventId { ms: 3, seq: 0 }))]
+                wanted: vec![("a".into(), Some(EventId { ms: 3, seq: 0 }))],
+                grant: None,
             }
         );
         assert_eq!(

@@ -116,16 +116,23 @@ impl Reactor {
                     };
                     self.read_history(request);
                 }
+                Action::Refused { denial, reply } => {
+                    self.record_denial(key, &denial);
+                    self.send_reply(key, reply, keep_alive, head_only);
+                }
                 Action::Upgrade {
                     accept_key,
                     echo,
                     wanted,
+                    grant,
                 } => {
+                    self.hold_grant(key, grant);
                     self.open_websocket(key, &accept_key, echo, wanted);
                     // Frames may follow the handshake in the same packet.
                     return used + self.process_frames(key, &mut buf[used..]);
                 }
-                Action::Sse { wanted } => {
+                Action::Sse { wanted, grant } => {
+                    self.hold_grant(key, grant);
                     self.open_sse(key, wanted);
                     return buf.len();
                 }
@@ -144,9 +151,17 @@ impl Reactor {
         if !head.headers.expect_continue || conn.continue_sent {
             return false;
         }
-        if let Some(reply) = route::refusal_before_body(head, &self.config) {
-            self.send_reply(key, reply.closing(), false, false);
-            return true;
+        match route::refusal_before_body(head, &self.config) {
+            Some(Action::Reply(reply)) => {
+                self.send_reply(key, reply.closing(), false, false);
+                return true;
+            }
+            Some(Action::Refused { denial, reply }) => {
+                self.record_denial(key, &denial);
+                self.send_reply(key, reply.closing(), false, false);
+                return true;
+            }
+            _ => {}
         }
         conn.continue_sent = true;
         conn.queue(key, Bytes::from_static(CONTINUE), &mut self.outbox);
@@ -275,6 +290,7 @@ impl Reactor {
             "websockets": self.websockets,
             "sse": self.sse_streams,
             "publish_token_required": self.config.publish_token.is_some(),
+            "auth": self.config.auth.is_some(),
         });
         if let Some(e) = self.broker.last_error() {
             body["redis_error"] = json!(e);
@@ -397,8 +413,23 @@ fn printable_sample(bytes: &[u8]) -> String {
             break;
         }
     }
+    mask_query_token(&mut sample);
     sample.truncate(SHOWN);
     format!("{sample:?}")
+}
+
+/// `?token=<jwt>` (how browsers send a token) is a credential too: its value becomes `***`.
+fn mask_query_token(sample: &mut String) {
+    const KEY: &str = "token=";
+    let mut from = 0;
+    while let Some(at) = sample[from..].find(KEY) {
+        let start = from + at + KEY.len();
+        let end = sample[start..]
+            .find(['&', ' ', '#'])
+            .map_or(sample.len(), |n| start + n);
+        sample.replace_range(start..end, "***");
+        from = start + 3;
+    }
 }
 
 #[cfg(test)]
@@ -491,5 +522,7 @@ mod tests {
             "{sample}"
         );
         assert_eq!(printable_sample(b"\x00ab"), "\".ab\"");
+        let query = printable_sample(b"GET /ws?channels=a&token=eyJh.eyJ.sig&x=1 HTTP/1.1\r\n");
+        assert_eq!(query, "\"GET /ws?channels=a&token=***&x=1 HTTP/1.1..\"");
     }
 }

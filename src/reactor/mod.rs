@@ -14,6 +14,7 @@
 //! Data flows one way: socket readable -> scratch -> Conn tail -> http::parse | ws::frame ->
 //! route -> broker -> fanout (frame once) -> OutQueues -> dirty list -> flush.
 
+mod auth;
 mod http;
 mod per_ip;
 mod publishing;
@@ -33,6 +34,7 @@ use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::auth::GrantTable;
 use crate::broker::{Broker, REDIS_PUB, REDIS_SUB};
 use crate::config::Config;
 use crate::conn::{Became, Conn, Outbox, Phase};
@@ -95,6 +97,8 @@ pub struct Reactor {
     conns: Slab<Conn>,
     /// Open connections per source address (`MAX_CONNECTIONS_PER_IP`).
     per_ip: ConnectionsPerIp,
+    /// What each authenticated subscriber's token allows, and until when.
+    grants: GrantTable,
     fanout: Fanout,
     broker: Broker,
     /// What each outstanding Redis command is for, oldest first (replies come in order).
@@ -156,6 +160,7 @@ impl Reactor {
             statics,
             conns: Slab::with_capacity(1024),
             per_ip,
+            grants: GrantTable::default(),
             fanout: Fanout::default(),
             broker,
             pending: PendingQueue::default(),
@@ -720,6 +725,7 @@ impl Reactor {
                 continue;
             }
             self.unsubscribe_all(key);
+            self.grants.detach(key);
             self.awaiting_redis.retain(|waiting| waiting.key != key);
             let mut conn = self.conns.remove(key);
             self.per_ip.closed(key);
@@ -739,6 +745,7 @@ impl Reactor {
             history.sweep(crate::broker::now_ms());
             self.count_history_evictions();
         }
+        self.close_expired_grants();
         let now = self.clock();
         let limits = &self.config.limits;
         let mut expired: Vec<(usize, &'static str)> = Vec::new();

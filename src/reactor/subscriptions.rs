@@ -22,6 +22,8 @@ struct Control {
     op: String,
     channel: Option<String>,
     since: Option<String>,
+    /// `refresh`: the new token.
+    token: Option<String>,
 }
 
 impl Reactor {
@@ -110,7 +112,7 @@ impl Reactor {
         true
     }
 
-    fn unsubscribe_from(&mut self, key: usize, name: &str) -> bool {
+    pub(super) fn unsubscribe_from(&mut self, key: usize, name: &str) -> bool {
         let Some(channel) = self.fanout.lookup(name) else {
             return false;
         };
@@ -157,6 +159,9 @@ impl Reactor {
                 return self.send_notice(key, json!({ "op": "error", "error": error }));
             }
         };
+        if control.op == "refresh" {
+            return self.refresh_grant(key, control.token.as_deref());
+        }
         let name = match control
             .channel
             .as_deref()
@@ -188,6 +193,9 @@ impl Reactor {
                     );
                     return self.send_notice(key, json!({ "op": "error", "error": error }));
                 }
+                if !self.may_subscribe(key, &name) {
+                    return self.refuse_subscription(key, &name);
+                }
                 if self.refuse_new_channel(key, &name) {
                     return;
                 }
@@ -199,7 +207,7 @@ impl Reactor {
                 self.send_notice(key, json!({ "op": "unsubscribed", "channel": name }));
             }
             other => {
-                let error = format!("unknown op {other:?}: use subscribe or unsubscribe");
+                let error = format!("unknown op {other:?}: use subscribe, unsubscribe or refresh");
                 self.send_notice(key, json!({ "op": "error", "error": error }));
             }
         }
