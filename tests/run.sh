@@ -31,6 +31,9 @@ step "unit and integration tests"
 cargo build --workspace --locked --quiet
 cargo test --workspace --locked
 
+step "fuzz targets compile (fuzz/run.sh runs them; not here: they take minutes each)"
+(cd fuzz && cargo check --locked --bins --quiet)
+
 step "browser test (headless Chromium)"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 HERALD_BIN="$PWD/target/debug/herald" node --test tests/browser/

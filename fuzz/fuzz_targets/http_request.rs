@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         pos += used;
         let _ = event_from(&req, None);
         if let Action::Reply(reply) = route(&req, &config, &statics) {
-            let head = reply.encode_head(req.keep_alive);
+            let (head, _) = reply.for_head(true).encode(req.keep_alive, true);
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let parsed = httparse::Response::new(&mut headers).parse(&head);
             assert_eq!(
