@@ -7,8 +7,9 @@
  * only ever inserted as text (textContent), never parsed as HTML.
  *
  * Layout of this file:
- *   config        readFeedConfig()            channels from the page URL
- *   URLs          buildWsUrl()                ws(s)://host/ws?channels=..&since=..
+ *   config        readFeedConfig()            channels and token from the page URL
+ *   URLs          buildWsUrl()                ws(s)://host/ws?channels=..&since=..&token=..
+ *   access        probeAccess()               why a WebSocket failed before opening
  *   events        parseEvent(), renderEvent() one JSON frame -> event or notice
  *   resume        createResume()              last id per channel, dedupe, stats
  *   feed          createFeed()                list, counter, empty state, notices
@@ -22,6 +23,12 @@
  * reconnects with `since=<channel>:<id>,...`; the server then replays what
  * was missed before going live. If it cannot (history lost or too short) it
  * sends {"op":"reset"} and the page says events may be missing.
+ *
+ * Tokens: with auth on (the server has AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY), the page
+ * is opened as /?token=<jwt> and passes the token on to /ws (browsers cannot set headers on
+ * a WebSocket). A refused WebSocket only says "closed before opening", so after such a
+ * failure the page asks /sse the same question over fetch, which does show the 401 or 403;
+ * then it says "Not authorised" and stops reconnecting instead of hammering the server.
  */
 (function () {
   'use strict';
@@ -29,8 +36,12 @@
   var STATUS_TEXT = {
     connecting: 'Connecting…',
     open: 'Connected',
-    reconnecting: 'Reconnecting…'
+    reconnecting: 'Reconnecting…',
+    denied: 'Not authorised'
   };
+  // Close code 1008 with this reason: the token ran out while connected.
+  var CLOSE_POLICY = 1008;
+  var EXPIRED_REASON = 'token expired';
 
   // Reconnect backoff: ~250 ms first, doubling, capped at 5 s, with jitter.
   var BACKOFF_BASE_MS = 250;
@@ -79,7 +90,7 @@
 
   /**
    * Options for the feed, from the page URL: `?channels=orders,deploys`
-   * (default: the server's default channel, `events`).
+   * (default: the server's default channel, `events`) and `?token=<jwt>`.
    */
   function readFeedConfig(search) {
     var params = new URLSearchParams(search || '');
@@ -87,7 +98,8 @@
     var channels = parsed.names.slice(0, MAX_CHANNELS);
     return {
       channels: channels.length ? channels : [DEFAULT_CHANNEL],
-      invalidChannels: parsed.invalid
+      invalidChannels: parsed.invalid,
+      token: (params.get('token') || '').trim()
     };
   }
 
@@ -99,6 +111,7 @@
    * WebSocket URL on the page's own host: wss: for https pages, ws: otherwise.
    * opts.channels: array of channel names -> ?channels=a,b
    * opts.since: { channel: lastId } -> &since=a:<id>,b:<id> (channels with an id only)
+   * opts.token: a JWT -> &token=<jwt>
    */
   function buildWsUrl(loc, opts) {
     opts = opts || {};
@@ -113,7 +126,47 @@
       .filter(function (c) { return typeof since[c] === 'string' && since[c] !== ''; })
       .map(function (c) { return c + ':' + since[c]; });
     if (pairs.length) url.searchParams.set('since', pairs.join(','));
+    if (opts.token) url.searchParams.set('token', opts.token);
     return url.toString();
+  }
+
+  /* ------------------------------------------------------------------ */
+  /* access                                                              */
+  /* ------------------------------------------------------------------ */
+
+  /**
+   * Why did a WebSocket to `wsUrl` fail before it opened? The browser does not say, so ask
+   * /sse the same question (same channels, same token: the server checks both routes the
+   * same way) over fetch, which shows the status. Resolves to
+   * { status: 401|403, error, reason, channels } when access is refused, or null when it
+   * is not (the server was down, or the stream opened: it is cancelled at once).
+   */
+  function probeAccess(wsUrl) {
+    var ws = new URL(wsUrl);
+    var url = new URL('/sse', location.href);
+    url.search = ws.search;
+    url.searchParams.delete('since');
+    var controller = typeof AbortController === 'function' ? new AbortController() : null;
+    return fetch(url.toString(), {
+      cache: 'no-store',
+      headers: { Accept: 'text/event-stream' },
+      signal: controller ? controller.signal : undefined
+    })
+      .then(function (res) {
+        if (res.status !== 401 && res.status !== 403) {
+          if (controller) controller.abort();
+          return null;
+        }
+        return res.json().catch(function () { return {}; }).then(function (body) {
+          return {
+            status: res.status,
+            error: body && body.error ? asText(body.error) : '',
+            reason: body && body.reason ? asText(body.reason) : '',
+            channels: body && Array.isArray(body.channels) ? body.channels.map(asText) : []
+          };
+        });
+      })
+      .catch(function () { return null; });
   }
 
   /** Delay before reconnect attempt number `attempt` (0-based). */
@@ -455,6 +508,8 @@
    *   opts.onMessage(msg):      parsed event or notice
    *   opts.onClose():           the open connection was lost
    *   opts.onState(state, info): 'connecting' | 'open' | 'reconnecting'
+   *   opts.probe(url):          after a failure before opening: Promise of a refusal or null
+   *   opts.onDenied(refusal):   access refused (401/403, or the token expired): no more tries
    * Returns { send(obj) -> bool, isOpen(), retryNow(), close() }.
    */
   function connectFeed(opts) {
@@ -469,6 +524,17 @@
     var onSocket = opts.onSocket || noop;
     var onOpen = opts.onOpen || noop;
     var onClose = opts.onClose || noop;
+    var probe = opts.probe || function () { return Promise.resolve(null); };
+    var onDenied = opts.onDenied || noop;
+    var lastUrl = null;
+
+    /** Access refused: stop for good (a new token means a new page load). */
+    function deny(refusal) {
+      stopped = true;
+      clearTimeout(timer);
+      timer = null;
+      onDenied(refusal);
+    }
 
     function setState(state, info) {
       opts.onState(state, info || {});
@@ -486,7 +552,8 @@
       if (stopped) return;
       var socket;
       try {
-        socket = new WebSocket(opts.url());
+        lastUrl = opts.url();
+        socket = new WebSocket(lastUrl);
       } catch (e) {
         attempt += 1;
         schedule(backoffDelay(attempt));
@@ -527,11 +594,28 @@
             schedule(Math.round(Math.random() * 100));
             return;
           }
+          if (e.code === CLOSE_POLICY && e.reason === EXPIRED_REASON) {
+            deny({ status: 401, reason: 'expired', error: EXPIRED_REASON, channels: [] });
+            return;
+          }
           attempt = stable ? 0 : attempt + 1;
-        } else {
-          attempt += 1;
+          schedule(backoffDelay(attempt));
+          return;
         }
-        schedule(backoffDelay(attempt));
+        // Refused before opening: a 401/403 looks like any other failure here. Ask why
+        // before trying again; show "reconnecting" meanwhile.
+        attempt += 1;
+        var delay = backoffDelay(attempt);
+        var probedAt = Date.now();
+        setState('reconnecting', { delay: delay, attempt: attempt });
+        probe(lastUrl).then(function (refusal) {
+          if (stopped) return;
+          if (refusal) {
+            deny(refusal);
+            return;
+          }
+          schedule(Math.max(0, delay - (Date.now() - probedAt)));
+        });
       };
 
       // Errors are always followed by a close event; handled there.
@@ -583,9 +667,15 @@
    * The followed channels as removable chips, plus an input to add more.
    *   ui.list (<ul>), ui.form, ui.input, ui.status (role=status)
    *   initial: channel names; onChange(names): called after every change.
-   * Chips carry data-state="live" (receiving) or "pending" (subscribing or
-   * disconnected), set with setState().
+   * Chips carry data-state="live" (receiving), "pending" (subscribing or
+   * disconnected) or "forbidden" (the token does not cover it), set with setState().
    */
+  function chipTitle(name, state) {
+    if (state === 'live') return 'Receiving #' + name;
+    if (state === 'forbidden') return 'Not authorised for #' + name;
+    return 'Subscribing to #' + name + '…';
+  }
+
   function createChannelPicker(ui, initial, onChange) {
     var channels = initial.slice();
     var states = Object.create(null);
@@ -601,7 +691,7 @@
         var li = el('li', 'chip');
         li.dataset.channel = name;
         li.dataset.state = states[name] || 'pending';
-        li.title = states[name] === 'live' ? 'Receiving #' + name : 'Subscribing to #' + name + '…';
+        li.title = chipTitle(name, states[name]);
         var dot = el('span', 'chip-dot');
         dot.setAttribute('aria-hidden', 'true');
         li.appendChild(dot);
@@ -681,7 +771,7 @@
         var chip = ui.list.querySelector('.chip[data-channel="' + name + '"]'); // names are [\w.-]
         if (chip) {
           chip.dataset.state = state;
-          chip.title = state === 'live' ? 'Receiving #' + name : 'Subscribing to #' + name + '…';
+          chip.title = chipTitle(name, state);
         }
       },
       say: say
@@ -757,6 +847,7 @@
       var headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
       var token = ui.token.value.trim();
       if (!ui.tokenField.hidden && token) headers.Authorization = 'Bearer ' + token;
+      else if (ui.pageToken) headers.Authorization = 'Bearer ' + ui.pageToken;
 
       inFlight = true;
       ui.submit.disabled = true;
@@ -848,6 +939,7 @@
     var active = new Set();
     var liveOnly = new Set();
     var nextUrl = null; // { channels, since } used for the socket being opened
+    var forbidden = new Set(); // channels the token does not cover: not asked for again
 
     var picker = createChannelPicker({
       list: byId('channel-list'),
@@ -869,15 +961,16 @@
       tokenField: byId('publish-token-field'),
       token: byId('publish-token'),
       submit: byId('publish-submit'),
-      result: byId('publish-result')
+      result: byId('publish-result'),
+      pageToken: config.token
     }, function () { return picker.channels()[0]; });
     publish.refreshChannel(picker.channels());
 
     function wsUrl() {
-      var channels = picker.channels();
+      var channels = picker.channels().filter(function (ch) { return !forbidden.has(ch); });
       var since = resume.sinceFor(channels);
       nextUrl = { channels: channels, since: since };
-      return buildWsUrl(location, { channels: channels, since: since });
+      return buildWsUrl(location, { channels: channels, since: since, token: config.token });
     }
 
     var endpoint = byId('ws-endpoint');
@@ -905,7 +998,7 @@
       if (!conn || !conn.isOpen()) return;
       var wanted = picker.channels();
       wanted.forEach(function (ch) {
-        if (requested.has(ch)) return;
+        if (requested.has(ch) || forbidden.has(ch)) return;
         var msg = { op: 'subscribe', channel: ch };
         var since = resume.sinceFor([ch])[ch];
         if (since !== undefined) msg.since = since;
@@ -954,12 +1047,46 @@
           break;
         }
         case 'error':
+          if (n.error === 'forbidden' && n.channel) {
+            forbid(n.channel);
+            break;
+          }
           picker.say('Server: ' + (n.error || 'request refused'), 'error');
           break;
+        case 'unsubscribed':
+          if (n.reason === 'forbidden' && n.channel) forbid(n.channel);
+          break;
         default:
-          // 'unsubscribed' and anything newer: nothing to show.
+          // Anything newer: nothing to show.
           break;
       }
+    }
+
+    /** The token does not cover `channel`: say so, and stop asking for it. */
+    function forbid(channel) {
+      forbidden.add(channel);
+      requested.delete(channel);
+      active.delete(channel);
+      liveOnly.delete(channel);
+      picker.setState(channel, 'forbidden');
+      picker.say('Not authorised to follow #' + channel + '.', 'error');
+    }
+
+    /** Access refused for good: show why, and what to do about it. */
+    function showDenied(refusal) {
+      var box = byId('auth-state');
+      var text = refusal.reason === 'expired' || refusal.reason === 'missing'
+        ? (refusal.reason === 'expired'
+          ? 'Your access to this feed has expired.'
+          : 'This feed needs a token, and this page was opened without one.')
+        : (refusal.status === 403 && refusal.channels.length
+          ? 'Your token does not allow ' + channelTags(refusal.channels) + '.'
+          : 'Your token was refused' + (refusal.error ? ' (' + refusal.error + ')' : '') + '.');
+      byId('auth-state-text').textContent = text + ' Open the link you were given again, or ask for a new one.';
+      box.hidden = false;
+      box.dataset.status = String(refusal.status);
+      byId('empty-state').hidden = true;
+      picker.channels().forEach(function (ch) { picker.setState(ch, 'forbidden'); });
     }
 
     function onMessage(msg) {
@@ -976,9 +1103,11 @@
       feed.add(msg);
     }
 
+    var authOn = null; // from /health: null until known
     function refreshHealth() {
       loadHealth().then(function (health) {
         var info = byId('server-info');
+        if (health) authOn = health.auth === true;
         if (!health) {
           info.textContent = 'Herald';
           return;
@@ -986,7 +1115,9 @@
         var broker = health.broker ? asText(health.broker) : 'unknown';
         if (health.broker === 'redis' && health.redis) broker += ' (' + asText(health.redis) + ')';
         info.textContent = 'Herald · broker: ' + broker;
-        publish.showTokenField(health.publish_token_required === true);
+        // With auth on, the page's own token (if any) publishes; otherwise ask for one.
+        publish.showTokenField(health.publish_token_required === true ||
+          (health.auth === true && !config.token));
       });
     }
 
@@ -1020,6 +1151,18 @@
         picker.channels().forEach(function (ch) { picker.setState(ch, 'pending'); });
       },
       onMessage: onMessage,
+      // Only where a refusal is possible: a probe while a server without auth is down would
+      // only add a failed request to each attempt.
+      probe: function (url) {
+        return config.token || authOn !== false ? probeAccess(url) : Promise.resolve(null);
+      },
+      onDenied: function (refusal) {
+        statusText.textContent = STATUS_TEXT.denied;
+        statusPill.dataset.state = 'denied';
+        statusPill.title = refusal.error || '';
+        window.__heraldDenied = refusal;
+        showDenied(refusal);
+      },
       onState: function (state, info) {
         statusText.textContent = STATUS_TEXT[state];
         statusPill.dataset.state = state;

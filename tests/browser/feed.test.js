@@ -409,6 +409,21 @@ function pageProbe() {
   });
 }
 
+/** An HS256 JWT signed with `secret` (what the application's backend would mint). */
+function mintToken(secret, claims) {
+  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  const sig = require('node:crypto').createHmac('sha256', secret).update(body).digest('base64url');
+  return `${body}.${sig}`;
+}
+
+/** One sample of GET /metrics (0 when absent). */
+async function metricOf(base, sample) {
+  const res = await fetch(`${base}/metrics`, { signal: AbortSignal.timeout(WAIT_MS) });
+  const line = (await res.text()).split('\n').find((l) => l.startsWith(`${sample} `));
+  return line ? Number(line.slice(sample.length + 1)) : 0;
+}
+
 // --------------------------------------------------------------- the test
 
 describe('Herald live feed page in Chromium', () => {
@@ -471,7 +486,7 @@ describe('Herald live feed page in Chromium', () => {
       // Expected while the server is down during the restart case, and for
       // the deliberate 401 in the token case:
       && !/WebSocket connection to .* failed/.test(line)
-      && !/Failed to load resource: the server responded with a status of 401/.test(line));
+      && !/Failed to load resource: the server responded with a status of 40[13]/.test(line));
   }
 
   before(async () => {
@@ -863,6 +878,68 @@ describe('Herald live feed page in Chromium', () => {
       await a.stop();
       await b.stop();
       await redis.stop();
+    }
+  });
+
+  check('8b. with auth on: a token shows its own channels only; without one the page says "Not authorised" and stops', async () => {
+    const secret = 'browser-test-secret-of-32-bytes-or-more';
+    const secured = new Herald('auth', { AUTH_JWT_SECRET: secret });
+    extraHeralds.push(secured);
+    await secured.start();
+    const now = Math.floor(Date.now() / 1000);
+    const reader = mintToken(secret, { sub: 'alice', exp: now + 600, channels: ['orders.*'] });
+    const publisher = mintToken(secret, { sub: 'backend', exp: now + 600, publish: ['*'] });
+    const publishAs = async (channel, message) => {
+      const res = await fetch(`${secured.base}/events/${channel}?event_type=order&message=${encodeURIComponent(message)}`, {
+        method: 'POST', headers: { Authorization: `Bearer ${publisher}` }, signal: AbortSignal.timeout(WAIT_MS),
+      });
+      assert.equal(res.status, 200, `publish to ${channel}: ${res.status} ${await res.text()}`);
+    };
+    const allowed = await openPage('auth-allowed', secured.base, `?channels=orders.eu&token=${reader}`);
+    let sockets = 0;
+    const refused = await (async () => {
+      const page = await context.newPage();
+      const d = { name: 'auth-refused', console: [], errors: [], dialogs: [] };
+      diag.set(page, d);
+      page.on('console', (m) => d.console.push(`${m.type()}: ${m.text()}`));
+      page.on('pageerror', (e) => d.errors.push(`pageerror: ${e.message}`));
+      page.on('websocket', () => { sockets += 1; });
+      const res = await page.goto(`${secured.base}/?channels=orders.eu`, { waitUntil: 'load', timeout: WAIT_MS });
+      assert.equal(res.status(), 200);
+      return page;
+    })();
+    try {
+      await waitStatus(allowed, 'Connected');
+      // A channel the token does not cover, followed through the picker: refused, shown so.
+      await allowed.getByLabel('Follow a channel').fill('billing');
+      await allowed.getByRole('button', { name: 'Follow', exact: true }).click();
+      await waitChip(allowed, 'billing', 'forbidden');
+      assert.match(await allowed.textContent('#channel-status'), /Not authorised to follow #billing/);
+      await publishAs('billing', 'not for alice');
+      await publishAs('orders.eu', 'for alice');
+      await waitTopEvent(allowed, 'order', 'for alice');
+      await sleep(300); // a billing event, if it leaked, would be here by now
+      assert.deepEqual(await channelEventsOf(allowed), [{ type: 'order', message: 'for alice', channel: '#orders.eu' }]);
+      assert.equal(await statusOf(allowed), 'Connected', 'still connected after the refusal');
+
+      // Without a token: "Not authorised", and no reconnect loop.
+      await waitStatus(refused, 'Not authorised');
+      const box = await refused.textContent('#auth-state');
+      assert.match(box, /Not authorised/);
+      assert.match(box, /needs a token/);
+      const missing = 'herald_auth_refusals_total{reason="missing"}';
+      const refusalsAtDenial = await metricOf(secured.base, missing);
+      await sleep(3000); // the backoff would have retried several times by now
+      assert.ok(sockets <= 2, `WebSocket attempts: ${sockets}`);
+      const refusalsLater = await metricOf(secured.base, missing);
+      assert.equal(refusalsLater, refusalsAtDenial, 'no attempt after "Not authorised"');
+      // One WebSocket and one probe; at most a few in all.
+      assert.ok(refusalsLater >= 2 && refusalsLater <= 4, `refusals: ${refusalsLater}`);
+      assert.equal(await statusOf(refused), 'Not authorised');
+    } finally {
+      await allowed.close();
+      await refused.close();
+      await secured.stop();
     }
   });
 
