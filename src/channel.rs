@@ -13,6 +13,18 @@ pub const MAX_NAME_BYTES: usize = 64;
 /// Most channels one connection may receive.
 pub const MAX_PER_CONNECTION: usize = 256;
 
+/// A channel with subscribers on this server: its slot in the fan-out table. Ids are reused
+/// once a channel has no subscribers left.
+pub type ChannelId = u32;
+
+/// One channel a connection receives, and where the connection sits in its subscriber list
+/// (so leaving the channel is a swap-remove, not a search).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    pub channel: ChannelId,
+    pub slot: u32,
+}
+
 /// Names are 1-64 characters of letters, digits, `_`, `-` and `.`, not starting with `.`:
 /// safe in a Redis key, a URL and a log line.
 pub fn validate(name: &str) -> Result<(), String> {

@@ -25,8 +25,8 @@
 use mio::net::TcpStream;
 use smallvec::SmallVec;
 
+use crate::channel::{ChannelId, Subscription};
 use crate::event::EventId;
-use crate::fanout::{ChannelId, Subscription};
 use crate::outq::{Chunk, OutQueue};
 use crate::replay::{Live, Replay};
 use crate::ws::frame::PartialMessage;

@@ -15,18 +15,10 @@ use std::collections::HashMap;
 
 use slab::Slab;
 
+use crate::channel::{ChannelId, Subscription};
 use crate::conn::{Conn, Outbox, Phase};
 use crate::event::EventId;
 use crate::outq::Chunk;
-
-pub type ChannelId = u32;
-
-/// One channel a connection receives, and where the connection sits in its subscriber list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Subscription {
-    pub channel: ChannelId,
-    pub slot: u32,
-}
 
 #[derive(Debug)]
 struct Channel {

@@ -28,8 +28,8 @@ use std::collections::VecDeque;
 
 use smallvec::SmallVec;
 
+use crate::channel::ChannelId;
 use crate::event::EventId;
-use crate::fanout::ChannelId;
 use crate::outq::Chunk;
 
 /// One subscriber's replays in progress. Boxed on the connection, and only while a replay

@@ -10,11 +10,10 @@
 use bytes::Bytes;
 use serde_json::json;
 
-use super::publishing::Pending;
+use super::pending::{HistoryRequest, Pending};
 use super::{CLOSE_TIMEOUT_SECS, Reactor};
 use crate::broker::{self, Broker, Read};
 use crate::conn::Phase;
-use crate::event::EventId;
 use crate::history::{Page, PageSize, TooOld};
 use crate::http::parse::{Method, Parsed, Request, parse};
 use crate::http::publish::largest_frame_bytes;
@@ -26,18 +25,6 @@ use crate::resp::link::LinkFailure;
 
 /// The interim answer to `Expect: 100-continue` (RFC 9110 15.2.1).
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
-/// A `GET /events/<channel>` being answered: at once (embedded), or when Redis replies.
-#[derive(Debug)]
-pub(super) struct HistoryRequest {
-    pub(super) key: usize,
-    serial: u32,
-    keep_alive: bool,
-    head_only: bool,
-    channel: String,
-    since: Option<EventId>,
-    limit: usize,
-}
 
 impl Reactor {
     pub(super) fn process_http(&mut self, key: usize, buf: &mut [u8]) -> usize {
@@ -435,6 +422,7 @@ fn mask_query_token(sample: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::EventId;
     use crate::history::StoredEvent;
 
     fn request(since: Option<EventId>, limit: usize) -> HistoryRequest {

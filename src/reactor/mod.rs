@@ -16,6 +16,7 @@
 
 mod auth;
 mod http;
+mod pending;
 mod per_ip;
 mod publishing;
 mod redis;

@@ -26,8 +26,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::Reactor;
-use super::http::HistoryRequest;
-use super::resume::PageRead;
+use super::pending::Pending;
 use crate::broker::{self, Broker, Publish, Read};
 use crate::conn::Phase;
 use crate::event::{Event, EventId};
@@ -39,29 +38,6 @@ use crate::ratelog::truncate_error;
 use crate::resp::cmd;
 use crate::resp::link::LinkFailure;
 use crate::{event, sse, ws::frame};
-
-/// What an outstanding Redis command is for. Replies arrive in the order commands were
-/// sent, so a FIFO of these matches each reply to its purpose.
-#[derive(Debug)]
-pub(super) enum Pending {
-    Publish {
-        key: usize,
-        serial: u32,
-        keep_alive: bool,
-        kind: String,
-        channel: String,
-        since: Instant,
-        /// The event's size, counted against `MAX_PENDING_BYTES` until Redis answers.
-        bytes: usize,
-    },
-    HttpHistory(HistoryRequest),
-    Replay(PageRead),
-    /// The events a channel missed while this replica's Redis subscription was down.
-    CatchUp {
-        channel: String,
-        since: EventId,
-    },
-}
 
 /// A channel whose Redis subscription was lost and restored: its history since the last event
 /// delivered is being read; live events wait here meanwhile, so nothing is lost or doubled.

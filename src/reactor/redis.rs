@@ -12,7 +12,7 @@ use std::time::Instant;
 use mio::Token;
 
 use super::Reactor;
-use super::publishing::Pending;
+use super::pending::Pending;
 use super::resume::WaitingReplay;
 use crate::broker::Broker;
 use crate::resp::link::{LinkEvent, Role};

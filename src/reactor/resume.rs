@@ -8,32 +8,14 @@
 use serde_json::json;
 
 use super::Reactor;
-use super::publishing::Pending;
+use super::pending::{PageRead, Pending};
 use crate::broker::{Broker, Read};
 use crate::conn::Phase;
 use crate::event::EventId;
 use crate::history::{Page, PageSize, TooOld};
-use crate::replay::{NextRead, Replay};
+use crate::replay::Replay;
 use crate::sse;
 use crate::ws::frame;
-
-/// A page read that is out at Redis, for one subscriber.
-#[derive(Debug, Clone)]
-pub(super) struct PageRead {
-    key: usize,
-    serial: u32,
-    read: NextRead,
-}
-
-impl PageRead {
-    pub fn after(&self) -> EventId {
-        self.read.after
-    }
-
-    pub fn key(&self) -> usize {
-        self.key
-    }
-}
 
 /// A subscriber whose next page waits for Redis (link up, subscription confirmed).
 #[derive(Debug)]
