@@ -397,6 +397,11 @@ impl Config {
         };
         let max_queued_bytes = positive("MAX_QUEUED_BYTES", cli.max_queued_bytes)?;
         let max_body_bytes = deliverable_body_bytes(cli.max_body_bytes, max_queued_bytes);
+        let max_message_bytes = positive("MAX_MESSAGE_BYTES", cli.max_message_bytes)?;
+        let max_message_bytes = match cli.echo_path {
+            Some(_) => echoable_message_bytes(max_message_bytes, max_queued_bytes),
+            None => max_message_bytes,
+        };
         let history_page_bytes = positive("HISTORY_PAGE_BYTES", cli.history_page_bytes)?;
         Ok(Config {
             bind: cli.bind,
@@ -427,7 +432,7 @@ impl Config {
             limits: Limits {
                 max_head_bytes: positive("MAX_HEAD_BYTES", cli.max_head_bytes)?,
                 max_body_bytes,
-                max_message_bytes: positive("MAX_MESSAGE_BYTES", cli.max_message_bytes)?,
+                max_message_bytes,
                 max_connections: positive("MAX_CONNECTIONS", cli.max_connections)?,
                 max_queued_bytes,
                 max_connections_per_ip: cli.max_connections_per_ip,
@@ -508,9 +513,45 @@ fn deliverable_body_bytes(max_body: usize, max_queued: usize) -> usize {
     max_body.min(deliverable)
 }
 
+/// What the echo route adds to a message on its way back: a frame header (at most 14 bytes)
+/// and the queue's handle and overhead for a buffer one connection holds alone.
+const ECHO_OVERHEAD_BYTES: usize = 14 + 8 + 64;
+
+/// With an echo route, a message comes back whole on the same connection: `MAX_MESSAGE_BYTES`
+/// above what its queue may hold would close the client as slow for its own echo. Lowered,
+/// with a warning at start, like the body limit.
+fn echoable_message_bytes(max_message: usize, max_queued: usize) -> usize {
+    let echoable = max_queued.saturating_sub(ECHO_OVERHEAD_BYTES).max(1);
+    if max_message > echoable {
+        log::warn!(
+            "MAX_MESSAGE_BYTES lowered from {max_message} to {echoable}: the echo route sends a \
+             message back whole, and a connection's queue holds at most MAX_QUEUED_BYTES \
+             ({max_queued})"
+        );
+    }
+    max_message.min(echoable)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn should_lower_a_message_limit_the_echo_route_could_not_send_back() {
+        let message_limit = |args: &[&str]| {
+            let config = Config::from_cli(cli(args), None).unwrap();
+            config.limits.max_message_bytes
+        };
+        let echo = ["--echo-path", "/echo", "--max-message-bytes", "1048576"];
+        assert_eq!(message_limit(&echo), 1024 * 1024 - ECHO_OVERHEAD_BYTES);
+        let roomy = [&echo[..], &["--max-queued-bytes", "4194304"]].concat();
+        assert_eq!(message_limit(&roomy), 1024 * 1024);
+        // The feed route echoes nothing: its limit stays.
+        assert_eq!(
+            message_limit(&["--max-message-bytes", "1048576"]),
+            1024 * 1024
+        );
+    }
 
     fn cli(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("herald").chain(args.iter().copied())).unwrap()
