@@ -47,6 +47,8 @@ impl Drop for Resume {
 struct Proxy {
     port: u16,
     to_herald: Arc<Mutex<Vec<Arc<Mutex<TcpStream>>>>>,
+    /// Per connection: drop what Herald sends instead of forwarding it (a black hole).
+    frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
 }
 
 impl Proxy {
@@ -55,6 +57,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let to_herald = Arc::new(Mutex::new(Vec::new()));
         let links = Arc::clone(&to_herald);
+        let frozen = Arc::new(Mutex::new(Vec::new()));
+        let freezes = Arc::clone(&frozen);
         std::thread::spawn(move || {
             // Bounded: a test makes a few dozen connections at most.
             for herald in listener.incoming().take(1000) {
@@ -64,8 +68,17 @@ impl Proxy {
                 };
                 let (mut from_herald, mut to_redis) =
                     (herald.try_clone().unwrap(), redis.try_clone().unwrap());
+                let freeze = Arc::new(AtomicBool::new(false));
+                freezes.lock().unwrap().push(Arc::clone(&freeze));
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut from_herald, &mut to_redis);
+                    let mut buf = vec![0; 64 * 1024];
+                    while let Ok(n) = from_herald.read(&mut buf) {
+                        let forwarded =
+                            freeze.load(Ordering::Relaxed) || to_redis.write_all(&buf[..n]).is_ok();
+                        if n == 0 || !forwarded {
+                            break;
+                        }
+                    }
                     let _ = to_redis.shutdown(Shutdown::Both);
                 });
                 let herald = Arc::new(Mutex::new(herald));
@@ -82,7 +95,18 @@ impl Proxy {
                 });
             }
         });
-        Proxy { port, to_herald }
+        Proxy {
+            port,
+            to_herald,
+            frozen,
+        }
+    }
+
+    /// From now on, what Herald sends on the connections open now goes nowhere.
+    fn freeze_current(&self) {
+        for freeze in std::mem::take(&mut *self.frozen.lock().unwrap()) {
+            freeze.store(true, Ordering::Relaxed);
+        }
     }
 
     fn url(&self) -> String {
@@ -320,6 +344,97 @@ fn a_stopped_redis_is_answered_for_within_the_timeout() {
     let log = herald.log();
     let stalls = log.matches("did not answer for").count();
     assert!((1..=4).contains(&stalls), "{stalls} lines:\n{log}");
+    let mut herald = herald;
+    assert!(!herald.has_exited());
+}
+
+/// A channel catching up after its subscription dropped holds the live events that arrive
+/// while it reads what it missed. Here the read can never be answered (the command link is
+/// black-holed by the proxy, and looks idle and fine): the held events are released, after a
+/// reset notice, as soon as they pass MAX_PENDING_BYTES (first part), and by REDIS_TIMEOUT_MS
+/// at the latest (second part). Without the cap they pile up until the link's idle check
+/// gives up (15 s + the timeout); memory bound: MAX_PENDING_BYTES held (256 KiB), 4 MiB allowed.
+#[test]
+fn a_catch_up_that_cannot_read_releases_held_events_by_bytes_and_by_time() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.port);
+    let herald = herald_on(
+        &proxy.url(),
+        &[
+            ("REDIS_TIMEOUT_MS", "4000"),
+            ("MAX_PENDING_BYTES", "262144"),
+        ],
+    );
+    wait_redis_connected(&herald);
+    let other_replica = herald_on(&redis.url(), &[]);
+    let mut client = ws_connect(herald.port, "/ws");
+    wait_redis_connected(&herald);
+    publish(herald.port, "first", "0");
+    assert_eq!(next_event(&mut client)["type"], "first");
+    let rss_before = herald.rss_bytes();
+
+    // The command link goes into a black hole; the subscription drops and comes back (through
+    // a fresh, working connection): the catch-up's read is sent and never answered.
+    proxy.freeze_current();
+    assert_eq!(redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]), ":1");
+    wait_until("the subscription to come back", || {
+        redis.command_array(&["PUBSUB", "NUMSUB", "events"])[1] == "1"
+    });
+    let started = Instant::now();
+    let big = "b".repeat(30_000);
+    for i in 0..20 {
+        let body = serde_json::json!({"type": "held", "message": format!("{i}:{big}")});
+        let reply = post(
+            other_replica.port,
+            "/events",
+            Some("application/json"),
+            &body.to_string(),
+        );
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let notice = next_event(&mut client);
+    let released_after = started.elapsed();
+    assert_eq!(notice["op"], "reset", "{notice}");
+    for i in 0..20 {
+        let event = next_event(&mut client);
+        assert_eq!(event["type"], "held");
+        assert!(
+            event["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&i.to_string())
+        );
+    }
+    let rss_during = herald.rss_bytes();
+    eprintln!(
+        "by bytes: reset after {released_after:?}; RSS before {} KiB, during {} KiB",
+        rss_before / 1024,
+        rss_during / 1024
+    );
+    assert!(
+        released_after < Duration::from_millis(3500),
+        "{released_after:?}"
+    );
+    assert!(limit_hits(herald.port, "pending_bytes") >= 1.0);
+    assert!(rss_during <= rss_before + 4 * MIB);
+
+    // Again, with one small event: nothing reaches the byte cap, the timeout releases it.
+    wait_redis_connected(&herald);
+    proxy.freeze_current();
+    assert_eq!(redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]), ":1");
+    wait_until("the subscription to come back", || {
+        redis.command_array(&["PUBSUB", "NUMSUB", "events"])[1] == "1"
+    });
+    let started = Instant::now();
+    publish(other_replica.port, "small", "late");
+    let mut event = next_event(&mut client);
+    let waited = started.elapsed();
+    if event["op"] == "reset" {
+        event = next_event(&mut client);
+    }
+    eprintln!("by time: released after {waited:?}");
+    assert_eq!(event["type"], "small", "{event}");
+    assert!(waited < Duration::from_millis(4000 + 2500), "{waited:?}");
     let mut herald = herald;
     assert!(!herald.has_exited());
 }
