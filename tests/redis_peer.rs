@@ -351,8 +351,8 @@ fn a_stopped_redis_is_answered_for_within_the_timeout() {
 /// A channel catching up after its subscription dropped holds the live events that arrive
 /// while it reads what it missed. Here the read can never be answered (the command link is
 /// black-holed by the proxy, and looks idle and fine): the held events are released, after a
-/// reset notice, as soon as they pass MAX_PENDING_BYTES (first part), and by REDIS_TIMEOUT_MS
-/// at the latest (second part). Without the cap they pile up until the link's idle check
+/// reset notice, as soon as they pass MAX_PENDING_BYTES (first part), and the read is given up
+/// by REDIS_TIMEOUT_MS at the latest (second part). Without the cap they pile up until the link's idle check
 /// gives up (15 s + the timeout); memory bound: MAX_PENDING_BYTES held (256 KiB), 4 MiB allowed.
 #[test]
 fn a_catch_up_that_cannot_read_releases_held_events_by_bytes_and_by_time() {
@@ -418,7 +418,9 @@ fn a_catch_up_that_cannot_read_releases_held_events_by_bytes_and_by_time() {
     assert!(limit_hits(herald.port, "pending_bytes") >= 1.0);
     assert!(rss_during <= rss_before + 4 * MIB);
 
-    // Again, with one small event: nothing reaches the byte cap, the timeout releases it.
+    // Again, with one small event: nothing reaches the byte cap. REDIS_TIMEOUT_MS resets the
+    // black-holed link; the catch-up reads again on the new one (or, had it held events that
+    // long, would release them after a reset notice).
     wait_redis_connected(&herald);
     proxy.freeze_current();
     assert_eq!(redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]), ":1");

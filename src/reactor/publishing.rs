@@ -655,6 +655,15 @@ impl Reactor {
                 self.continue_replay(key);
             }
             Pending::CatchUp { channel, since } => {
+                if reply.is_err() {
+                    // The read was lost with the link, not refused by Redis: read again once
+                    // the link is back. What the catch-up holds meanwhile is still bounded by
+                    // MAX_PENDING_BYTES and REDIS_TIMEOUT_MS (`relay`, `expire_redis_work`).
+                    if let Some(catch_up) = self.catch_ups.active.get_mut(&channel) {
+                        catch_up.read_sent = false;
+                    }
+                    return self.continue_catch_ups();
+                }
                 let result = reply
                     .map_err(|failure| failure.reason)
                     .and_then(|r| broker::parse_history(r, Some(since)));
