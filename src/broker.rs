@@ -282,6 +282,11 @@ impl RedisBroker {
         (id.ms as i64) <= redis_now.saturating_add(ID_CLOCK_SLACK_MS)
     }
 
+    /// Whether Redis's clock has been read, so that `trusts_id` can judge an id.
+    pub fn knows_clock(&self) -> bool {
+        self.publisher.clock_offset_ms().is_some()
+    }
+
     /// An id Redis itself returned (a publish reply, a stream entry).
     pub fn confirmed(&mut self, id: EventId) {
         self.newest_confirmed = self.newest_confirmed.max(id);

@@ -417,7 +417,10 @@ impl Reactor {
         }
         self.metrics.events_received += 1;
         let id = self.trusted_id(payload);
-        if inspected.has_id && id.is_none() {
+        // Until the command link has read Redis's clock no id can be judged: not the payload's
+        // fault, so not counted against it.
+        let clock_known = matches!(&self.broker, Broker::Redis(redis) if redis.knows_clock());
+        if inspected.has_id && id.is_none() && clock_known {
             self.metrics.limit_hit(limit::REDIS_MESSAGE_ID);
             self.warnings.warn(
                 limit::REDIS_MESSAGE_ID,
