@@ -74,9 +74,10 @@ pub struct Args {
     pub events: Option<u64>,
 
     /// Publish at this many events per second (paced; latency from the
-    /// scheduled send time is reported too). Default: as fast as --in-flight
-    /// allows.
-    #[arg(short, long)]
+    /// scheduled send time is reported too). At least 0.001 (fractions
+    /// allowed, e.g. 0.25); 0, negative or NaN is refused. Omit it to publish
+    /// unpaced, as fast as --in-flight allows.
+    #[arg(short, long, value_parser = parse_rate)]
     pub rate: Option<f64>,
 
     /// Fan-out: publish requests in flight (HTTP: this many keep-alive
@@ -122,8 +123,17 @@ pub struct Args {
     #[arg(long, value_parser = parse_source_ips)]
     pub source_ips: Option<SourceIps>,
 
-    /// Clients per process; beyond this, worker processes are started
-    /// (default: open-file hard limit minus 256).
+    /// Processes that hold the WebSocket clients, split evenly (default: the
+    /// cores available to herald-bench, as `available_parallelism` counts
+    /// them: CPU affinity and cgroup CPU quotas honoured). With 1 the clients
+    /// share the main process with the publisher; with more, each is a
+    /// worker process and the main process only publishes. More are started
+    /// when --clients-per-worker requires it.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub procs: Option<u32>,
+
+    /// Clients per process at most; beyond this, more worker processes are
+    /// started (default: open-file hard limit minus 256).
     #[arg(long)]
     pub clients_per_worker: Option<usize>,
 
@@ -163,6 +173,11 @@ pub struct Args {
     /// Seconds between progress lines on stderr (0 = none).
     #[arg(long, default_value = "1", value_parser = parse_secs)]
     pub progress_interval: Duration,
+
+    /// Test only: every client-holding process spins instead of sleeping
+    /// during the measured phase, so that the run is flagged as saturated.
+    #[arg(long, hide = true)]
+    pub test_burn_cpu: bool,
 
     /// Internal: run as a worker process with this JSON configuration.
     #[arg(long, hide = true)]
@@ -221,6 +236,25 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
         return Err(format!("{s}: must be >= 0"));
     }
     Ok(Duration::from_secs_f64(v))
+}
+
+/// Slowest accepted `--rate`, events per second. Below it an event's
+/// scheduled offset (`seq / rate` seconds) soon overflows a `Duration`.
+pub const MIN_RATE: f64 = 0.001;
+
+/// Parses `--rate`: events per second, a finite number of at least
+/// [`MIN_RATE`]. A rate of 0 is refused rather than read as "unpaced": an
+/// explicit pace that means its opposite would hide a typo, and unpaced is
+/// already the default.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{s}: {e}"))?;
+    if !v.is_finite() || v < MIN_RATE {
+        return Err(format!(
+            "{s}: must be a number of events per second of at least {MIN_RATE} \
+             (omit --rate to publish unpaced, as fast as --in-flight allows)"
+        ));
+    }
+    Ok(v)
 }
 
 /// Resolves `host:port` to the first socket address (IPv4 preferred).
@@ -305,6 +339,15 @@ mod tests {
         let u = parse_redis_url("redis://bob:pw@h:1").unwrap();
         assert_eq!(u.user.as_deref(), Some("bob"));
         assert!(parse_redis_url("http://x").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("20").unwrap(), 20.0);
+        assert_eq!(parse_rate("0.25").unwrap(), 0.25);
+        for bad in ["0", "-1", "NaN", "inf", "-0", "1e-20", "x", ""] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

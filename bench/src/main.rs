@@ -4,11 +4,13 @@
 //!
 //! Modules: [`cli`] options, [`channels`] the many-channels case, [`pool`] WebSocket clients, [`publisher`] HTTP /
 //! Redis publishing, [`reactor`] the mio loop, [`run`] phase orchestration,
-//! [`worker`] multi-process split, [`stats`] mergeable results, [`report`]
-//! output, [`procfs`] process sampling, [`wire`] protocol parsing.
+//! [`worker`] multi-process split, [`load`] the generator's own load and
+//! saturation verdict, [`stats`] mergeable results, [`report`] output,
+//! [`procfs`] process sampling, [`wire`] protocol parsing.
 
 mod channels;
 mod cli;
+mod load;
 mod pool;
 mod procfs;
 mod publisher;

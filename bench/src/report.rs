@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::load::GeneratorLoad;
 use crate::stats::LatencySummary;
 
 /// Server-side samples (present with `--pid`).
@@ -33,6 +34,7 @@ pub struct FanoutReport {
     pub clients: u64,
     /// `--channels` (0 = everyone on the default channel).
     pub channels: u64,
+    /// Processes holding the clients (1: the main process itself).
     pub workers: usize,
     pub connected: u64,
     pub connect_failed: u64,
@@ -73,6 +75,10 @@ pub struct FanoutReport {
     pub latency_us: Option<LatencySummary>,
     /// Scheduled send time to receipt (paced runs).
     pub sched_latency_us: Option<LatencySummary>,
+    /// Server CPU time in the publish phase per delivery, microseconds.
+    pub server_cpu_per_delivery_us: Option<f64>,
+    /// Generator CPU time (all processes) in the publish phase per delivery.
+    pub gen_cpu_per_delivery_us: Option<f64>,
     #[serde(flatten)]
     pub server: ServerFigures,
     pub connect_phase_seconds: f64,
@@ -82,6 +88,10 @@ pub struct FanoutReport {
     pub gen_cpu_connect_s: f64,
     pub gen_cpu_publish_s: f64,
     pub gen_cpu_publish_util: f64,
+    /// The generator was saturated in the publish phase: the figures show
+    /// its limit, not the server's (see `generator.saturation`).
+    pub generator_saturated: bool,
+    pub generator: Option<GeneratorLoad>,
     pub ok: bool,
     pub problems: Vec<String>,
 }
@@ -110,6 +120,9 @@ pub struct ThroughputReport {
     pub server: ServerFigures,
     pub gen_cpu_s: f64,
     pub gen_cpu_util: f64,
+    /// As in the fan-out report: the figures show the generator's limit.
+    pub generator_saturated: bool,
+    pub generator: Option<GeneratorLoad>,
     pub ok: bool,
     pub problems: Vec<String>,
 }
@@ -191,9 +204,55 @@ fn server_rows(t: &mut Table, s: &ServerFigures) {
     );
 }
 
+/// The generator's load, one row per process, and the saturation verdict.
+fn generator_rows(t: &mut Table, g: &Option<GeneratorLoad>) {
+    let Some(g) = g else {
+        return;
+    };
+    t.row(
+        "cpu in measured phase",
+        format!(
+            "{:.3} s = {:.2} of {} available cores over {:.3} s",
+            g.cpu_s, g.used_cores, g.available_cores, g.phase_s
+        ),
+    );
+    for p in &g.processes {
+        t.row(
+            &format!("  {} (pid {})", p.process, p.pid),
+            format!(
+                "{:.0}% of a core; reactor thread on a CPU or waiting for one {:.0}% of the \
+                 phase ({:.0}% waiting)",
+                p.cores() * 100.0,
+                p.busy() * 100.0,
+                if p.wall_s > 0.0 {
+                    p.reactor_waiting_s / p.wall_s * 100.0
+                } else {
+                    0.0
+                }
+            ),
+        );
+    }
+    t.row(
+        "saturated",
+        if g.saturated {
+            "YES: the figures above are the generator's, not the server's"
+        } else {
+            "no"
+        },
+    );
+}
+
+/// The banner of a saturated run, as a line of its own.
+fn banner(t: &mut Table, g: &Option<GeneratorLoad>) {
+    if let Some(b) = g.as_ref().and_then(GeneratorLoad::banner) {
+        t.section(&b);
+    }
+}
+
 impl FanoutReport {
     pub fn table(&self) -> String {
         let mut t = Table(String::new());
+        banner(&mut t, &self.generator);
         t.section(&format!(
             "herald-bench fanout -> {} (publish via {})",
             self.target, self.publish
@@ -297,7 +356,11 @@ impl FanoutReport {
             t.row("foreign frames", self.foreign_frames);
         }
         server_rows(&mut t, &self.server);
-        t.section("generator");
+        let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2} us"));
+        if self.server.server_pid.is_some() {
+            t.row("cpu per delivery", us(self.server_cpu_per_delivery_us));
+        }
+        t.section(&format!("generator ({} client processes)", self.workers));
         t.row(
             "cpu connect / publish",
             format!(
@@ -308,7 +371,10 @@ impl FanoutReport {
                 self.publish_phase_seconds
             ),
         );
+        t.row("cpu per delivery", us(self.gen_cpu_per_delivery_us));
+        generator_rows(&mut t, &self.generator);
         result_rows(&mut t, self.ok, &self.problems);
+        banner(&mut t, &self.generator);
         t.0
     }
 }
@@ -316,6 +382,7 @@ impl FanoutReport {
 impl ThroughputReport {
     pub fn table(&self) -> String {
         let mut t = Table(String::new());
+        banner(&mut t, &self.generator);
         t.section(&format!("herald-bench throughput -> {}", self.target));
         t.row(
             "connections",
@@ -355,7 +422,9 @@ impl ThroughputReport {
                 self.gen_cpu_util * 100.0
             ),
         );
+        generator_rows(&mut t, &self.generator);
         result_rows(&mut t, self.ok, &self.problems);
+        banner(&mut t, &self.generator);
         t.0
     }
 }

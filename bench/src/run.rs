@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::channels;
 use crate::cli::{self, Args, Mode, PublishVia};
+use crate::load::{self, CpuMark, GeneratorLoad, ProcLoad};
 use crate::pool::{ClientPool, PoolConfig};
 use crate::procfs::{self, ServerProbe, ServerSample};
 use crate::publisher::{Plan, Protocol, Publisher};
@@ -27,6 +28,8 @@ struct Bench {
     reactor: Reactor,
     side: Side,
     workers: usize,
+    /// Start of the measured phase in this process (see [`crate::load`]).
+    phase_mark: Option<CpuMark>,
     t0: Instant,
     deadline: Instant,
     last_progress: Instant,
@@ -46,11 +49,13 @@ impl Bench {
             .unwrap_or_else(|| procfs::nofile_hard_limit().saturating_sub(256) as usize)
             .max(1);
         let mut reactor = Reactor::new().map_err(|e| format!("poll: {e}"))?;
-        let workers = if clients > per_worker {
-            clients.div_ceil(per_worker)
-        } else {
-            1
-        };
+        // One client-holding process per available core by default, so that
+        // the generator's own CPU is not what the run measures; more when the
+        // open-file limit requires; never more processes than clients.
+        let procs = args
+            .procs
+            .map_or_else(load::available_cores, |p| p as usize);
+        let workers = procs.max(clients.div_ceil(per_worker)).min(clients).max(1);
         let side = if workers == 1 {
             reactor.pool = Some(ClientPool::new(PoolConfig {
                 addr,
@@ -92,10 +97,12 @@ impl Bench {
                         settle_timeout_s: args.settle_timeout.as_secs_f64(),
                         max_duration_s: args.max_duration.as_secs_f64(),
                         progress_interval_s: args.progress_interval.as_secs_f64(),
+                        burn_cpu: args.test_burn_cpu,
                     }
                 })
                 .collect();
-            Side::Workers(WorkerSet::spawn(&configs)?)
+            let waker = reactor.waker().map_err(|e| format!("waker: {e}"))?;
+            Side::Workers(WorkerSet::spawn(&configs, waker)?)
         };
         let now = Instant::now();
         Ok(Bench {
@@ -103,6 +110,7 @@ impl Bench {
             reactor,
             side,
             workers,
+            phase_mark: None,
             t0: now,
             deadline: now + args.max_duration,
             last_progress: now,
@@ -129,8 +137,9 @@ impl Bench {
     /// One reactor turn plus worker messages.
     fn turn(&mut self) -> Res<()> {
         let wait = match self.side {
-            Side::Local => Duration::from_millis(50),
-            Side::Workers(_) => Duration::from_millis(10),
+            Side::Local if self.args.test_burn_cpu && self.phase_mark.is_some() => Duration::ZERO,
+            // Worker messages wake the reactor (see `WorkerSet::spawn`).
+            Side::Local | Side::Workers(_) => Duration::from_millis(50),
         };
         self.reactor.turn(wait).map_err(|e| format!("poll: {e}"))?;
         if let Side::Workers(w) = &mut self.side {
@@ -264,6 +273,36 @@ impl Bench {
         Ok(())
     }
 
+    /// Starts the measured phase: every generator process measures its own
+    /// load from here.
+    fn start_phase(&mut self) {
+        if let Side::Workers(w) = &mut self.side {
+            w.broadcast("mark");
+        }
+        self.phase_mark = Some(CpuMark::now());
+    }
+
+    /// Ends the measured phase in this process: its load since the start.
+    fn end_phase(&mut self) -> Option<ProcLoad> {
+        self.phase_mark.take().map(|m| m.since("main".into()))
+    }
+
+    /// The generator's load over the phase: this process's plus the workers'
+    /// (call after [`Bench::finish_clients`], which collects their reports).
+    fn generator_load(&self, main: Option<ProcLoad>) -> Option<GeneratorLoad> {
+        let main = main?;
+        let phase_s = main.wall_s;
+        let mut procs = vec![main];
+        if let Side::Workers(w) = &self.side {
+            procs.extend(w.loads());
+        }
+        Some(GeneratorLoad::assess(
+            load::available_cores(),
+            phase_s,
+            procs,
+        ))
+    }
+
     /// Waits until every client has every event, or the settle timeout.
     fn settle(&mut self) -> Res<()> {
         if let Side::Workers(w) = &mut self.side {
@@ -376,7 +415,7 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
     let mut s_connected = ServerSample::default();
     let mut publish_phase = Duration::ZERO;
     let mut s_pub_start = ServerSample::default();
-    let mut cpu_pub_start = cpu_before;
+    let mut main_load: Option<ProcLoad> = None;
     let connect_phase = match b.connect_all() {
         Ok(()) => t_connect.elapsed(),
         Err(e) => {
@@ -402,10 +441,11 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
             };
             b.open_publisher(proto, pub_addr, plan, in_flight)?;
             s_pub_start = probe.sample();
-            cpu_pub_start = procfs::self_cpu_s();
+            b.start_phase();
             let t_pub = Instant::now();
             let r = b.publish().and_then(|()| b.settle());
             publish_phase = t_pub.elapsed();
+            main_load = b.end_phase();
             r
         })();
         if let Err(e) = run {
@@ -415,14 +455,9 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
         problems.push("no client connected".into());
     }
     let s_after = probe.sample();
-    let cpu_after = procfs::self_cpu_s();
     let workers_cpu_connect = workers_connect_cpu(&b.side);
     let stats = b.finish_clients();
-    let workers_cpu_total = if b.workers > 1 {
-        stats.cpu_total_s
-    } else {
-        0.0
-    };
+    let generator = b.generator_load(main_load);
 
     let pb = b.reactor.publisher.as_ref();
     let issued = pb.map_or(0, |p| p.issued);
@@ -502,11 +537,9 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
             .map(|c| c / publish_phase.as_secs_f64()),
     };
     let gen_cpu_connect = cpu_connect_done - cpu_before + workers_cpu_connect;
-    let gen_cpu_publish = if publish_phase.is_zero() {
-        0.0
-    } else {
-        (cpu_after - cpu_pub_start) + (workers_cpu_total - workers_cpu_connect)
-    };
+    let gen_cpu_publish = generator.as_ref().map_or(0.0, |g| g.cpu_s);
+    let per_delivery_us =
+        |cpu_s: f64| (stats.deliveries > 0).then(|| cpu_s / stats.deliveries as f64 * 1e6);
     let pub_rtt = pb.and_then(|p| p.rtt.summary());
     let error_reasons = pb.map(|p| p.error_reasons.clone()).unwrap_or_default();
     Ok(FanoutReport {
@@ -549,6 +582,8 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
         deliveries_per_sec: rate_per_sec(stats.deliveries, delivery_seconds),
         latency_us: stats.latency.summary(),
         sched_latency_us: stats.sched_latency.summary(),
+        server_cpu_per_delivery_us: server.server_cpu_publish_s.and_then(per_delivery_us),
+        gen_cpu_per_delivery_us: generator.as_ref().and_then(|g| per_delivery_us(g.cpu_s)),
         server,
         connect_phase_seconds: connect_phase.as_secs_f64(),
         publish_phase_seconds: publish_phase.as_secs_f64(),
@@ -559,6 +594,8 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
         } else {
             gen_cpu_publish / publish_phase.as_secs_f64()
         },
+        generator_saturated: generator.as_ref().is_some_and(|g| g.saturated),
+        generator,
         ok: problems.is_empty(),
         problems,
     })
@@ -574,7 +611,6 @@ pub fn throughput(args: &Args) -> Res<ThroughputReport> {
     let (proto, addr) = publish_protocol(args)?;
     let mut problems = Vec::new();
     let s_before = probe.sample();
-    let cpu_before = procfs::self_cpu_s();
     let mut b = Bench::new(args, subscribers, None)?;
     eprintln!(
         "herald-bench: throughput, {} connections for {:.1} s{}, {subscribers} idle subscribers -> {}:{}",
@@ -588,8 +624,7 @@ pub fn throughput(args: &Args) -> Res<ThroughputReport> {
     let mut s_connected = s_before;
     let mut s_start = s_before;
     let mut s_end = s_before;
-    let mut cpu_start = cpu_before;
-    let mut cpu_end = cpu_before;
+    let mut main_load: Option<ProcLoad> = None;
     let mut phase = Duration::ZERO;
     let run: Res<()> = (|| {
         if subscribers > 0 {
@@ -607,12 +642,12 @@ pub fn throughput(args: &Args) -> Res<ThroughputReport> {
         };
         b.open_publisher(proto, addr, plan, args.connections.max(1))?;
         s_start = probe.sample();
-        cpu_start = procfs::self_cpu_s();
+        b.start_phase();
         let t = Instant::now();
         let r = b.publish();
         phase = t.elapsed();
         s_end = probe.sample();
-        cpu_end = procfs::self_cpu_s();
+        main_load = b.end_phase();
         r?;
         // Let subscribers drain what is still in flight.
         if subscribers > 0 {
@@ -623,13 +658,8 @@ pub fn throughput(args: &Args) -> Res<ThroughputReport> {
     if let Err(e) = run {
         problems.push(e);
     }
-    let workers_cpu_connect = workers_connect_cpu(&b.side);
     let stats = b.finish_clients();
-    let workers_cpu = if b.workers > 1 {
-        stats.cpu_total_s - workers_cpu_connect
-    } else {
-        0.0
-    };
+    let generator = b.generator_load(main_load);
     let pb = b.reactor.publisher.as_ref();
     let start = pb.and_then(|p| p.started_at());
     let duration_s = match (start, pb.and_then(|p| p.last_reply)) {
@@ -651,7 +681,7 @@ pub fn throughput(args: &Args) -> Res<ThroughputReport> {
         (Some(a), Some(z)) => z.saturating_sub(a) as f64 / 1e9,
         _ => 0.0,
     };
-    let gen_cpu = cpu_end - cpu_start + workers_cpu;
+    let gen_cpu = generator.as_ref().map_or(0.0, |g| g.cpu_s);
     Ok(ThroughputReport {
         mode: "throughput",
         target: format!("{}:{}", args.host, args.port),
@@ -692,6 +722,8 @@ pub fn throughput(args: &Args) -> Res<ThroughputReport> {
         } else {
             gen_cpu / phase.as_secs_f64()
         },
+        generator_saturated: generator.as_ref().is_some_and(|g| g.saturated),
+        generator,
         ok: problems.is_empty(),
         problems,
     })

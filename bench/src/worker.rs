@@ -5,8 +5,10 @@
 //! - worker -> parent (stdout): `progress` (about once per interval),
 //!   `connected` (every client connected or failed), `final` (the
 //!   [`PoolStats`], then the worker exits).
-//! - parent -> worker (stdin): `published <unix_ns>` (publishing ended: the
-//!   settle timeout starts), `stop` (report now). EOF on stdin also stops.
+//! - parent -> worker (stdin): `mark` (the measured phase starts: the worker
+//!   measures its own load from here, see [`crate::load`]), `published
+//!   <unix_ns>` (publishing ended: the settle timeout starts), `stop` (report
+//!   now). EOF on stdin also stops.
 //!
 //! A worker reports `final` on its own once all its clients received every
 //! expected event.
@@ -14,11 +16,14 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
+use mio::Waker;
 use serde::{Deserialize, Serialize};
 
+use crate::load::{CpuMark, ProcLoad};
 use crate::pool::{ClientPool, PoolConfig};
 use crate::procfs::{raise_nofile_limit, self_cpu_s};
 use crate::reactor::Reactor;
@@ -45,6 +50,10 @@ pub struct WorkerConfig {
     pub settle_timeout_s: f64,
     pub max_duration_s: f64,
     pub progress_interval_s: f64,
+    /// Test only (`--test-burn-cpu`): spin instead of sleeping in the measured
+    /// phase, to provoke a saturated generator.
+    #[serde(default)]
+    pub burn_cpu: bool,
 }
 
 impl WorkerConfig {
@@ -120,6 +129,9 @@ pub enum WorkerMsg {
     },
     Final {
         stats: Box<PoolStats>,
+        /// The worker's load from `mark` to this report (none without `mark`).
+        #[serde(default)]
+        load: Option<ProcLoad>,
     },
 }
 
@@ -150,6 +162,7 @@ pub fn worker_main(json: &str) -> i32 {
 }
 
 enum Cmd {
+    Mark,
     Published,
     Stop,
 }
@@ -164,7 +177,9 @@ fn run_worker(cfg: &WorkerConfig) -> std::io::Result<()> {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
             let Ok(line) = line else { break };
-            let cmd = if line.starts_with("published") {
+            let cmd = if line.trim() == "mark" {
+                Cmd::Mark
+            } else if line.starts_with("published") {
                 Cmd::Published
             } else if line.trim() == "stop" {
                 Cmd::Stop
@@ -189,14 +204,23 @@ fn run_worker(cfg: &WorkerConfig) -> std::io::Result<()> {
     let mut connected_sent = false;
     let mut cpu_at_connect: Option<f64> = None;
     let mut published_at: Option<Instant> = None;
+    let mut mark: Option<CpuMark> = None;
     let mut stop = false;
 
     // Bounded by the hard deadline (and by the parent: stop / EOF).
     while Instant::now() < hard_deadline && !stop {
-        reactor.turn(Duration::from_millis(100))?;
+        let wait = if cfg.burn_cpu && mark.is_some() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100)
+        };
+        reactor.turn(wait)?;
         let now = Instant::now();
         loop {
             match rx.try_recv() {
+                Ok(Cmd::Mark) => {
+                    mark.get_or_insert_with(CpuMark::now);
+                }
                 Ok(Cmd::Published) => {
                     published_at.get_or_insert(now);
                 }
@@ -226,11 +250,14 @@ fn run_worker(cfg: &WorkerConfig) -> std::io::Result<()> {
             break;
         }
     }
+    // Measured before closing the clients: the phase ends with the last delivery.
+    let load = mark.map(|m| m.since(format!("worker {}", cfg.index)));
     let mut stats = reactor.finish_pool().expect("worker has a pool");
     stats.cpu_total_s = self_cpu_s();
     stats.cpu_connect_s = cpu_at_connect.unwrap_or(stats.cpu_total_s);
     emit(&WorkerMsg::Final {
         stats: Box::new(stats),
+        load,
     });
     Ok(())
 }
@@ -245,6 +272,8 @@ pub struct WorkerState {
     pub connect_seconds: f64,
     pub cpu_connect_s: f64,
     pub final_stats: Option<PoolStats>,
+    /// Its load over the measured phase (from its final report).
+    pub load: Option<ProcLoad>,
     /// Stdout closed (worker exited or crashed).
     pub gone: bool,
 }
@@ -258,8 +287,10 @@ pub struct WorkerSet {
 }
 
 impl WorkerSet {
-    /// Spawns one worker per config.
-    pub fn spawn(configs: &[WorkerConfig]) -> Result<Self, String> {
+    /// Spawns one worker per config. Each message from a worker wakes the
+    /// parent's reactor through `waker`, so the parent need not poll often
+    /// (its wake-ups would count against it in [`crate::load`]).
+    pub fn spawn(configs: &[WorkerConfig], waker: Arc<Waker>) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
         let (tx, rx) = mpsc::channel();
         let mut set = WorkerSet {
@@ -286,6 +317,7 @@ impl WorkerSet {
                 ..Default::default()
             });
             let tx = tx.clone();
+            let waker = Arc::clone(&waker);
             let idx = cfg.index;
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines() {
@@ -295,11 +327,13 @@ impl WorkerSet {
                             if tx.send((idx, Some(m))).is_err() {
                                 return;
                             }
+                            let _ = waker.wake();
                         }
                         Err(e) => eprintln!("herald-bench: worker {idx}: bad line ({e}): {line}"),
                     }
                 }
                 let _ = tx.send((idx, None));
+                let _ = waker.wake();
             });
         }
         Ok(set)
@@ -323,7 +357,8 @@ impl WorkerSet {
                     st.connect_seconds = connect_seconds;
                     st.cpu_connect_s = cpu_s;
                 }
-                Some(WorkerMsg::Final { stats }) => {
+                Some(WorkerMsg::Final { stats, load }) => {
+                    st.load = load;
                     st.progress.connected = stats.connected;
                     st.progress.deliveries = stats.deliveries;
                     st.progress.complete_clients = stats.complete_clients;
@@ -348,6 +383,11 @@ impl WorkerSet {
             p.add(&q);
         }
         p
+    }
+
+    /// The workers' loads over the measured phase, from their final reports.
+    pub fn loads(&self) -> Vec<ProcLoad> {
+        self.states.iter().filter_map(|s| s.load.clone()).collect()
     }
 
     /// Worker indexes that exited without a final report.
