@@ -20,11 +20,15 @@ import re
 import statistics
 import sys
 
-SERVERS = ["herald", "herald-redis", "axum", "node", "python"]
+SERVERS = ["herald", "herald-redis", "floor", "axum", "node", "python"]
 PEERS = ["axum", "node", "python"]
 HERALDS = ["herald", "herald-redis"]
+# The floor (bench/peers/floor) is not a peer: it is the least any server can do, the
+# yardstick for server CPU per delivery, and is left out of the "best peer" comparisons.
+FLOOR = "floor"
+FLOOR_MAX_RATIO = 1.5
 COLORS = {"herald": "#d62728", "herald-redis": "#ff7f0e", "axum": "#1f77b4",
-          "node": "#2ca02c", "python": "#9467bd"}
+          "node": "#2ca02c", "python": "#9467bd", "floor": "#7f7f7f"}
 
 
 # ---------------------------------------------------------------- loading
@@ -52,6 +56,14 @@ def newest(out_dir, kind):
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
+
+
+def cpu_per_delivery_us(r):
+    """Server CPU in the publish phase per delivery, µs (older results: computed)."""
+    v = r.get("server_cpu_per_delivery_us")
+    if v is None and r.get("server_cpu_publish_s") is not None and r.get("deliveries"):
+        v = r["server_cpu_publish_s"] / r["deliveries"] * 1e6
+    return v
 
 
 def lat(r, key, q):
@@ -268,7 +280,10 @@ def main():
       "RSS/conn = (server RSS after all clients connected and idled 1 s − RSS before) / clients, "
       "on a freshly started server (first case after start). Server CPU = server process CPU time / "
       "wall time during the publish phase (1.0 = one core; Redis's CPU is not included). Gen CPU = "
-      "generator CPU / wall in the same phase.\n")
+      "generator CPU (all its processes) / wall in the same phase. A run in which the generator was "
+      "saturated (a process busy or waiting for a CPU over 90% of the phase, or over 90% of its cores "
+      "in use: `herald-bench`'s `generator_saturated`) has status *saturated* and, like a failed "
+      "run, is left out of the medians: its figures are the generator's limit.\n")
 
     # ---- targets
     def cell(s, n, case, pub):
@@ -350,6 +365,9 @@ def main():
                             f"{fnum(v)} req/s", f"{pp} {fnum(pv)}", f"{r:.2f}×" if r else "–",
                             verdict(None if r is None else r >= 2)))
 
+    floor_rows, floor_targets = floor_section(C, counts, N)
+    targets += floor_targets
+
     scale_rows, scale_targets = scale_section(sfile)
     targets += scale_targets
     cg_lines, cg_target = callgrind_section(cfiles)
@@ -390,7 +408,17 @@ def main():
                 w(table(["Server", "Runs", "Deliveries/s", "p50 ms", "p99 ms", "Sched p99 ms", "Connect s",
                          "RSS/conn B", "Server CPU", "Gen CPU", "Lost (all runs)"], rows))
                 w("")
-    w("⚠ = no run of this case passed every check; the figures are medians over the failed runs.\n")
+    w("⚠ = no run of this case passed every check with an unsaturated generator; the figures are "
+      "medians over the failed or saturated runs.\n")
+
+    if floor_rows:
+        w("## Server CPU per delivery against the floor\n")
+        w("The floor (`bench/peers/floor`) completes the handshake, then writes one pre-built frame "
+          "to every socket per event, one write each, nothing else: the least any server can do on "
+          "this machine. Server CPU per delivery = server CPU time in the publish phase / deliveries "
+          "(µs, median over the good runs); *× floor* = that ÷ the floor's in the same case.\n")
+        w("\n".join(floor_rows))
+        w("")
 
     # ---- throughput
     tps = sorted({k[1] for k in C if k[2] == "throughput"})
@@ -488,6 +516,47 @@ def main():
     with open(res_path, "w") as f:
         f.write(text.rstrip() + "\n")
     print(f"wrote {res_path} and {', '.join(p for p, _ in plots)}")
+
+
+def floor_section(C, counts, N):
+    """Server CPU per delivery of every server, as a multiple of the floor's (HTTP publish)."""
+    rows, targets = [], []
+    if not any(k[0] == FLOOR for k in C):
+        return rows, targets
+    for case in ("paced", "burst"):
+        t = []
+        for n in counts:
+            fc = C.get((FLOOR, n, case, "http"))
+            fv = fc.m(cpu_per_delivery_us) if fc and fc.use else None
+            for srv in SERVERS:
+                c = C.get((srv, n, case, "http"))
+                if not c or not c.use:
+                    continue
+                v = c.m(cpu_per_delivery_us)
+                ratio = v / fv if v and fv else None
+                t.append([f"{n:,}", srv + (" ⚠" if c.degraded else ""), c.status(), fnum(v, 2),
+                          f"{ratio:.2f}×" if ratio else "–"])
+                if srv in HERALDS and ratio is not None:
+                    print(f"report.py: {srv} {case} {n:,} clients: server CPU per delivery "
+                          f"{v:.2f} µs = {ratio:.2f}× the floor's {fv:.2f} µs")
+        if t:
+            rows.append(f"**{case}, publish over HTTP**\n")
+            rows.append(table(["Clients", "Server", "Runs", "Server CPU µs/delivery", "× floor"], t))
+            rows.append("")
+    if N:
+        for case in ("paced", "burst"):
+            fc = C.get((FLOOR, N, case, "http"))
+            fv = fc.m(cpu_per_delivery_us) if fc and fc.use else None
+            for h in HERALDS:
+                c = C.get((h, N, case, "http"))
+                v = c.m(cpu_per_delivery_us) if c and c.use else None
+                r = v / fv if v and fv else None
+                targets.append((f"Server CPU per delivery ≤ {FLOOR_MAX_RATIO}× the floor's ({N:,} clients, "
+                                f"{case}, publish http)", h, f"{fnum(v, 2)} µs", f"floor {fnum(fv, 2)} µs",
+                                f"{r:.2f}×" if r else "–",
+                                "**met**" if r is not None and r <= FLOOR_MAX_RATIO else
+                                "**MISSED**" if r is not None else "n/a"))
+    return rows, targets
 
 
 def scale_section(sfile):
