@@ -20,14 +20,17 @@ import re
 import statistics
 import sys
 
-SERVERS = ["herald", "herald-redis", "floor", "axum", "node", "python"]
+SERVERS = ["herald", "herald-redis", "herald-threads", "floor", "axum", "node", "python"]
 PEERS = ["axum", "node", "python"]
-HERALDS = ["herald", "herald-redis"]
+HERALDS = ["herald", "herald-redis", "herald-threads"]
+# herald-threads (Herald embedded with --threads N) against herald (one thread): the most
+# server CPU per delivery the threads may add.
+THREADS_MAX_RATIO = 1.1
 # The floor (bench/peers/floor) is not a peer: it is the least any server can do, the
 # yardstick for server CPU per delivery, and is left out of the "best peer" comparisons.
 FLOOR = "floor"
 FLOOR_MAX_RATIO = 1.5
-COLORS = {"herald": "#d62728", "herald-redis": "#ff7f0e", "axum": "#1f77b4",
+COLORS = {"herald": "#d62728", "herald-redis": "#ff7f0e", "herald-threads": "#8c564b", "axum": "#1f77b4",
           "node": "#2ca02c", "python": "#9467bd", "floor": "#7f7f7f"}
 
 
@@ -544,6 +547,17 @@ def floor_section(C, counts, N):
             rows.append(table(["Clients", "Server", "Runs", "Server CPU µs/delivery", "× floor"], t))
             rows.append("")
     if N:
+        for case in ("paced", "burst"):
+            one = C.get(("herald", N, case, "http"))
+            many = C.get(("herald-threads", N, case, "http"))
+            if one and one.use and many and many.use:
+                v1, vn = one.m(cpu_per_delivery_us), many.m(cpu_per_delivery_us)
+                r = vn / v1 if v1 and vn else None
+                targets.append((f"Server CPU per delivery, --threads N ≤ {THREADS_MAX_RATIO}× --threads 1 "
+                                f"({N:,} clients, {case})", "herald-threads", f"{fnum(vn, 2)} µs",
+                                f"herald (1 thread) {fnum(v1, 2)} µs", f"{r:.2f}×" if r else "–",
+                                "**met**" if r is not None and r <= THREADS_MAX_RATIO else
+                                "**MISSED**" if r is not None else "n/a"))
         for case in ("paced", "burst"):
             fc = C.get((FLOOR, N, case, "http"))
             fv = fc.m(cpu_per_delivery_us) if fc and fc.use else None
