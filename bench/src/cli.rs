@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::ramp::Ramp;
+
 /// Load generator for WebSocket fan-out servers with Herald's API.
 ///
 /// Fan-out mode (default): opens N WebSocket clients on ws://HOST:PORT/ws,
@@ -79,6 +81,16 @@ pub struct Args {
     /// unpaced, as fast as --in-flight allows.
     #[arg(short, long, value_parser = parse_rate)]
     pub rate: Option<f64>,
+
+    /// Load over time: target open connections at points in time, linear
+    /// between them, e.g. `0s:0,30s:15000,60s:15000,90s:0` (times in s or
+    /// m, the first at 0). Events are published throughout at --rate (all
+    /// of --events, by default rate x duration). Each client checks that
+    /// the events after its first arrive without gap or repeat. Reported per
+    /// phase and as a time series, one entry per second: connections,
+    /// connects/s, closes, deliveries/s, p50/p99, errors.
+    #[arg(long, value_parser = Ramp::parse)]
+    pub ramp: Option<Ramp>,
 
     /// Fan-out: publish requests in flight (HTTP: this many keep-alive
     /// connections with one request each; Redis: pipelined commands on one

@@ -4,7 +4,8 @@
 //!
 //! Modules: [`cli`] options, [`channels`] the many-channels case, [`pool`] WebSocket clients, [`publisher`] HTTP /
 //! Redis publishing, [`reactor`] the mio loop, [`run`] phase orchestration,
-//! [`worker`] multi-process split, [`load`] the generator's own load and
+//! [`ramp`] load over time, [`worker`] multi-process split, [`load`] the
+//! generator's own load and
 //! saturation verdict, [`stats`] mergeable results, [`report`] output,
 //! [`procfs`] process sampling, [`wire`] protocol parsing.
 
@@ -14,6 +15,7 @@ mod load;
 mod pool;
 mod procfs;
 mod publisher;
+mod ramp;
 mod reactor;
 mod report;
 mod run;

@@ -8,6 +8,15 @@
 //! time for paced runs). With channels, each client connects to its own
 //! channel and checks it gets exactly that channel's events (see
 //! [`crate::channels`]).
+//!
+//! Under a ramp ([`crate::ramp`]) the pool keeps a target number of clients
+//! open instead of opening all: clients become due as the target rises (a
+//! connect's latency is also measured from when it became due, so a slow
+//! server cannot hide behind the generator's connect queue), the most
+//! recently opened are closed as it falls, and every second's connects,
+//! closes, deliveries and latency are recorded. Clients that join while
+//! events flow cannot know which events to expect, so each checks that the
+//! events after its first one arrive without a gap or repeat.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -20,6 +29,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::channels::{self, Mine};
 use crate::procfs::unix_ns;
+use crate::ramp::Second;
 use crate::stats::PoolStats;
 use crate::wire::{self, Handshake};
 
@@ -43,6 +53,12 @@ pub struct PoolConfig {
     pub first_index: usize,
     /// Number of channels (0 = off, everyone on the default channel).
     pub channels: u64,
+    /// Follow a target set with [`ClientPool::follow`] (starts at 0) instead
+    /// of opening every client.
+    pub ramp: bool,
+    /// Count-only clients check that the events after their first arrive
+    /// with consecutive numbers (needs a publisher that keeps order).
+    pub check_gaps: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +70,8 @@ enum State {
     Failed,
     /// Was open, then closed by the server or an error.
     Closed,
+    /// Was open, then closed by the pool because the ramp's target fell.
+    Retired,
 }
 
 /// What a client learned from one event.
@@ -132,6 +150,10 @@ struct Client {
     channel: Option<u64>,
     /// Events this client must receive (`None`: just count).
     expected: Option<u64>,
+    /// Count-only: the highest event number received so far.
+    last_seq: Option<u64>,
+    /// Under a ramp: when the target made this client due.
+    due: Option<Instant>,
 }
 
 impl Client {
@@ -147,6 +169,8 @@ impl Client {
             track: Tracker::default(),
             channel,
             expected,
+            last_seq: None,
+            due: None,
         }
     }
 }
@@ -171,6 +195,16 @@ pub struct ClientPool {
     /// Clients whose socket may still hold data (read cap reached).
     backlog: Vec<usize>,
     rbuf: Box<[u8]>,
+    /// Ramp: clients to keep open or opening (`None`: all of them).
+    target: Option<u64>,
+    /// Ramp: when each client that is due but not started became due.
+    due: VecDeque<Instant>,
+    /// Clients in the order they opened (some may have closed since).
+    open_order: Vec<usize>,
+    /// Clients open now.
+    open_now: u64,
+    /// Ramp: Unix time of second 0 of the time series.
+    series_origin_ns: Option<u64>,
     pub stats: PoolStats,
 }
 
@@ -183,6 +217,17 @@ struct Ctx<'a> {
     channels: u64,
     event_type: &'a [u8],
     now_ns: u64,
+    check_gaps: bool,
+    series_origin_ns: Option<u64>,
+}
+
+/// The time-series bucket of `now_ns`, when a series is being recorded.
+fn second_at(stats: &mut PoolStats, origin_ns: Option<u64>, now_ns: u64) -> Option<&mut Second> {
+    let t = (now_ns.checked_sub(origin_ns?)? / 1_000_000_000) as usize;
+    if stats.series.len() <= t {
+        stats.series.resize_with(t + 1, Second::default);
+    }
+    stats.series.get_mut(t)
 }
 
 impl ClientPool {
@@ -202,7 +247,6 @@ impl ClientPool {
             ..Default::default()
         };
         ClientPool {
-            cfg,
             clients,
             handshake_req,
             next_to_start: 0,
@@ -213,7 +257,58 @@ impl ClientPool {
             open_incomplete: 0,
             backlog: Vec::new(),
             rbuf: vec![0u8; RBUF].into_boxed_slice(),
+            target: cfg.ramp.then_some(0),
+            due: VecDeque::new(),
+            open_order: Vec::new(),
+            open_now: 0,
+            series_origin_ns: None,
             stats,
+            cfg,
+        }
+    }
+
+    /// Starts the per-second time series at `origin_ns` (Unix time).
+    pub fn start_series(&mut self, origin_ns: u64) {
+        self.series_origin_ns.get_or_insert(origin_ns);
+    }
+
+    /// Ramp: keeps `target` clients open or opening from now on. A rise
+    /// makes clients due (they start as the connect concurrency allows); a
+    /// fall first cancels clients not started yet, then closes the most
+    /// recently opened.
+    pub fn follow(&mut self, registry: &Registry, target: u64, now: Instant) {
+        self.target = Some(target);
+        let unstarted = (self.clients.len() - self.next_to_start) as u64;
+        let active = self.open_now + self.in_flight as u64;
+        // Bounded by the clients not started yet.
+        while active + (self.due.len() as u64) < target && (self.due.len() as u64) < unstarted {
+            self.due.push_back(now);
+        }
+        // Bounded by the due queue, then by the open clients.
+        while active + self.due.len() as u64 > target && self.due.pop_back().is_some() {}
+        while self.open_now + self.in_flight as u64 > target {
+            let Some(idx) = self.open_order.pop() else {
+                break; // only handshakes in flight: they are retired once open
+            };
+            if self.clients[idx].state == State::Open {
+                self.retire(registry, idx);
+            }
+        }
+    }
+
+    /// Closes an open client because the ramp's target fell.
+    fn retire(&mut self, registry: &Registry, idx: usize) {
+        let c = &mut self.clients[idx];
+        if let Some(mut s) = c.stream.take() {
+            let _ = registry.deregister(&mut s);
+        }
+        c.state = State::Retired;
+        c.inbuf = Vec::new();
+        c.out = Vec::new();
+        self.open_now -= 1;
+        self.stats.retired += 1;
+        if let Some(s) = second_at(&mut self.stats, self.series_origin_ns, unix_ns()) {
+            s.closes += 1;
         }
     }
 
@@ -238,8 +333,17 @@ impl ClientPool {
         while self.in_flight < self.cfg.connect_concurrency.max(1)
             && self.next_to_start < self.clients.len()
         {
+            // Under a ramp, only clients the target made due.
+            let due = match self.target {
+                None => None,
+                Some(_) => match self.due.pop_front() {
+                    Some(at) => Some(at),
+                    None => break,
+                },
+            };
             let idx = self.next_to_start;
             self.next_to_start += 1;
+            self.clients[idx].due = due;
             self.start(registry, idx, now);
         }
         // Handshake timeouts (queue is in start order).
@@ -263,6 +367,16 @@ impl ClientPool {
             self.connect_finished = true;
             let started = self.connect_started.unwrap_or(now);
             self.stats.connect_seconds = Instant::now().duration_since(started).as_secs_f64();
+        }
+        // A handshake that completed after the target fell is retired now.
+        if let Some(target) = self.target
+            && self.open_now > target
+        {
+            self.follow(registry, target, now);
+        }
+        let open = self.open_now;
+        if let Some(s) = second_at(&mut self.stats, self.series_origin_ns, unix_ns()) {
+            s.connections = open;
         }
     }
 
@@ -298,6 +412,9 @@ impl ClientPool {
         self.clients[idx].state = State::Failed;
         self.stats.failed += 1;
         *self.stats.failures.entry(reason).or_default() += 1;
+        if let Some(s) = second_at(&mut self.stats, self.series_origin_ns, unix_ns()) {
+            s.errors += 1;
+        }
     }
 
     /// Fails a connecting / handshaking client.
@@ -325,7 +442,11 @@ impl ClientPool {
         if expected.is_some_and(|e| c.track.unique < e) {
             self.open_incomplete -= 1;
         }
+        self.open_now -= 1;
         self.stats.closed_early += 1;
+        if let Some(s) = second_at(&mut self.stats, self.series_origin_ns, unix_ns()) {
+            s.errors += 1;
+        }
         *self
             .stats
             .failures
@@ -403,11 +524,23 @@ impl ClientPool {
                             c.inbuf.drain(..len);
                             c.state = State::Open;
                             self.in_flight -= 1;
+                            self.open_now += 1;
+                            self.open_order.push(idx);
                             self.stats.connected += 1;
                             if let Some(at) = c.started {
                                 self.stats
                                     .handshake
                                     .record_ns(at.elapsed().as_nanos() as i64);
+                            }
+                            if let Some(at) = c.due {
+                                self.stats
+                                    .connect_from_due
+                                    .record_ns(at.elapsed().as_nanos() as i64);
+                            }
+                            if let Some(s) =
+                                second_at(&mut self.stats, self.series_origin_ns, unix_ns())
+                            {
+                                s.connects += 1;
                             }
                             self.stats.expected_deliveries += c.expected.unwrap_or(0);
                             match c.expected {
@@ -436,6 +569,7 @@ impl ClientPool {
             stats,
             open_incomplete,
             backlog,
+            series_origin_ns,
             ..
         } = self;
         let c = &mut clients[idx];
@@ -449,6 +583,8 @@ impl ClientPool {
                 channels: cfg.channels,
                 event_type: cfg.event_type.as_bytes(),
                 now_ns: unix_ns(),
+                check_gaps: cfg.check_gaps,
+                series_origin_ns: *series_origin_ns,
             };
             let buf = std::mem::take(&mut c.inbuf);
             match process_frames(&buf, c, &mut ctx) {
@@ -486,6 +622,8 @@ impl ClientPool {
                     channels: cfg.channels,
                     event_type: cfg.event_type.as_bytes(),
                     now_ns: unix_ns(),
+                    check_gaps: cfg.check_gaps,
+                    series_origin_ns: *series_origin_ns,
                 };
                 let res = if c.inbuf.is_empty() {
                     process_frames(&rbuf[..n], c, &mut ctx).map(|used| {
@@ -668,6 +806,18 @@ fn on_message(payload: &[u8], c: &mut Client, ctx: &mut Ctx) {
             s.complete_clients += 1;
             *ctx.open_incomplete -= 1;
         }
+    } else if ctx.check_gaps {
+        // Count-only (a ramp): consecutive numbers after the first event.
+        match c.last_seq {
+            Some(last) if m.seq <= last => {
+                s.deliveries += 1;
+                s.duplicates += 1;
+                return;
+            }
+            Some(last) => s.gaps += m.seq - last - 1,
+            None => {}
+        }
+        c.last_seq = Some(m.seq);
     }
     s.deliveries += 1;
     s.first_delivery_ns.get_or_insert(ctx.now_ns);
@@ -675,6 +825,10 @@ fn on_message(payload: &[u8], c: &mut Client, ctx: &mut Ctx) {
     s.latency.record_ns(ctx.now_ns as i64 - m.sent_ns as i64);
     if let Some(sched) = m.scheduled_ns {
         s.sched_latency.record_ns(ctx.now_ns as i64 - sched as i64);
+    }
+    if let Some(sec) = second_at(s, ctx.series_origin_ns, ctx.now_ns) {
+        sec.deliveries += 1;
+        sec.latency.record_ns(ctx.now_ns as i64 - m.sent_ns as i64);
     }
 }
 
@@ -768,6 +922,8 @@ mod tests {
             channels: 0,
             event_type: b"bench",
             now_ns: 2_000_000,
+            check_gaps: false,
+            series_origin_ns: None,
         };
         let mut c = Client::new(None, Some(3));
         let text = |s: &str| {
@@ -813,9 +969,41 @@ mod tests {
             channels: 0,
             event_type: b"bench",
             now_ns: 0,
+            check_gaps: false,
+            series_origin_ns: None,
         };
         let err = process_frames(b"\x88\x02\x03\xe9", &mut c, &mut ctx).unwrap_err();
         assert_eq!(err, "close frame 1001");
+    }
+
+    #[test]
+    fn count_only_clients_check_gaps() {
+        let mut stats = PoolStats::default();
+        let mut open = 0u64;
+        let mut ctx = Ctx {
+            stats: &mut stats,
+            open_incomplete: &mut open,
+            expected: None,
+            channels: 0,
+            event_type: b"bench",
+            now_ns: 3_000_000_000,
+            check_gaps: true,
+            series_origin_ns: Some(1_000_000_000),
+        };
+        let mut c = Client::new(None, None);
+        let mut buf = Vec::new();
+        // Joined at event 5 (nothing before it is owed); 7 is missing; 8 twice.
+        for seq in [5, 6, 8, 8, 9] {
+            let m = format!(r#"{{"type":"bench","message":"{seq}:2000000000"}}"#);
+            buf.extend([0x81, m.len() as u8]);
+            buf.extend_from_slice(m.as_bytes());
+        }
+        process_frames(&buf, &mut c, &mut ctx).unwrap();
+        assert_eq!((stats.deliveries, stats.gaps, stats.duplicates), (5, 1, 1));
+        // Second 2 of the series (3 s - 1 s origin) got the four new ones.
+        assert_eq!(stats.series.len(), 3);
+        assert_eq!(stats.series[2].deliveries, 4);
+        assert_eq!(stats.series[2].latency.count(), 4);
     }
 
     #[test]
@@ -830,6 +1018,8 @@ mod tests {
             channels: 2,
             event_type: b"bench",
             now_ns: 2_000_000,
+            check_gaps: false,
+            series_origin_ns: None,
         };
         let mut c = Client::new(Some(1), Some(channels::events_on(Some(1), 2, 5)));
         assert_eq!(c.expected, Some(2));

@@ -247,7 +247,15 @@ mod tests {
         let up_down_up = Ramp::parse("0:10,1m:20,90:5,100s:30").unwrap();
         assert_eq!(up_down_up.total_opens(), 10 + 10 + 25);
         assert_eq!(up_down_up.duration_s(), 100.0);
-        for bad in ["", "5s:10,10s:0", "0s:0", "0s:0,0s:5", "0s:0,x:5", "0s:0,5s:-1", "0s:0,5"] {
+        for bad in [
+            "",
+            "5s:10,10s:0",
+            "0s:0",
+            "0s:0,0s:5",
+            "0s:0,x:5",
+            "0s:0,5s:-1",
+            "0s:0,5",
+        ] {
             assert!(Ramp::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -256,7 +264,10 @@ mod tests {
     fn shares_add_up() {
         let split = [(0, 34), (34, 33), (67, 33)];
         for target in [0, 1, 2, 50, 99, 100] {
-            let sum: u64 = split.iter().map(|&(f, n)| Ramp::share(target, f, n, 100)).sum();
+            let sum: u64 = split
+                .iter()
+                .map(|&(f, n)| Ramp::share(target, f, n, 100))
+                .sum();
             assert_eq!(sum, target);
         }
         assert_eq!(Ramp::share(100, 34, 33, 100), 33);

@@ -113,6 +113,15 @@ impl Reactor {
         }
     }
 
+    /// Ramp: keeps `target` clients of the pool open (see
+    /// [`ClientPool::follow`]).
+    pub fn follow_ramp(&mut self, target: u64) {
+        let registry = self.poll.registry();
+        if let Some(p) = self.pool.as_mut() {
+            p.follow(registry, target, Instant::now());
+        }
+    }
+
     /// Ends the client pool's run (see [`ClientPool::finish`]).
     pub fn finish_pool(&mut self) -> Option<crate::stats::PoolStats> {
         let registry = self.poll.registry();

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::load::GeneratorLoad;
+use crate::ramp::{PhaseReport, SecondReport};
 use crate::stats::LatencySummary;
 
 /// Server-side samples (present with `--pid`).
@@ -121,6 +122,56 @@ pub struct ThroughputReport {
     pub gen_cpu_s: f64,
     pub gen_cpu_util: f64,
     /// As in the fan-out report: the figures show the generator's limit.
+    pub generator_saturated: bool,
+    pub generator: Option<GeneratorLoad>,
+    pub ok: bool,
+    pub problems: Vec<String>,
+}
+
+/// Result of a `--ramp` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RampReport {
+    pub mode: &'static str,
+    pub target: String,
+    pub publish: &'static str,
+    pub duration_s: f64,
+    /// Clients opened in all (the ramp's rises added up).
+    pub clients: u64,
+    /// Processes holding the clients.
+    pub workers: usize,
+    pub connected: u64,
+    pub connect_failed: u64,
+    /// Closed by the server (or broken) while the ramp wanted them open.
+    pub closed_early: u64,
+    /// Closed by the generator as the target fell.
+    pub retired: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub handshake_us: Option<LatencySummary>,
+    /// Connect + handshake from when the target made the client due (the
+    /// generator's connect queue counts: no coordinated omission).
+    pub connect_from_due_us: Option<LatencySummary>,
+    pub events: u64,
+    pub rate: f64,
+    pub in_flight: usize,
+    pub published: u64,
+    pub publish_errors: u64,
+    pub publish_error_reasons: BTreeMap<String, u64>,
+    pub deliveries: u64,
+    /// Events missing between two events a client received.
+    pub gaps: u64,
+    /// Whether gaps count as loss (the publisher keeps order).
+    pub gaps_checked: bool,
+    pub duplicates: u64,
+    pub foreign_frames: u64,
+    pub latency_us: Option<LatencySummary>,
+    pub sched_latency_us: Option<LatencySummary>,
+    pub phases: Vec<PhaseReport>,
+    /// One entry per second since the ramp started.
+    pub series: Vec<SecondReport>,
+    pub server_cpu_per_delivery_us: Option<f64>,
+    pub gen_cpu_per_delivery_us: Option<f64>,
+    #[serde(flatten)]
+    pub server: ServerFigures,
     pub generator_saturated: bool,
     pub generator: Option<GeneratorLoad>,
     pub ok: bool,
@@ -371,6 +422,109 @@ impl FanoutReport {
                 self.publish_phase_seconds
             ),
         );
+        t.row("cpu per delivery", us(self.gen_cpu_per_delivery_us));
+        generator_rows(&mut t, &self.generator);
+        result_rows(&mut t, self.ok, &self.problems);
+        banner(&mut t, &self.generator);
+        t.0
+    }
+}
+
+impl RampReport {
+    pub fn table(&self) -> String {
+        let mut t = Table(String::new());
+        banner(&mut t, &self.generator);
+        t.section(&format!(
+            "herald-bench ramp -> {} ({:.1} s, publish via {})",
+            self.target, self.duration_s, self.publish
+        ));
+        t.section("connections");
+        t.row(
+            "clients",
+            format!(
+                "{} opened / {} ({} failed, {} closed by the server, {} retired by the ramp, \
+                 {} processes)",
+                self.connected,
+                self.clients,
+                self.connect_failed,
+                self.closed_early,
+                self.retired,
+                self.workers
+            ),
+        );
+        t.row("handshake", lat(&self.handshake_us));
+        t.row("connect from due time", lat(&self.connect_from_due_us));
+        if !self.failures.is_empty() {
+            t.row("failures", map(&self.failures));
+        }
+        t.section("publish");
+        t.row(
+            "events",
+            format!(
+                "{} sent / {} ({} errors), rate {}/s, in flight {}",
+                self.published, self.events, self.publish_errors, self.rate, self.in_flight
+            ),
+        );
+        t.section("delivery");
+        t.row(
+            "deliveries",
+            format!(
+                "{} ({} missing between received events{}, {} duplicates)",
+                self.deliveries,
+                self.gaps,
+                if self.gaps_checked {
+                    ""
+                } else {
+                    ": not checked, order not guaranteed by publisher"
+                },
+                self.duplicates
+            ),
+        );
+        t.row("latency from send", lat(&self.latency_us));
+        t.row("latency from schedule", lat(&self.sched_latency_us));
+        t.section("phases");
+        for p in &self.phases {
+            t.row(
+                &format!("{:.0}-{:.0} s", p.from_s, p.to_s),
+                format!(
+                    "target {} -> {}: {} open at end, {} connects, {} closes, {:.0} deliveries/s, \
+                     p50 {} p99 {} us, {} errors",
+                    p.from_target,
+                    p.to_target,
+                    p.connections_at_end,
+                    p.connects,
+                    p.closes,
+                    p.deliveries_per_sec,
+                    opt(p.latency_us.map(|l| l.p50)),
+                    opt(p.latency_us.map(|l| l.p99)),
+                    p.errors
+                ),
+            );
+        }
+        t.section("time series (per second)");
+        for s in &self.series {
+            t.row(
+                &format!("{:>4} s", s.t),
+                format!(
+                    "target {:>6} open {:>6} connects {:>5} closes {:>5} deliveries {:>8} \
+                     p50 {:>7} p99 {:>7} us errors {}",
+                    s.target,
+                    s.connections,
+                    s.connects,
+                    s.closes,
+                    s.deliveries,
+                    opt(s.p50_us),
+                    opt(s.p99_us),
+                    s.errors
+                ),
+            );
+        }
+        server_rows(&mut t, &self.server);
+        let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2} us"));
+        if self.server.server_pid.is_some() {
+            t.row("cpu per delivery", us(self.server_cpu_per_delivery_us));
+        }
+        t.section(&format!("generator ({} client processes)", self.workers));
         t.row("cpu per delivery", us(self.gen_cpu_per_delivery_us));
         generator_rows(&mut t, &self.generator);
         result_rows(&mut t, self.ok, &self.problems);

@@ -8,10 +8,12 @@ use crate::channels;
 use crate::cli::{self, Args, Mode, PublishVia};
 use crate::load::{self, CpuMark, GeneratorLoad, ProcLoad};
 use crate::pool::{ClientPool, PoolConfig};
+use crate::procfs::unix_ns;
 use crate::procfs::{self, ServerProbe, ServerSample};
 use crate::publisher::{Plan, Protocol, Publisher};
+use crate::ramp::{self, Ramp};
 use crate::reactor::{PUB_BASE, Reactor};
-use crate::report::{FanoutReport, ServerFigures, ThroughputReport};
+use crate::report::{FanoutReport, RampReport, ServerFigures, ThroughputReport};
 use crate::stats::PoolStats;
 use crate::worker::{Progress, WorkerConfig, WorkerSet};
 
@@ -30,6 +32,8 @@ struct Bench {
     workers: usize,
     /// Start of the measured phase in this process (see [`crate::load`]).
     phase_mark: Option<CpuMark>,
+    /// When the ramp (if any) started.
+    ramp_origin: Option<Instant>,
     t0: Instant,
     deadline: Instant,
     last_progress: Instant,
@@ -44,6 +48,10 @@ impl Bench {
         let addr = cli::resolve(&args.host, args.port)?;
         let host_header = format!("{}:{}", args.host, args.port);
         let source_ips = args.source_ips.clone().map(|s| s.0).unwrap_or_default();
+        // Under a ramp, clients that join while events flow check for gaps,
+        // which needs a publisher that keeps order.
+        let check_gaps =
+            args.ramp.is_some() && (args.publish == PublishVia::Redis || args.in_flight <= 1);
         let per_worker = args
             .clients_per_worker
             .unwrap_or_else(|| procfs::nofile_hard_limit().saturating_sub(256) as usize)
@@ -69,6 +77,8 @@ impl Bench {
                 event_type: args.event_type.clone(),
                 first_index: 0,
                 channels: args.channels,
+                ramp: args.ramp.is_some(),
+                check_gaps,
             }));
             Side::Local
         } else {
@@ -98,6 +108,9 @@ impl Bench {
                         max_duration_s: args.max_duration.as_secs_f64(),
                         progress_interval_s: args.progress_interval.as_secs_f64(),
                         burn_cpu: args.test_burn_cpu,
+                        ramp: args.ramp.clone(),
+                        total_clients: clients,
+                        check_gaps,
                     }
                 })
                 .collect();
@@ -111,6 +124,7 @@ impl Bench {
             side,
             workers,
             phase_mark: None,
+            ramp_origin: None,
             t0: now,
             deadline: now + args.max_duration,
             last_progress: now,
@@ -138,10 +152,19 @@ impl Bench {
     fn turn(&mut self) -> Res<()> {
         let wait = match self.side {
             Side::Local if self.args.test_burn_cpu && self.phase_mark.is_some() => Duration::ZERO,
+            // The ramp's target moves continuously: follow it closely.
+            Side::Local if self.ramp_origin.is_some() => Duration::from_millis(10),
             // Worker messages wake the reactor (see `WorkerSet::spawn`).
             Side::Local | Side::Workers(_) => Duration::from_millis(50),
         };
         self.reactor.turn(wait).map_err(|e| format!("poll: {e}"))?;
+        if let (Side::Local, Some(ramp), Some(origin)) =
+            (&self.side, &self.args.ramp, self.ramp_origin)
+        {
+            // One process holds every client: its share is the whole target.
+            let t = origin.elapsed().as_secs_f64();
+            self.reactor.follow_ramp(ramp.target_at(t));
+        }
         if let Side::Workers(w) = &mut self.side {
             w.pump();
             let crashed = w.crashed();
@@ -164,12 +187,19 @@ impl Bench {
         let t = now.duration_since(self.t0).as_secs_f64();
         let mut line = format!(
             "[{t:7.1}s] {phase:<8} clients {}/{} connected, {} failed",
-            p.connected - p.closed_early,
+            p.connected - p.closed_early - p.retired,
             p.clients,
             p.failed
         );
         if p.closed_early > 0 {
             line += &format!(", {} closed", p.closed_early);
+        }
+        if let (Some(ramp), Some(origin)) = (&self.args.ramp, self.ramp_origin) {
+            line += &format!(
+                ", {} retired, target {}",
+                p.retired,
+                ramp.target_at(origin.elapsed().as_secs_f64())
+            );
         }
         if let Some(pb) = &self.reactor.publisher
             && pb.started_at().is_some()
@@ -250,25 +280,31 @@ impl Bench {
 
     /// Runs the publisher until everything is issued and answered.
     fn publish(&mut self) -> Res<()> {
-        let now = Instant::now();
+        self.publish_until(Instant::now(), "publish")
+    }
+
+    /// Starts the publisher, then serves everything until it has issued
+    /// and been answered for every event, and `not_before` has passed.
+    fn publish_until(&mut self, not_before: Instant, phase: &str) -> Res<()> {
         self.reactor
             .publisher
             .as_mut()
             .expect("publisher set")
-            .start(now);
-        // Bounded by the run deadline.
-        while !self
-            .reactor
-            .publisher
-            .as_ref()
-            .expect("publisher set")
-            .done(Instant::now())
+            .start(Instant::now());
+        // Bounded by `not_before`, then by the run deadline.
+        while Instant::now() < not_before
+            || !self
+                .reactor
+                .publisher
+                .as_ref()
+                .expect("publisher set")
+                .done(Instant::now())
         {
             if self.out_of_time() {
-                return Err("run deadline reached while publishing".into());
+                return Err(format!("run deadline reached during the {phase} phase"));
             }
             self.turn()?;
-            self.report_progress("publish");
+            self.report_progress(phase);
         }
         Ok(())
     }
@@ -276,10 +312,24 @@ impl Bench {
     /// Starts the measured phase: every generator process measures its own
     /// load from here.
     fn start_phase(&mut self) {
-        if let Side::Workers(w) = &mut self.side {
-            w.broadcast("mark");
+        let origin_ns = unix_ns();
+        match &mut self.side {
+            Side::Workers(w) => w.broadcast(&format!("mark {origin_ns}")),
+            Side::Local => {
+                if let Some(p) = self
+                    .reactor
+                    .pool
+                    .as_mut()
+                    .filter(|_| self.args.ramp.is_some())
+                {
+                    p.start_series(origin_ns);
+                }
+            }
         }
         self.phase_mark = Some(CpuMark::now());
+        if self.args.ramp.is_some() {
+            self.ramp_origin = Some(Instant::now());
+        }
     }
 
     /// Ends the measured phase in this process: its load since the start.
@@ -601,6 +651,152 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
     })
 }
 
+/// Runs `--ramp`: clients follow the target over time while events are
+/// published at `--rate` throughout.
+pub fn ramp(args: &Args, ramp: &Ramp) -> Res<RampReport> {
+    let rate = args
+        .rate
+        .ok_or("--ramp publishes throughout the ramp: it needs --rate EVENTS_PER_SEC")?;
+    if args.channels > 0 {
+        return Err("--ramp does not support --channels".into());
+    }
+    let duration_s = ramp.duration_s();
+    let events = args
+        .events
+        .unwrap_or_else(|| ((rate * duration_s).floor() as u64).max(1));
+    let clients = ramp.total_opens() as usize;
+    let probe = ServerProbe { pid: args.pid };
+    let (proto, pub_addr) = publish_protocol(args)?;
+    let in_flight = args.in_flight.max(1);
+    let order_guaranteed = args.publish == PublishVia::Redis || in_flight == 1;
+    let mut problems: Vec<String> = Vec::new();
+    let s_before = probe.sample();
+    let mut b = Bench::new(args, clients, None)?;
+    eprintln!(
+        "herald-bench: ramp over {duration_s:.1} s ({clients} clients opened in all, {} process{}), \
+         {events} events at {rate}/s via {:?} -> {}:{}",
+        b.workers,
+        if b.workers > 1 { "es" } else { "" },
+        args.publish,
+        args.host,
+        args.port
+    );
+    let mut s_start = s_before;
+    let mut s_end = s_before;
+    let mut main_load: Option<ProcLoad> = None;
+    let mut phase = Duration::ZERO;
+    let run: Res<()> = (|| {
+        let plan = Plan {
+            total: Some(events),
+            duration: Some(Duration::from_secs_f64(duration_s)),
+            rate: Some(rate),
+            event_type: args.event_type.clone(),
+            pad: args.pad,
+            channels: 0,
+        };
+        b.open_publisher(proto, pub_addr, plan, in_flight)?;
+        s_start = probe.sample();
+        b.start_phase();
+        let t0 = Instant::now();
+        b.publish_until(t0 + Duration::from_secs_f64(duration_s), "ramp")?;
+        // Deliveries of the last events are still on their way.
+        b.idle(Duration::from_millis(500))?;
+        phase = t0.elapsed();
+        s_end = probe.sample();
+        main_load = b.end_phase();
+        Ok(())
+    })();
+    if let Err(e) = run {
+        problems.push(e);
+    }
+    let stats = b.finish_clients();
+    let generator = b.generator_load(main_load);
+    let pb = b.reactor.publisher.as_ref();
+    let issued = pb.map_or(0, |p| p.issued);
+    let publish_errors = pb.map_or(0, |p| p.errors);
+    if stats.failed > 0 {
+        problems.push(format!("{} client(s) failed to connect", stats.failed));
+    }
+    if stats.closed_early > 0 {
+        problems.push(format!(
+            "{} client(s) closed by the server",
+            stats.closed_early
+        ));
+    }
+    if order_guaranteed && stats.gaps > 0 {
+        problems.push(format!(
+            "{} events missing between events clients received",
+            stats.gaps
+        ));
+    }
+    if stats.duplicates > 0 {
+        problems.push(format!("{} duplicate deliveries", stats.duplicates));
+    }
+    if publish_errors > 0 {
+        problems.push(format!("{publish_errors} publish errors"));
+    }
+    if issued < events && b.reactor.publisher.is_some() {
+        problems.push(format!("only {issued} of {events} events published"));
+    }
+    if stats.deliveries == 0 {
+        problems.push("no event was delivered".into());
+    }
+    let server_cpu_s = delta(s_start.cpu_s, s_end.cpu_s);
+    let per_delivery_us =
+        |cpu_s: f64| (stats.deliveries > 0).then(|| cpu_s / stats.deliveries as f64 * 1e6);
+    Ok(RampReport {
+        mode: "ramp",
+        target: format!("{}:{}", args.host, args.port),
+        publish: match args.publish {
+            PublishVia::Http => "http",
+            PublishVia::Redis => "redis",
+        },
+        duration_s,
+        clients: clients as u64,
+        workers: b.workers,
+        connected: stats.connected,
+        connect_failed: stats.failed,
+        closed_early: stats.closed_early,
+        retired: stats.retired,
+        failures: stats.failures.clone(),
+        handshake_us: stats.handshake.summary(),
+        connect_from_due_us: stats.connect_from_due.summary(),
+        events,
+        rate,
+        in_flight,
+        published: issued,
+        publish_errors,
+        publish_error_reasons: pb.map(|p| p.error_reasons.clone()).unwrap_or_default(),
+        deliveries: stats.deliveries,
+        gaps: stats.gaps,
+        gaps_checked: order_guaranteed,
+        duplicates: stats.duplicates,
+        foreign_frames: stats.foreign,
+        latency_us: stats.latency.summary(),
+        sched_latency_us: stats.sched_latency.summary(),
+        phases: ramp::phase_reports(ramp, &stats.series),
+        series: ramp::series_report(ramp, &stats.series),
+        server_cpu_per_delivery_us: server_cpu_s.and_then(per_delivery_us),
+        gen_cpu_per_delivery_us: generator.as_ref().and_then(|g| per_delivery_us(g.cpu_s)),
+        server: ServerFigures {
+            server_pid: args.pid,
+            server_rss_before_bytes: s_before.rss_bytes,
+            server_rss_connected_bytes: None,
+            server_rss_after_bytes: s_end.rss_bytes,
+            server_rss_per_connection_bytes: None,
+            server_cpu_connect_s: None,
+            server_cpu_publish_s: server_cpu_s,
+            server_cpu_publish_util: server_cpu_s
+                .filter(|_| !phase.is_zero())
+                .map(|c| c / phase.as_secs_f64()),
+        },
+        generator_saturated: generator.as_ref().is_some_and(|g| g.saturated),
+        generator,
+        ok: problems.is_empty(),
+        problems,
+    })
+}
+
 /// Runs `--mode throughput`.
 pub fn throughput(args: &Args) -> Res<ThroughputReport> {
     if args.publish != PublishVia::Http {
@@ -740,15 +936,26 @@ pub fn main_with(args: &Args) -> i32 {
         );
         return 2;
     }
-    let (json, table, ok) = match args.mode {
-        Mode::Fanout => match fanout(args) {
+    let (json, table, ok) = match (args.mode, &args.ramp) {
+        (Mode::Fanout, Some(r)) => match ramp(args, r) {
             Ok(r) => (serde_json::to_string(&r), r.table(), r.ok),
             Err(e) => {
                 eprintln!("herald-bench: {e}");
                 return 2;
             }
         },
-        Mode::Throughput => match throughput(args) {
+        (Mode::Throughput, Some(_)) => {
+            eprintln!("herald-bench: --ramp is a fan-out run (not --mode throughput)");
+            return 2;
+        }
+        (Mode::Fanout, None) => match fanout(args) {
+            Ok(r) => (serde_json::to_string(&r), r.table(), r.ok),
+            Err(e) => {
+                eprintln!("herald-bench: {e}");
+                return 2;
+            }
+        },
+        (Mode::Throughput, None) => match throughput(args) {
             Ok(r) => (serde_json::to_string(&r), r.table(), r.ok),
             Err(e) => {
                 eprintln!("herald-bench: {e}");

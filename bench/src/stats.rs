@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::ramp::{Second, merge_series};
+
 /// Highest latency tracked: one hour, in microseconds.
 const MAX_US: u64 = 3_600_000_000;
 
@@ -166,6 +168,19 @@ pub struct PoolStats {
     /// phase, and in total.
     pub cpu_connect_s: f64,
     pub cpu_total_s: f64,
+    /// Ramp: clients closed because the target fell.
+    #[serde(default)]
+    pub retired: u64,
+    /// Ramp: events missing between two a client received.
+    #[serde(default)]
+    pub gaps: u64,
+    /// Ramp: connect + handshake time from when the target made the client
+    /// due (so waiting in the generator's connect queue counts).
+    #[serde(default)]
+    pub connect_from_due: Latency,
+    /// Ramp: one entry per second since the ramp started.
+    #[serde(default)]
+    pub series: Vec<Second>,
 }
 
 fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -203,6 +218,10 @@ impl PoolStats {
         self.handshake.merge(&o.handshake);
         self.cpu_connect_s += o.cpu_connect_s;
         self.cpu_total_s += o.cpu_total_s;
+        self.retired += o.retired;
+        self.gaps += o.gaps;
+        self.connect_from_due.merge(&o.connect_from_due);
+        merge_series(&mut self.series, &o.series);
     }
 }
 

@@ -5,8 +5,9 @@
 //! - worker -> parent (stdout): `progress` (about once per interval),
 //!   `connected` (every client connected or failed), `final` (the
 //!   [`PoolStats`], then the worker exits).
-//! - parent -> worker (stdin): `mark` (the measured phase starts: the worker
-//!   measures its own load from here, see [`crate::load`]), `published
+//! - parent -> worker (stdin): `mark <unix_ns>` (the measured phase starts
+//!   at that time: the worker measures its own load from here, see
+//!   [`crate::load`], and follows its share of the ramp, if any), `published
 //!   <unix_ns>` (publishing ended: the settle timeout starts), `stop` (report
 //!   now). EOF on stdin also stops.
 //!
@@ -25,7 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::load::{CpuMark, ProcLoad};
 use crate::pool::{ClientPool, PoolConfig};
-use crate::procfs::{raise_nofile_limit, self_cpu_s};
+use crate::procfs::{raise_nofile_limit, self_cpu_s, unix_ns};
+use crate::ramp::Ramp;
 use crate::reactor::Reactor;
 use crate::stats::PoolStats;
 
@@ -54,6 +56,15 @@ pub struct WorkerConfig {
     /// phase, to provoke a saturated generator.
     #[serde(default)]
     pub burn_cpu: bool,
+    /// Follow this process's share of a ramp from `mark` on.
+    #[serde(default)]
+    pub ramp: Option<Ramp>,
+    /// Clients over all processes (for the ramp's shares).
+    #[serde(default)]
+    pub total_clients: usize,
+    /// Count-only clients check for gaps (the publisher keeps order).
+    #[serde(default)]
+    pub check_gaps: bool,
 }
 
 impl WorkerConfig {
@@ -70,7 +81,19 @@ impl WorkerConfig {
             event_type: self.event_type.clone(),
             first_index: self.first_index,
             channels: self.channels,
+            ramp: self.ramp.is_some(),
+            check_gaps: self.check_gaps,
         }
+    }
+
+    /// This worker's share of the ramp's target `t` seconds in.
+    pub fn ramp_share(&self, ramp: &Ramp, t: f64) -> u64 {
+        Ramp::share(
+            ramp.target_at(t),
+            self.first_index as u64,
+            self.clients as u64,
+            self.total_clients as u64,
+        )
     }
 }
 
@@ -83,6 +106,9 @@ pub struct Progress {
     pub closed_early: u64,
     pub deliveries: u64,
     pub complete_clients: u64,
+    /// Ramp: clients closed because the target fell.
+    #[serde(default)]
+    pub retired: u64,
     pub connect_done: bool,
     pub all_received: bool,
 }
@@ -97,6 +123,7 @@ impl Progress {
             closed_early: s.closed_early,
             deliveries: s.deliveries,
             complete_clients: s.complete_clients,
+            retired: s.retired,
             connect_done: pool.connect_done(),
             all_received: pool.all_received(),
         }
@@ -110,6 +137,7 @@ impl Progress {
         self.closed_early += o.closed_early;
         self.deliveries += o.deliveries;
         self.complete_clients += o.complete_clients;
+        self.retired += o.retired;
         self.connect_done &= o.connect_done;
         self.all_received &= o.all_received;
     }
@@ -162,7 +190,8 @@ pub fn worker_main(json: &str) -> i32 {
 }
 
 enum Cmd {
-    Mark,
+    /// The measured phase (and the ramp) started at this Unix time.
+    Mark(u64),
     Published,
     Stop,
 }
@@ -177,8 +206,8 @@ fn run_worker(cfg: &WorkerConfig) -> std::io::Result<()> {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
             let Ok(line) = line else { break };
-            let cmd = if line.trim() == "mark" {
-                Cmd::Mark
+            let cmd = if let Some(ns) = line.strip_prefix("mark") {
+                Cmd::Mark(ns.trim().parse().unwrap_or_else(|_| unix_ns()))
             } else if line.starts_with("published") {
                 Cmd::Published
             } else if line.trim() == "stop" {
@@ -205,12 +234,16 @@ fn run_worker(cfg: &WorkerConfig) -> std::io::Result<()> {
     let mut cpu_at_connect: Option<f64> = None;
     let mut published_at: Option<Instant> = None;
     let mut mark: Option<CpuMark> = None;
+    let mut ramp_origin: Option<Instant> = None;
     let mut stop = false;
 
     // Bounded by the hard deadline (and by the parent: stop / EOF).
     while Instant::now() < hard_deadline && !stop {
         let wait = if cfg.burn_cpu && mark.is_some() {
             Duration::ZERO
+        } else if cfg.ramp.is_some() {
+            // The target moves continuously: follow it closely.
+            Duration::from_millis(10)
         } else {
             Duration::from_millis(100)
         };
@@ -218,8 +251,15 @@ fn run_worker(cfg: &WorkerConfig) -> std::io::Result<()> {
         let now = Instant::now();
         loop {
             match rx.try_recv() {
-                Ok(Cmd::Mark) => {
+                Ok(Cmd::Mark(origin_ns)) => {
                     mark.get_or_insert_with(CpuMark::now);
+                    if cfg.ramp.is_some() && ramp_origin.is_none() {
+                        let ago = Duration::from_nanos(unix_ns().saturating_sub(origin_ns));
+                        ramp_origin = Some(now.checked_sub(ago).unwrap_or(now));
+                        if let Some(p) = reactor.pool.as_mut() {
+                            p.start_series(origin_ns);
+                        }
+                    }
                 }
                 Ok(Cmd::Published) => {
                     published_at.get_or_insert(now);
@@ -230,6 +270,10 @@ fn run_worker(cfg: &WorkerConfig) -> std::io::Result<()> {
                 }
                 Err(TryRecvError::Empty) => break,
             }
+        }
+        if let (Some(ramp), Some(origin)) = (&cfg.ramp, ramp_origin) {
+            let t = now.duration_since(origin).as_secs_f64();
+            reactor.follow_ramp(cfg.ramp_share(ramp, t));
         }
         let pool = reactor.pool.as_ref().expect("worker has a pool");
         let progress = Progress::of(pool);

@@ -2,91 +2,11 @@
 //! worker processes, every process's load measured over the publish phase,
 //! and a run where the generator could not keep up flagged as saturated (in
 //! the JSON and prominently in the text report), while a light run is not.
-//!
-//! Herald is the workspace's `target/<profile>/herald`, which
-//! `cargo test --workspace` builds before running any test (its own
-//! integration tests need it). Both processes are stopped by PID.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
 use serde_json::Value;
-
-/// A Herald server started for one test; killed (by its PID) on drop.
-struct Herald {
-    child: Child,
-    port: u16,
-}
-
-impl Herald {
-    fn start() -> Herald {
-        // target/<profile>/deps/<this test> -> target/<profile>/herald
-        let bin: PathBuf = std::env::current_exe()
-            .expect("test path")
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("target dir")
-            .join("herald");
-        assert!(
-            bin.exists(),
-            "{} is missing: build it first (`cargo build -p herald`; `cargo test --workspace` does)",
-            bin.display()
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--log-level", "warn"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start herald");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let until = Instant::now() + Duration::from_secs(20);
-        // Bounded: 20 s.
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < until, "herald did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Herald { child, port }
-    }
-}
-
-impl Drop for Herald {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs herald-bench against `h` (bounded by --max-duration); returns the
-/// process output and its JSON report.
-fn bench(h: &Herald, args: &[&str]) -> (Output, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
-        .args([
-            "-p",
-            &h.port.to_string(),
-            "--pid",
-            &h.child.id().to_string(),
-        ])
-        .args(["--progress-interval", "0", "--max-duration", "60"])
-        .args(["--connect-timeout", "30", "--settle-timeout", "10"])
-        .args(args)
-        .output()
-        .expect("run herald-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON report: {}", String::from_utf8_lossy(&out.stderr)));
-    let report: Value = serde_json::from_str(json).expect("JSON report");
-    (out, report)
-}
+use support::{Herald, bench};
 
 fn processes(report: &Value) -> Vec<String> {
     report["generator"]["processes"]
@@ -122,11 +42,13 @@ fn light_run_is_not_saturated() {
     assert!(r["gen_cpu_per_delivery_us"].as_f64().unwrap() > 0.0);
 }
 
-/// Every client-holding process spins through the publish phase
-/// (`--test-burn-cpu`), as one that cannot keep up does: the run is flagged,
-/// in the JSON and in a banner on the text report, naming the process.
-#[test]
-fn burning_generator_is_flagged_saturated() {
+/// A run in which every client-holding process spins through the publish
+/// phase (`--test-burn-cpu`), as one that cannot keep up does, with the
+/// clients in `procs` processes: returns its report after checking that the
+/// deliveries are still complete (saturation is a verdict on the figures,
+/// not a failed check) and that the run is flagged, in the JSON and in a
+/// banner on the text report.
+fn burning_run(procs: &str) -> Value {
     let h = Herald::start();
     let (out, r) = bench(
         &h,
@@ -138,49 +60,37 @@ fn burning_generator_is_flagged_saturated() {
             "--rate",
             "10",
             "--procs",
-            "2",
+            procs,
             "--test-burn-cpu",
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // The deliveries are still checked and complete: saturation is a verdict
-    // on the figures, not a failed check.
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(r["deliveries"], 200, "{stderr}");
     assert_eq!(r["generator_saturated"], true, "{stderr}");
-    let reasons = r["generator"]["saturation"].as_array().expect("reasons");
-    assert!(
-        reasons
-            .iter()
-            .any(|s| s["kind"] == "process" && s["process"] == "worker 0"),
-        "{reasons:?}"
-    );
     assert!(stderr.contains("!!! GENERATOR SATURATED"), "{stderr}");
+    r
 }
 
-/// One process holding every client, spinning: flagged as well, with the
-/// main process (which holds the clients and publishes) named.
+/// Two worker processes spinning: each is named as saturated.
 #[test]
-fn one_process_burning_is_flagged_saturated() {
-    let h = Herald::start();
-    let (out, r) = bench(
-        &h,
-        &[
-            "-c",
-            "20",
-            "-e",
-            "10",
-            "--rate",
-            "10",
-            "--procs",
-            "1",
-            "--test-burn-cpu",
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+fn burning_workers_are_flagged_saturated() {
+    let r = burning_run("2");
+    let reasons = r["generator"]["saturation"].as_array().expect("reasons");
+    for worker in ["worker 0", "worker 1"] {
+        assert!(
+            reasons
+                .iter()
+                .any(|s| s["kind"] == "process" && s["process"] == worker),
+            "{worker}: {reasons:?}"
+        );
+    }
+}
+
+/// One process holding every client (and publishing), spinning: flagged.
+#[test]
+fn one_burning_process_is_flagged_saturated() {
+    let r = burning_run("1");
     assert_eq!(r["workers"], 1);
     assert_eq!(processes(&r), ["main"]);
-    assert_eq!(r["generator_saturated"], true, "{stderr}");
-    assert!(stderr.contains("!!! GENERATOR SATURATED"), "{stderr}");
 }
