@@ -27,7 +27,7 @@
 //! - `sse`          Server-Sent Events records
 //! - `outq`         per-connection queue of shared buffers, written with writev
 //! - `event`        the event and its one JSON encoding
-//! - `static_files` the page, built in or from STATIC_DIR, with safe names only
+//! - `static_files` the page, built in or from STATIC_DIR (re-read only when changed), safe names
 //! - `metrics`      counters and the Prometheus page
 //! - `ratelog`      warnings logged once per interval with a count; peer error texts cut short
 

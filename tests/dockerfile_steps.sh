@@ -48,6 +48,17 @@ run_step() { # $1: command, as written in the Dockerfile
   printf '  RUN (%s) %s\n' "$(cat "$work/time")" "$1"
 }
 
+# .dockerignore is an allowlist ("*", then "!path" lines): a COPY source must be listed, itself
+# or a folder above it, or Docker would not find it in the context.
+in_context() {
+  local path="$1" entry
+  while read -r entry; do
+    entry="${entry#!}"
+    [ "$path" = "$entry" ] || [[ "$path" == "$entry"/* ]] && return 0
+  done < <(grep '^!' "$repo/.dockerignore")
+  return 1
+}
+
 copy_step() { # COPY [--chown..] src... dest, from the build context
   local args=() a
   for a in "$@"; do [[ "$a" == --* ]] || args+=("$a"); done
@@ -56,7 +67,7 @@ copy_step() { # COPY [--chown..] src... dest, from the build context
   [[ "$dest" == /* ]] && dest="$root$dest" || dest="$workdir/$dest"
   if [ ${#args[@]} -gt 1 ] || [[ "$dest" == */ ]]; then mkdir -p "$dest"; fi
   for a in "${args[@]}"; do
-    [ -e "$repo/$a" ] || { echo "COPY: $a is not in the build context" >&2; exit 1; }
+    [ -e "$repo/$a" ] && in_context "$a" || { echo "COPY: $a is not in the build context" >&2; exit 1; }
     if [ -d "$repo/$a" ]; then mkdir -p "$dest" && cp -R "$repo/$a/." "$dest/"; else cp "$repo/$a" "$dest"; fi
   done
   echo "  COPY $*"
