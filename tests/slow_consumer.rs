@@ -34,7 +34,7 @@ fn a_stalled_client_is_cut_off_and_the_others_get_everything() {
         &[],
     );
     let mut readers: Vec<Client> = (0..2).map(|_| ws_connect(herald.port, "/ws")).collect();
-    let mut stalled = stalled_client(herald.port);
+    let stalled = stalled_client(herald.port);
     wait_until("three websockets", || {
         get(herald.port, "/health").json()["websockets"] == 3
     });
@@ -53,6 +53,22 @@ fn a_stalled_client_is_cut_off_and_the_others_get_everything() {
             })
         })
         .collect();
+    // The stalled client starts reading once it has been cut off, while the others are still
+    // being served: a closing connection lingers only CLOSE_TIMEOUT_SECS for its peer to take
+    // the last bytes, and on a loaded machine the 10,000 events take longer than that.
+    let port = herald.port;
+    let mut stalled_reader = stalled.try_clone().unwrap();
+    let stalled_reads = std::thread::spawn(move || {
+        wait_until("the stalled client to be cut off", || {
+            get(port, "/metrics")
+                .body
+                .contains("herald_slow_consumers_closed_total 1\n")
+        });
+        stalled_reader.set_read_timeout(Some(WAIT)).unwrap();
+        let mut received = Vec::new();
+        let _ = stalled_reader.read_to_end(&mut received);
+        received
+    });
     publish_many(herald.port, EVENTS, 100, |i| {
         format!("{i:08}{}", &payload[8..])
     });
@@ -79,9 +95,8 @@ fn a_stalled_client_is_cut_off_and_the_others_get_everything() {
     );
 
     // The stalled client, reading at last, finds its backlog cut short by a 1008 close.
-    stalled.set_read_timeout(Some(WAIT)).unwrap();
-    let mut received = Vec::new();
-    let _ = stalled.read_to_end(&mut received);
+    let received = stalled_reads.join().expect("reading the stalled client");
+    drop(stalled);
     // The last frame is the close: 0x88, its length, then the code 1008 (0x03f0).
     let tail = &received[received.len().saturating_sub(64)..];
     let close_at = tail
