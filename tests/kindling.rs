@@ -182,3 +182,49 @@ fn the_dockerfile_build_steps_work_outside_docker() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A code sync's restart, as the page lives it: kindling's restart loop sends Herald SIGTERM
+/// and starts the new binary once the old one has exited. With the image's environment (its
+/// drain) and the Redis dependency: events published during the drain still arrive live; the
+/// close is 1001; a page that reconnects after the restart with the last id it saw gets what
+/// it missed, then live events, with no gap and no duplicate.
+#[test]
+fn a_restart_costs_the_page_no_event() {
+    let redis = Redis::start();
+    let mut env = image_env();
+    for (key, value) in &mut env {
+        if key == "STATIC_DIR" {
+            *value = repo().join("static").display().to_string();
+        }
+    }
+    env.push(("PUBSUB_CACHE_URL".into(), redis.url()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut herald = Herald::with(&[], &env);
+    wait_redis_connected(&herald);
+    let port = herald.port;
+
+    let mut page = ws_connect(port, "/ws");
+    publish(port, "before", "restart");
+    let before = next_event(&mut page);
+    assert_eq!(before["type"], "before");
+
+    signal(herald.pid(), "TERM"); // what kindling's restart loop sends
+    wait_until("the drain", || get(port, "/health").status == 503);
+    publish(port, "during", "drain");
+    let during = next_event(&mut page);
+    assert_eq!(during["type"], "during", "served live while draining");
+    assert_eq!(close_code(&mut page), Some(1001));
+    assert_eq!(herald.wait_exit(WAIT), Some(0));
+
+    herald.start_again(); // the loop starts the new binary
+    wait_redis_connected(&herald);
+    // Two pages: one saw everything before the close, one only the first event.
+    let since = during["id"].as_str().unwrap();
+    let mut current = ws_connect(port, &format!("/ws?since={since}"));
+    let since = before["id"].as_str().unwrap();
+    let mut behind = ws_connect(port, &format!("/ws?since={since}"));
+    publish(port, "after", "restart");
+    assert_eq!(next_event(&mut current)["type"], "after", "no duplicate");
+    assert_eq!(next_event(&mut behind)["type"], "during", "no gap");
+    assert_eq!(next_event(&mut behind)["type"], "after");
+}
