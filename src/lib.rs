@@ -15,7 +15,8 @@
 //! - `config`       env + flags -> `Config`, limits, Redis URL; secrets hidden from logs
 //! - `reactor`      the mio loop: accept, read, dispatch, flush, reap, timers, shutdown
 //! - `conn`         one connection's state machine, tail and output queue
-//! - `http`         request parsing (httparse), routing, publish bodies, replies
+//! - `http`         request parsing (httparse), routing, access checks, publish bodies, replies
+//! - `auth`         JWT verification, channel patterns, grants and their expiry (no sockets)
 //! - `ws`           the upgrade handshake; frames in (validated) and out (built once)
 //! - `broker`       embedded or Redis: where a publish goes
 //! - `resp`         RESP commands and replies (redis-protocol, within limits); the Redis link
