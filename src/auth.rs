@@ -20,7 +20,7 @@
 //! No clock leeway: a token is refused from its `exp` second on, and until its `nbf`/`iat`.
 //! Herald and the backend that mints tokens must keep their clocks in sync (NTP).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::rc::Rc;
 use std::str::FromStr;
@@ -540,16 +540,18 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
 // ---- grants held by connections ------------------------------------------------------------
 
 /// The grant of each authenticated connection, by slab key, kept beside the connections
-/// rather than in `Conn`: a connection without a token (all of them, with auth off) pays
-/// nothing, and `Conn` keeps its size. Equal grants (the same token on many tabs, a
-/// backend that mints one token per user and channel set) are shared: an authenticated
-/// idle connection costs one map entry (a key and an `Rc`), not a copy of its patterns.
+/// rather than in `Conn`: with auth off nothing is allocated and `Conn` keeps its size. Equal
+/// grants (one token on many tabs, a backend that mints one token per user) are shared, so an
+/// authenticated idle connection costs one slot here (8 bytes: an `Rc`), not a copy of its
+/// patterns. The slots are a vector indexed by slab key (slab keys stay below the most
+/// connections ever open at once), which costs less than a map keyed by connection.
 ///
-/// Expiry is checked by the reactor's once-a-second sweep through `expired`, which walks
-/// only authenticated connections: no timer per connection.
+/// Expiry lives in the grant (`exp`) and is checked by the reactor's once-a-second sweep
+/// through `expired`: no timer per connection.
 #[derive(Debug, Default)]
 pub struct GrantTable {
-    by_conn: HashMap<usize, Rc<Grant>>,
+    by_conn: Vec<Option<Rc<Grant>>>,
+    holders: usize,
     shared: HashSet<Rc<Grant>>,
 }
 
@@ -564,18 +566,23 @@ impl GrantTable {
                 fresh
             }
         };
-        if let Some(old) = self.by_conn.insert(key, shared) {
-            self.release(old);
+        if key >= self.by_conn.len() {
+            self.by_conn.resize(key + 1, None);
+        }
+        match self.by_conn[key].replace(shared) {
+            Some(old) => self.release(old),
+            None => self.holders += 1,
         }
     }
 
     pub fn get(&self, key: usize) -> Option<&Grant> {
-        self.by_conn.get(&key).map(|g| &**g)
+        self.by_conn.get(key)?.as_deref()
     }
 
     /// The connection is gone (or lost its grant): forget it.
     pub fn detach(&mut self, key: usize) {
-        if let Some(old) = self.by_conn.remove(&key) {
+        if let Some(old) = self.by_conn.get_mut(key).and_then(Option::take) {
+            self.holders -= 1;
             self.release(old);
         }
     }
@@ -590,20 +597,23 @@ impl GrantTable {
 
     /// Connections whose grant has expired at `now_unix`, appended to `out`.
     pub fn expired(&self, now_unix: u64, out: &mut Vec<usize>) {
-        out.extend(
-            self.by_conn
-                .iter()
-                .filter(|(_, g)| g.is_expired(now_unix))
-                .map(|(&key, _)| key),
-        );
+        if self.holders == 0 {
+            return;
+        }
+        out.extend(self.by_conn.iter().enumerate().filter_map(|(key, slot)| {
+            slot.as_ref()
+                .is_some_and(|g| g.is_expired(now_unix))
+                .then_some(key)
+        }));
     }
 
+    /// Connections holding a grant.
     pub fn len(&self) -> usize {
-        self.by_conn.len()
+        self.holders
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_conn.is_empty()
+        self.holders == 0
     }
 
     /// Distinct grants held (for tests and the memory figures).
