@@ -37,11 +37,20 @@ use crate::resp::link::{LinkSettings, RedisLink, Role};
 pub const REDIS_SUB: mio::Token = mio::Token(usize::MAX - 2);
 pub const REDIS_PUB: mio::Token = mio::Token(usize::MAX - 3);
 
-/// KEYS: stream, channel. ARGV: the event's JSON (no id), the stream's MAXLEN, its TTL in
-/// seconds ('0': none). Returns {id, receivers}. The id is spliced in front exactly as
-/// `event::with_id` does.
-const PUBLISH_SCRIPT: &str = r#"local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
+/// KEYS: stream, channel, and the idempotency key's Redis key if the publish has one. ARGV:
+/// the event's JSON (no id), the stream's MAXLEN, its TTL in seconds ('0': none), the
+/// idempotency window in seconds. Returns {id, receivers}, or {the first publish's id, 0, 1}
+/// when the idempotency key was already used within the window: nothing is appended or
+/// published then. The check and the `SET ... NX EX` are in the same script as the append,
+/// so two replicas racing with one key cannot both publish (Redis runs scripts one at a
+/// time). The id is spliced in front exactly as `event::with_id` does.
+const PUBLISH_SCRIPT: &str = r#"if KEYS[3] then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then return {seen, 0, 1} end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
 if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+if KEYS[3] then redis.call('SET', KEYS[3], id, 'NX', 'EX', ARGV[4]) end
 local msg = '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2)
 return {id, redis.call('PUBLISH', KEYS[2], msg)}"#;
 
@@ -94,6 +103,8 @@ pub struct RedisBroker {
     page_bytes: usize,
     /// `EXPIRE` of a stream after each event, as text for the script ('0': none).
     ttl_secs: String,
+    /// `IDEMPOTENCY_WINDOW_SECS` as text for the script; `None`: keys are ignored.
+    idempotency_secs: Option<String>,
     /// The newest id Redis's own replies vouched for (publish replies, history reads): ids up
     /// to it are trusted even if Redis's clock was behind its stream.
     newest_confirmed: EventId,
@@ -145,7 +156,14 @@ impl Broker {
 
     /// Publishes an event. `needs_live_subscription`: this replica has clients on the channel
     /// who would only get the event live, so its Redis subscription must be confirmed.
-    pub fn publish(&mut self, event: &Event, needs_live_subscription: bool) -> Publish {
+    /// `idempotency_key`: with Redis, checked and stored by the publish script (embedded, the
+    /// reactor's `IdempotencyStore` answers duplicates before they get here).
+    pub fn publish(
+        &mut self,
+        event: &Event,
+        needs_live_subscription: bool,
+        idempotency_key: Option<&str>,
+    ) -> Publish {
         match self {
             Broker::Embedded(history) => {
                 let id = history.next_id(now_ms());
@@ -168,16 +186,36 @@ impl Broker {
                 }
                 let stream = redis.names.stream_key(&event.channel);
                 let maxlen = redis.history_len.to_string();
-                redis.publisher.command(&[
-                    b"EVAL",
-                    PUBLISH_SCRIPT.as_bytes(),
-                    b"2",
-                    stream.as_bytes(),
-                    channel.as_bytes(),
-                    &event.to_json(None),
-                    maxlen.as_bytes(),
-                    redis.ttl_secs.as_bytes(),
-                ]);
+                let json = event.to_json(None);
+                match (idempotency_key, &redis.idempotency_secs) {
+                    (Some(key), Some(window)) => {
+                        // Next to the channel's stream, with the same prefix.
+                        let seen = format!("{channel}:idempotency:{key}");
+                        redis.publisher.command(&[
+                            b"EVAL",
+                            PUBLISH_SCRIPT.as_bytes(),
+                            b"3",
+                            stream.as_bytes(),
+                            channel.as_bytes(),
+                            seen.as_bytes(),
+                            &json,
+                            maxlen.as_bytes(),
+                            redis.ttl_secs.as_bytes(),
+                            window.as_bytes(),
+                        ]);
+                    }
+                    _ => redis.publisher.command(&[
+                        b"EVAL",
+                        PUBLISH_SCRIPT.as_bytes(),
+                        b"2",
+                        stream.as_bytes(),
+                        channel.as_bytes(),
+                        &json,
+                        maxlen.as_bytes(),
+                        redis.ttl_secs.as_bytes(),
+                        b"0",
+                    ]),
+                }
                 Publish::Pending
             }
         }
@@ -265,6 +303,10 @@ impl RedisBroker {
                 .redis_history_ttl
                 .map_or_else(|| "0".to_string(), |ttl| ttl.as_secs().max(1).to_string()),
             newest_confirmed: EventId::default(),
+            idempotency_secs: config
+                .idempotency
+                .window_ms
+                .map(|ms| (ms / 1000).max(1).to_string()),
         }
     }
 
@@ -323,16 +365,38 @@ impl RedisBroker {
     }
 }
 
-/// The publish script's reply: `{id, receivers}`.
-pub fn parse_published(reply: Reply) -> Result<(EventId, i64), String> {
+/// What the publish script answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub id: EventId,
+    /// Redis's subscriber count (replicas listening); 0 for a duplicate.
+    pub receivers: i64,
+    /// The idempotency key was used within the window: `id` is the first publish's, and
+    /// nothing was published now.
+    pub duplicate: bool,
+}
+
+/// The publish script's reply: `{id, receivers}`, or `{id, 0, 1}` for a duplicate.
+pub fn parse_published(reply: Reply) -> Result<Published, String> {
     use redis_protocol::resp2::types::BytesFrame as F;
+    let parse_id = |id: &Bytes| {
+        std::str::from_utf8(id)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| "bad id in publish reply".to_string())
+    };
     match reply {
         Reply::Other(F::Array(parts)) => match &parts[..] {
-            [F::BulkString(id), F::Integer(n)] => std::str::from_utf8(id)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .map(|id| (id, *n))
-                .ok_or_else(|| "bad id in publish reply".to_string()),
+            [F::BulkString(id), F::Integer(n)] => Ok(Published {
+                id: parse_id(id)?,
+                receivers: *n,
+                duplicate: false,
+            }),
+            [F::BulkString(id), F::Integer(0), F::Integer(1)] => Ok(Published {
+                id: parse_id(id)?,
+                receivers: 0,
+                duplicate: true,
+            }),
             _ => Err(unexpected("publish", &parts)),
         },
         Reply::Error(e) => Err(truncate_error(&format!("Redis: {e}"))),
@@ -429,7 +493,7 @@ mod tests {
         let mut broker = Broker::from_config(&config);
         assert_eq!(broker.state(), "disconnected");
         assert!(matches!(
-            broker.publish(&event(), true),
+            broker.publish(&event(), true, None),
             Publish::Unavailable(_)
         ));
         assert!(matches!(
@@ -441,7 +505,7 @@ mod tests {
     #[test]
     fn should_store_and_number_embedded_events() {
         let mut broker = Broker::from_config(&Config::local(0));
-        let Publish::DeliverNow { id, json } = broker.publish(&event(), false) else {
+        let Publish::DeliverNow { id, json } = broker.publish(&event(), false, None) else {
             panic!()
         };
         assert_eq!(event::peek_id(&json), Some(id));
@@ -458,9 +522,23 @@ mod tests {
     #[test]
     fn should_parse_script_replies() {
         let published = Reply::Other(F::Array(vec![bulk("5-1"), F::Integer(3)]));
+        let id = EventId { ms: 5, seq: 1 };
         assert_eq!(
             parse_published(published),
-            Ok((EventId { ms: 5, seq: 1 }, 3))
+            Ok(Published {
+                id,
+                receivers: 3,
+                duplicate: false
+            })
+        );
+        let seen = Reply::Other(F::Array(vec![bulk("5-1"), F::Integer(0), F::Integer(1)]));
+        assert_eq!(
+            parse_published(seen),
+            Ok(Published {
+                id,
+                receivers: 0,
+                duplicate: true
+            })
         );
         let entry = |id: &str| {
             F::Array(vec![

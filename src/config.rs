@@ -13,6 +13,7 @@ use clap::Parser;
 use thiserror::Error;
 
 use crate::auth::{Auth, AuthConfigError, AuthSettings};
+use crate::idempotency::IdempotencyLimits;
 
 /// Herald: a real-time event feed server (HTTP publish, Redis pub/sub, WebSocket fan-out).
 #[derive(Parser, Debug)]
@@ -156,6 +157,19 @@ pub struct Cli {
     /// held while a channel catches up (beyond it: 503, or the catch-up gives up with a reset).
     #[arg(long, env = "MAX_PENDING_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_pending_bytes: usize,
+
+    /// Seconds within which a publish retried with the same Idempotency-Key (to the same
+    /// channel) is answered with the first one's id instead of being delivered again (0: off).
+    #[arg(long, env = "IDEMPOTENCY_WINDOW_SECS", default_value_t = 300)]
+    pub idempotency_window_secs: u64,
+
+    /// Embedded: most idempotency keys remembered (over it, the oldest are forgotten first).
+    #[arg(long, env = "IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000)]
+    pub idempotency_max_keys: usize,
+
+    /// Embedded: most memory the remembered idempotency keys may hold, in bytes.
+    #[arg(long, env = "IDEMPOTENCY_MAX_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub idempotency_max_bytes: usize,
 
     /// Seconds to keep serving after SIGTERM, with /health at 503 "draining", before the
     /// shutdown grace begins (Kubernetes: time for the ingress to stop routing here).
@@ -359,6 +373,8 @@ pub struct Config {
     pub drain: Duration,
     /// Token verification; `None`: auth off, every channel open as before.
     pub auth: Option<Auth>,
+    /// `IDEMPOTENCY_WINDOW_SECS` (also Redis mode's key expiry) and the embedded store's caps.
+    pub idempotency: IdempotencyLimits,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -455,6 +471,12 @@ impl Config {
             },
             shutdown_grace: Duration::from_secs(cli.shutdown_grace_secs.into()),
             drain: Duration::from_secs(cli.drain_secs.into()),
+            idempotency: IdempotencyLimits {
+                window_ms: (cli.idempotency_window_secs > 0)
+                    .then(|| cli.idempotency_window_secs.saturating_mul(1000)),
+                max_keys: positive("IDEMPOTENCY_MAX_KEYS", cli.idempotency_max_keys)?,
+                max_bytes: positive("IDEMPOTENCY_MAX_BYTES", cli.idempotency_max_bytes)?,
+            },
             auth: Auth::from_settings(&AuthSettings {
                 secret: cli.auth_jwt_secret,
                 public_key: cli.auth_jwt_public_key,
@@ -487,6 +509,11 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             drain: Duration::ZERO,
             auth: None,
+            idempotency: IdempotencyLimits {
+                window_ms: Some(300_000),
+                max_keys: 100_000,
+                max_bytes: 32 * 1024 * 1024,
+            },
         }
     }
 }

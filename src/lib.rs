@@ -21,6 +21,8 @@
 //! - `broker`       embedded or Redis: where a publish goes
 //! - `resp`         RESP commands and replies (redis-protocol, within limits); the Redis link
 //! - `channel`      channel names, lists, resume points, Redis names
+//! - `idempotency`  the embedded broker's recent `Idempotency-Key`s (capped in count, bytes,
+//!   age): a retried publish is answered, not delivered again
 //! - `history`      the embedded broker's recent events per channel (capped in bytes, channels,
 //!   age); pages of it
 //! - `replay`       a resuming subscriber: which page next, what to do with live events meanwhile
@@ -41,6 +43,7 @@ pub mod event;
 pub mod fanout;
 pub mod history;
 pub mod http;
+pub mod idempotency;
 pub mod metrics;
 pub mod outq;
 pub mod ratelog;

@@ -27,6 +27,7 @@ pub mod names {
     pub const HISTORY_BYTES: &str = "herald_history_bytes";
     pub const HISTORY_CHANNELS: &str = "herald_history_channels";
     pub const AUTH_REFUSALS: &str = "herald_auth_refusals_total";
+    pub const PUBLISH_DUPLICATES: &str = "herald_publish_duplicates_total";
 }
 
 /// Which cap was hit: the `limit` label of `herald_limit_hits_total`. Every cap a peer can
@@ -66,6 +67,9 @@ pub mod limit {
     pub const EVENT_BYTES: &str = "event_bytes";
     /// A connection from an address already at `MAX_CONNECTIONS_PER_IP` (503).
     pub const CONNECTIONS_PER_IP: &str = "connections_per_ip";
+    /// Embedded: an idempotency key forgotten before its window ended, over
+    /// `IDEMPOTENCY_MAX_KEYS` or `IDEMPOTENCY_MAX_BYTES` (a retry with it would publish again).
+    pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
 }
 
 /// Why a connection closed: the `reason` label of `herald_connections_closed_total`.
@@ -115,6 +119,8 @@ pub struct Metrics {
     pub responses: BTreeMap<u16, u64>,
     pub websockets_opened: u64,
     pub events_published: u64,
+    /// Publishes answered with an earlier publish's id (same idempotency key): not delivered.
+    pub publish_duplicates: u64,
     pub events_received: u64,
     pub events_delivered: u64,
     pub bytes_written: u64,
@@ -180,7 +186,7 @@ impl Metrics {
             gauges.websockets
         );
         let _ = writeln!(out, "{CONNECTIONS}{{kind=\"sse\"}} {}", gauges.sse);
-        let counters: [(&str, &str, u64); 10] = [
+        let counters: [(&str, &str, u64); 11] = [
             (CONNECTIONS_ACCEPTED, "Connections accepted.", self.accepted),
             (
                 CONNECTIONS_REJECTED,
@@ -201,6 +207,11 @@ impl Metrics {
                 EVENTS_PUBLISHED,
                 "Events accepted on POST /events.",
                 self.events_published,
+            ),
+            (
+                PUBLISH_DUPLICATES,
+                "Publishes with an idempotency key already used within IDEMPOTENCY_WINDOW_SECS: answered with the first id, not delivered.",
+                self.publish_duplicates,
             ),
             (
                 EVENTS_RECEIVED,

@@ -37,6 +37,8 @@ pub struct Headers<'a> {
     pub origin: Option<&'a str>,
     pub authorization: Option<&'a str>,
     pub last_event_id: Option<&'a str>,
+    /// `Idempotency-Key`: a retried publish with the same key is not delivered twice.
+    pub idempotency_key: Option<&'a str>,
     /// `Expect: 100-continue` on HTTP/1.1: the client waits for a `100 Continue` before it
     /// sends the body (RFC 9110 10.1.1: ignored on HTTP/1.0).
     pub expect_continue: bool,
@@ -183,6 +185,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, HttpError
             headers.authorization = Some(value);
         } else if name.eq_ignore_ascii_case("last-event-id") {
             headers.last_event_id = Some(value);
+        } else if name.eq_ignore_ascii_case("idempotency-key") {
+            headers.idempotency_key = Some(value);
         }
     }
 

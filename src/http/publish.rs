@@ -3,6 +3,10 @@
 //! Query parameters win over the body, as they do for the tutorial's FastAPI handler.
 //! The channel comes from the path (`POST /events/orders`), `?channel=`, or the body, in that
 //! order; none means the default channel.
+//!
+//! An `Idempotency-Key` header (or `"idempotency_key"` in a JSON body; the header wins) marks
+//! a publish that may be retried: the broker delivers a key only once per channel within
+//! `IDEMPOTENCY_WINDOW_SECS`.
 
 use serde::Deserialize;
 
@@ -11,6 +15,7 @@ use super::parse::Request;
 use super::reply::Reply;
 use crate::channel;
 use crate::event::Event;
+use crate::idempotency;
 
 #[derive(Deserialize)]
 struct JsonEvent {
@@ -18,11 +23,28 @@ struct JsonEvent {
     kind: Option<String>,
     message: Option<String>,
     channel: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+/// What a publish request asks for: an event, and the key that makes a retry of it harmless.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    pub event: Event,
+    /// Validated (`idempotency::validate_key`).
+    pub idempotency_key: Option<String>,
 }
 
 /// The event a publish request carries, or the error reply for it. `path_channel` is the
 /// channel named in the path, if any.
 pub fn event_from(req: &Request<'_>, path_channel: Option<&str>) -> Result<Event, Reply> {
+    publication_from(req, path_channel).map(|p| p.event)
+}
+
+/// The publication a request carries (event and idempotency key), or the error reply for it.
+pub fn publication_from(
+    req: &Request<'_>,
+    path_channel: Option<&str>,
+) -> Result<Publication, Reply> {
     let not_utf8 = |_| Reply::error(400, "form data is not valid UTF-8");
     let fields = |input: &[u8]| -> Result<[Option<String>; 3], Reply> {
         let found = form::get_all(input, ["event_type", "message", "channel"]).map_err(not_utf8)?;
@@ -33,6 +55,7 @@ pub fn event_from(req: &Request<'_>, path_channel: Option<&str>) -> Result<Event
         Some(name) => Some(name.to_string()),
         None => query_channel,
     };
+    let mut idempotency_key = req.headers.idempotency_key.map(str::to_string);
 
     if !req.body.is_empty() {
         let media = req
@@ -46,6 +69,7 @@ pub fn event_from(req: &Request<'_>, path_channel: Option<&str>) -> Result<Event
                     let status = if e.is_data() { 422 } else { 400 };
                     Reply::error(status, &format!("invalid JSON body: {e}"))
                 })?;
+                idempotency_key = idempotency_key.or(parsed.idempotency_key);
                 [parsed.kind, parsed.message, parsed.channel]
             }
             Some("application/x-www-form-urlencoded") | None => fields(req.body)?,
@@ -66,10 +90,16 @@ pub fn event_from(req: &Request<'_>, path_channel: Option<&str>) -> Result<Event
     };
     let channel_name = channel_name.unwrap_or_else(|| channel::DEFAULT.to_string());
     channel::validate(&channel_name).map_err(|e| Reply::error(400, &e))?;
-    Ok(Event {
-        kind,
-        message: message.unwrap_or_default(),
-        channel: channel_name,
+    if let Some(key) = &idempotency_key {
+        idempotency::validate_key(key).map_err(|e| Reply::error(400, &e.to_string()))?;
+    }
+    Ok(Publication {
+        event: Event {
+            kind,
+            message: message.unwrap_or_default(),
+            channel: channel_name,
+        },
+        idempotency_key,
     })
 }
 

@@ -5,12 +5,12 @@
 use super::access::{self, Refused};
 use super::form;
 use super::parse::{Method, Request};
-use super::publish;
+use super::publish::{self, Publication};
 use super::reply::{PAGE_CSP, Reply};
 use crate::auth::{Denial, Grant};
 use crate::channel::{self, Wanted};
 use crate::config::Config;
-use crate::event::{Event, EventId};
+use crate::event::EventId;
 use crate::static_files::StaticFiles;
 use crate::ws::handshake;
 
@@ -22,7 +22,7 @@ pub enum Action {
     /// `GET /metrics`: the reactor answers with its counters.
     Metrics,
     /// `POST /events`: hand the event to the broker; the reply waits for its verdict.
-    Publish(Event),
+    Publish(Publication),
     /// Switch this connection to WebSocket, answering with this accept key.
     Upgrade {
         accept_key: String,
@@ -169,12 +169,12 @@ fn publish(req: &Request<'_>, config: &Config, path_channel: Option<&str>) -> Ac
         Err(Refused::Plain(reply)) => return Action::Reply(reply),
         Err(Refused::Denied(denial)) => return refused(denial),
     };
-    let event = match publish::event_from(req, path_channel) {
-        Ok(event) => event,
+    let publication = match publish::publication_from(req, path_channel) {
+        Ok(publication) => publication,
         Err(reply) => return Action::Reply(reply),
     };
-    match publisher.may_publish(&event.channel) {
-        Ok(()) => Action::Publish(event),
+    match publisher.may_publish(&publication.event.channel) {
+        Ok(()) => Action::Publish(publication),
         Err(denial) => refused(denial),
     }
 }
@@ -276,7 +276,7 @@ mod tests {
         assert_eq!(status(act("GET /ws HTTP/1.1\r\n\r\n", &c)), 426);
         assert!(matches!(
             act("POST /events/orders?event_type=a HTTP/1.1\r\n\r\n", &c),
-            Action::Publish(Event { ref channel, .. }) if channel == "orders"
+            Action::Publish(Publication { ref event, .. }) if event.channel == "orders"
         ));
         assert_eq!(
             act("GET /events/orders?since=5-1&limit=7 HTTP/1.1\r\n\r\n", &c),

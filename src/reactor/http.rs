@@ -79,12 +79,12 @@ impl Reactor {
                     let reply = Reply::new(200, "text/plain; version=0.0.4; charset=utf-8", text);
                     self.send_reply(key, reply, keep_alive, head_only);
                 }
-                Action::Publish(event) => {
-                    let framed = largest_frame_bytes(&event);
+                Action::Publish(publication) => {
+                    let framed = largest_frame_bytes(&publication.event);
                     if framed > self.config.limits.max_queued_bytes {
                         self.refuse_oversized_event(key, framed, keep_alive);
                     } else {
-                        self.publish(key, event, keep_alive);
+                        self.publish(key, publication, keep_alive);
                     }
                 }
                 Action::History {

@@ -41,6 +41,7 @@ use crate::config::Config;
 use crate::conn::{Became, Conn, Outbox, Phase};
 use crate::fanout::Fanout;
 use crate::http::reply::Reply;
+use crate::idempotency::IdempotencyStore;
 use crate::metrics::{Metrics, reason};
 use crate::ratelog::RateLog;
 use crate::resp::link::LinkEvent;
@@ -108,6 +109,8 @@ pub struct Reactor {
     awaiting_redis: AwaitingRedis,
     /// Publishes waiting for their channel's Redis subscription to be confirmed.
     parked: ParkedPublishes,
+    /// Embedded: idempotency keys of recent publishes (Redis mode keeps them in Redis).
+    idempotency: IdempotencyStore,
     /// Channels reading what they missed while the Redis subscription was down.
     catch_ups: CatchUps,
     metrics: Metrics,
@@ -151,6 +154,7 @@ impl Reactor {
         let broker = Broker::from_config(&config);
         let outbox = Outbox::new(config.limits.max_queued_bytes);
         let per_ip = ConnectionsPerIp::new(config.limits.max_connections_per_ip);
+        let idempotency = IdempotencyStore::new(config.idempotency);
         let mut reactor = Reactor {
             poll,
             listener: Some(listener),
@@ -168,6 +172,7 @@ impl Reactor {
             awaiting_redis: AwaitingRedis::default(),
             catch_ups: CatchUps::default(),
             parked: ParkedPublishes::default(),
+            idempotency,
             metrics: Metrics::default(),
             warnings: RateLog::default(),
             scratch: vec![0; SCRATCH_BYTES],
@@ -746,6 +751,8 @@ impl Reactor {
             history.sweep(crate::broker::now_ms());
             self.count_history_evictions();
         }
+        self.idempotency.sweep(crate::broker::now_ms());
+        self.count_idempotency_evictions();
         self.close_expired_grants();
         let now = self.clock();
         let limits = &self.config.limits;

@@ -31,6 +31,7 @@ use crate::broker::{self, Broker, Publish, Read};
 use crate::conn::Phase;
 use crate::event::{Event, EventId};
 use crate::fanout::Frames;
+use crate::http::publish::Publication;
 use crate::history::{Page, PageSize, StoredEvent, TooOld};
 use crate::http::reply::Reply;
 use crate::metrics::limit;
@@ -84,6 +85,7 @@ pub(super) struct Parked {
     serial: u32,
     keep_alive: bool,
     event: Event,
+    idempotency_key: Option<String>,
     since: Instant,
 }
 
@@ -132,18 +134,35 @@ impl Reactor {
             && !self.awaiting_redis.iter().any(|r| &*r.channel == channel)
     }
 
-    pub(super) fn publish(&mut self, key: usize, event: Event, keep_alive: bool) {
+    pub(super) fn publish(&mut self, key: usize, publication: Publication, keep_alive: bool) {
+        let Publication {
+            event,
+            idempotency_key,
+        } = publication;
+        if let Some(id) = self.embedded_duplicate(&event.channel, idempotency_key.as_deref()) {
+            self.metrics.publish_duplicates += 1;
+            let reply = published_reply(&event, id, 0, true);
+            return self.send_reply(key, reply, keep_alive, false);
+        }
         if let Some(why) = self.refuse_publish(key, &event) {
             return self.send_reply(key, Reply::error(503, &why), keep_alive, false);
         }
         let needs_live = self.needs_live_subscription(&event.channel);
-        match self.broker.publish(&event, needs_live) {
+        match self
+            .broker
+            .publish(&event, needs_live, idempotency_key.as_deref())
+        {
             Publish::DeliverNow { id, json } => {
                 self.metrics.events_published += 1;
                 self.metrics.events_received += 1;
                 self.count_history_evictions();
+                if let Some(idempotency_key) = &idempotency_key {
+                    self.idempotency
+                        .remember(&event.channel, idempotency_key, id, broker::now_ms());
+                    self.count_idempotency_evictions();
+                }
                 let receivers = self.broadcast(&event.channel, Some(id), &json);
-                let reply = published_reply(&event, id, receivers as i64);
+                let reply = published_reply(&event, id, receivers as i64, false);
                 self.send_reply(key, reply, keep_alive, false);
             }
             Publish::Unavailable(why) => {
@@ -171,9 +190,36 @@ impl Reactor {
                     serial: conn.serial,
                     keep_alive,
                     event,
+                    idempotency_key,
                     since: Instant::now(),
                 });
             }
+        }
+    }
+
+    /// Embedded: the id of an earlier publish of this key to this channel within
+    /// `IDEMPOTENCY_WINDOW_SECS`. (Redis mode: the publish script answers it.)
+    fn embedded_duplicate(&mut self, channel: &str, idempotency_key: Option<&str>) -> Option<EventId> {
+        let idempotency_key = idempotency_key?;
+        if !matches!(self.broker, Broker::Embedded(_)) || !self.idempotency.is_on() {
+            return None;
+        }
+        self.idempotency
+            .lookup(channel, idempotency_key, broker::now_ms())
+    }
+
+    /// Moves the idempotency store's evictions (over its caps, before their window ended)
+    /// into `/metrics`, with one log line per interval: those keys no longer stop a retry.
+    pub(super) fn count_idempotency_evictions(&mut self) {
+        let evicted = self.idempotency.take_evictions();
+        if evicted > 0 {
+            self.metrics.limit_hits(limit::IDEMPOTENCY_KEYS, evicted);
+            self.warnings.warn(
+                limit::IDEMPOTENCY_KEYS,
+                &format!(
+                    "{evicted} idempotency keys forgotten before their window ended (IDEMPOTENCY_MAX_KEYS / IDEMPOTENCY_MAX_BYTES): retries with them would publish again"
+                ),
+            );
         }
     }
 
@@ -264,7 +310,9 @@ impl Reactor {
                 }
                 None => {
                     let needs_live = self.needs_live_subscription(&parked.event.channel);
-                    self.broker.publish(&parked.event, needs_live)
+                    let idempotency_key = parked.idempotency_key.as_deref();
+                    self.broker
+                        .publish(&parked.event, needs_live, idempotency_key)
                 }
             };
             match outcome {
@@ -289,7 +337,7 @@ impl Reactor {
                 }
                 Publish::DeliverNow { id, json } => {
                     let receivers = self.broadcast(&parked.event.channel, Some(id), &json);
-                    let reply = published_reply(&parked.event, id, receivers as i64);
+                    let reply = published_reply(&parked.event, id, receivers as i64, false);
                     self.answer_waiting(parked.key, parked.serial, reply, parked.keep_alive);
                 }
             }
@@ -606,18 +654,27 @@ impl Reactor {
             } => {
                 let reply = match reply {
                     Ok(reply) => match broker::parse_published(reply) {
-                        Ok((id, receivers)) => {
-                            self.metrics.events_published += 1;
+                        Ok(published) => {
+                            if published.duplicate {
+                                self.metrics.publish_duplicates += 1;
+                            } else {
+                                self.metrics.events_published += 1;
+                            }
                             self.metrics.publish_latency.observe(since.elapsed());
                             if let Broker::Redis(redis) = &mut self.broker {
-                                redis.confirmed(id);
+                                redis.confirmed(published.id);
                             }
                             let event = Event {
                                 kind,
                                 message: String::new(),
                                 channel,
                             };
-                            published_reply(&event, id, receivers)
+                            let broker::Published {
+                                id,
+                                receivers,
+                                duplicate,
+                            } = published;
+                            published_reply(&event, id, receivers, duplicate)
                         }
                         Err(why) => {
                             self.warn_peer(
@@ -734,8 +791,10 @@ fn sample(payload: &[u8]) -> String {
     truncate_error(&format!("{shown:?}"))
 }
 
-/// The 200 of a publish: `{"published":true,"type":...,"channel":...,"id":...,"receivers":n}`.
-fn published_reply(event: &Event, id: EventId, receivers: i64) -> Reply {
+/// The 200 of a publish: `{"published":true,"type":...,"channel":...,"id":...,"receivers":n}`,
+/// with `"duplicate":true` (and 0 receivers) when an earlier publish with the same
+/// idempotency key got that id and this one delivered nothing.
+fn published_reply(event: &Event, id: EventId, receivers: i64, duplicate: bool) -> Reply {
     #[derive(Serialize)]
     struct Published<'a> {
         published: bool,
@@ -744,6 +803,8 @@ fn published_reply(event: &Event, id: EventId, receivers: i64) -> Reply {
         channel: &'a str,
         id: EventId,
         receivers: i64,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
     }
     Reply::json(
         200,
@@ -753,6 +814,7 @@ fn published_reply(event: &Event, id: EventId, receivers: i64) -> Reply {
             channel: &event.channel,
             id,
             receivers,
+            duplicate,
         },
     )
 }
