@@ -58,10 +58,7 @@ fn a_retried_publish_is_answered_with_the_first_id_and_not_delivered() {
     next_is(&mut client, "first");
     next_is(&mut client, "elsewhere");
     next_is(&mut client, "marker");
-    assert_eq!(
-        metric(port, "herald_publish_duplicates_total"),
-        Some(2.0)
-    );
+    assert_eq!(metric(port, "herald_publish_duplicates_total"), Some(2.0));
     assert_eq!(metric(port, "herald_events_published_total"), Some(3.0));
 }
 
@@ -87,7 +84,10 @@ fn bad_keys_are_refused_with_400() {
         assert_eq!(reply.status, 400, "{key:?}: {}", reply.body);
         assert!(reply.body.contains("idempotency key"), "{}", reply.body);
     }
-    assert_eq!(ok(publish_keyed(port, "orders", &"k".repeat(128), "x"))["receivers"], 0);
+    assert_eq!(
+        ok(publish_keyed(port, "orders", &"k".repeat(128), "x"))["receivers"],
+        0
+    );
     let body = "{\"type\":\"a\",\"idempotency_key\":\"caf\u{e9}\"}";
     let reply = post(port, "/events", Some("application/json"), body);
     assert_eq!(reply.status, 400, "{}", reply.body);
@@ -208,10 +208,7 @@ fn redis_mode_answers_a_retry_from_the_script() {
         .parse()
         .unwrap();
     assert!((1..=300).contains(&ttl), "TTL {ttl}");
-    assert_eq!(
-        metric(port, "herald_publish_duplicates_total"),
-        Some(1.0)
-    );
+    assert_eq!(metric(port, "herald_publish_duplicates_total"), Some(1.0));
     // The stream holds the event once.
     assert_eq!(redis.command(&["XLEN", "events:orders:history"]), ":2");
 }

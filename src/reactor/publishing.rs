@@ -31,8 +31,8 @@ use crate::broker::{self, Broker, Publish, Read};
 use crate::conn::Phase;
 use crate::event::{Event, EventId};
 use crate::fanout::Frames;
-use crate::http::publish::Publication;
 use crate::history::{Page, PageSize, StoredEvent, TooOld};
+use crate::http::publish::Publication;
 use crate::http::reply::Reply;
 use crate::metrics::limit;
 use crate::ratelog::truncate_error;
@@ -157,8 +157,12 @@ impl Reactor {
                 self.metrics.events_received += 1;
                 self.count_history_evictions();
                 if let Some(idempotency_key) = &idempotency_key {
-                    self.idempotency
-                        .remember(&event.channel, idempotency_key, id, broker::now_ms());
+                    self.idempotency.remember(
+                        &event.channel,
+                        idempotency_key,
+                        id,
+                        broker::now_ms(),
+                    );
                     self.count_idempotency_evictions();
                 }
                 let receivers = self.broadcast(&event.channel, Some(id), &json);
@@ -199,7 +203,11 @@ impl Reactor {
 
     /// Embedded: the id of an earlier publish of this key to this channel within
     /// `IDEMPOTENCY_WINDOW_SECS`. (Redis mode: the publish script answers it.)
-    fn embedded_duplicate(&mut self, channel: &str, idempotency_key: Option<&str>) -> Option<EventId> {
+    fn embedded_duplicate(
+        &mut self,
+        channel: &str,
+        idempotency_key: Option<&str>,
+    ) -> Option<EventId> {
         let idempotency_key = idempotency_key?;
         if !matches!(self.broker, Broker::Embedded(_)) || !self.idempotency.is_on() {
             return None;
