@@ -16,6 +16,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -101,8 +102,14 @@ impl Conns {
 }
 
 fn serve(addr: SocketAddr) -> io::Result<()> {
-    // mio binds with SO_REUSEADDR and a listen backlog of 1024, like the other peers.
     let mut listener = TcpListener::bind(addr)?;
+    // mio listens with a backlog of 128: 256 handshakes in flight overflow it and
+    // the dropped SYNs come back a second later. Listen again with the other
+    // peers' 1024 (Linux takes the new backlog on a listening socket).
+    // SAFETY: listen(2) on the listener's own, valid descriptor.
+    if unsafe { libc::listen(listener.as_raw_fd(), 1024) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
