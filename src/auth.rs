@@ -255,8 +255,14 @@ impl Denial {
     pub fn describe(&self) -> String {
         let sub = self.sub.as_deref().unwrap_or("-");
         let mut text = format!("auth refused ({}) sub {sub:?}", self.refusal);
+        // Up to 256 names of 64 bytes could be refused at once: a few make the point.
+        const SHOWN: usize = 5;
         if !self.channels.is_empty() {
-            text.push_str(&format!(" channels {:?}", self.channels));
+            let shown = &self.channels[..self.channels.len().min(SHOWN)];
+            text.push_str(&format!(" channels {shown:?}"));
+            if self.channels.len() > SHOWN {
+                text.push_str(&format!(" and {} more", self.channels.len() - SHOWN));
+            }
         }
         text
     }
@@ -808,6 +814,19 @@ I4I+dMOsCmMK2udZaCsxvcgxMZ2H4JNjGb8aVpQDftkzkBVwX7S8G0437w==\n\
             ..spec
         };
         assert!(mint_hs256(SECRET.as_bytes(), &bad).is_err());
+    }
+
+    #[test]
+    fn should_describe_a_denial_briefly_without_the_token() {
+        let denial = Denial {
+            refusal: Refusal::Channel,
+            sub: Some("alice".into()),
+            channels: (0..9).map(|i| format!("ch{i}")).collect(),
+        };
+        assert_eq!(
+            denial.describe(),
+            "auth refused (channel) sub \"alice\" channels [\"ch0\", \"ch1\", \"ch2\", \"ch3\", \"ch4\"] and 4 more"
+        );
     }
 
     #[test]
