@@ -200,6 +200,17 @@ fn should_refuse_each_bad_token_before_the_upgrade_with_its_reason() {
         assert!(!log.contains(token.as_str()), "a token reached the log");
     }
     assert!(!log.contains(&good_token), "a token reached the log");
+    assert!(!log.contains(SECRET), "the secret reached the log");
+    let help = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--help")
+        .env("AUTH_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("AUTH_JWT_SECRET") && !help.contains(SECRET),
+        "{help}"
+    );
 }
 
 #[test]
