@@ -176,6 +176,16 @@ pub struct Cli {
     #[arg(long, env = "DRAIN_SECS", default_value_t = 0)]
     pub drain_secs: u32,
 
+    /// permessage-deflate for WebSockets that offer it (every browser does): `on` or `off`.
+    /// Each event is compressed once, whoever receives it.
+    #[arg(long, env = "COMPRESSION", value_enum, default_value_t = Switch::On)]
+    pub compression: Switch,
+
+    /// Events (and echoes) smaller than this many bytes go uncompressed: below it, DEFLATE
+    /// saves too little to pay for itself.
+    #[arg(long, env = "COMPRESS_MIN_BYTES", default_value_t = 256)]
+    pub compress_min_bytes: usize,
+
     /// HS256 secret (at least 32 bytes) that signs subscriber and publisher tokens; turns
     /// auth on.
     #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
@@ -234,6 +244,13 @@ pub struct TokenArgs {
     /// `aud` claim (needed when the server sets AUTH_JWT_AUDIENCE).
     #[arg(long)]
     pub aud: Option<String>,
+}
+
+/// A feature turned `on` or `off`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// A value that must never reach a log line.
@@ -371,6 +388,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// After SIGTERM, serve on (readiness probe failing) this long before closing.
     pub drain: Duration,
+    /// permessage-deflate is negotiated with clients that offer it (`COMPRESSION`).
+    pub compression: bool,
+    /// Smaller messages are sent plain (`COMPRESS_MIN_BYTES`).
+    pub compress_min_bytes: usize,
     /// Token verification; `None`: auth off, every channel open as before.
     pub auth: Option<Auth>,
     /// `IDEMPOTENCY_WINDOW_SECS` (also Redis mode's key expiry) and the embedded store's caps.
@@ -477,6 +498,8 @@ impl Config {
                 max_keys: positive("IDEMPOTENCY_MAX_KEYS", cli.idempotency_max_keys)?,
                 max_bytes: positive("IDEMPOTENCY_MAX_BYTES", cli.idempotency_max_bytes)?,
             },
+            compression: cli.compression == Switch::On,
+            compress_min_bytes: cli.compress_min_bytes,
             auth: Auth::from_settings(&AuthSettings {
                 secret: cli.auth_jwt_secret,
                 public_key: cli.auth_jwt_public_key,
@@ -508,6 +531,8 @@ impl Config {
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(5),
             drain: Duration::ZERO,
+            compression: true,
+            compress_min_bytes: 256,
             auth: None,
             idempotency: IdempotencyLimits {
                 window_ms: Some(300_000),

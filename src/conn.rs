@@ -29,6 +29,7 @@ use crate::channel::{ChannelId, Subscription};
 use crate::event::EventId;
 use crate::outq::{Chunk, OutQueue};
 use crate::replay::{Live, Replay};
+use crate::ws::deflate::WindowBits;
 use crate::ws::frame::PartialMessage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +97,10 @@ pub struct Conn {
     pub peer_done: bool,
     /// What the connection became, if anything: it stays counted as that until it is freed.
     pub became: Became,
+    /// permessage-deflate was negotiated (a WebSocket), with the window the client lets us
+    /// use. Set at the upgrade, never changed after (fan-out counts it per channel). One
+    /// byte: no compression state lives in a connection.
+    pub deflate: Option<WindowBits>,
 }
 
 impl Conn {
@@ -119,6 +124,7 @@ impl Conn {
             write_shut: false,
             peer_done: false,
             became: Became::Http,
+            deflate: None,
         }
     }
 

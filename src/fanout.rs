@@ -19,6 +19,7 @@ use crate::channel::{ChannelId, Subscription};
 use crate::conn::{Conn, Outbox, Phase};
 use crate::event::EventId;
 use crate::outq::Chunk;
+use crate::ws::deflate::WindowBits;
 
 #[derive(Debug)]
 struct Channel {
@@ -26,6 +27,9 @@ struct Channel {
     subscribers: Vec<usize>,
     /// How many subscribers are Server-Sent Events streams (their bytes are built only if any).
     sse_subscribers: usize,
+    /// How many subscribers are WebSockets with permessage-deflate (the compressed frame is
+    /// built only if any).
+    deflate_subscribers: usize,
     /// The newest event id delivered on this channel: where to catch up from if the
     /// subscription to Redis was lost for a while.
     last_id: Option<EventId>,
@@ -45,6 +49,29 @@ pub struct Frames {
     pub ws: Chunk,
     /// The Server-Sent Events record, if the channel has SSE subscribers.
     pub sse: Option<Chunk>,
+    /// The same text frame compressed (RSV1), if the channel has WebSockets that negotiated
+    /// permessage-deflate and the event is large enough and compresses.
+    pub ws_deflated: Option<Deflated>,
+}
+
+/// An event's frame compressed once (permessage-deflate), for every subscriber that can take
+/// it.
+#[derive(Debug)]
+pub struct Deflated {
+    pub frame: Chunk,
+    /// The uncompressed payload's length: a client that limited our window to fewer bytes
+    /// gets the plain frame (`WindowBits::fits`).
+    pub payload_len: usize,
+}
+
+impl Frames {
+    /// The WebSocket frame for a subscriber: compressed if it negotiated that and can read it.
+    fn ws_for(&self, deflate: Option<WindowBits>) -> &Chunk {
+        match (&self.ws_deflated, deflate) {
+            (Some(deflated), Some(bits)) if bits.fits(deflated.payload_len) => &deflated.frame,
+            _ => &self.ws,
+        }
+    }
 }
 
 impl Fanout {
@@ -63,6 +90,10 @@ impl Fanout {
 
     pub fn has_sse_subscribers(&self, channel: ChannelId) -> bool {
         self.channels[channel as usize].sse_subscribers > 0
+    }
+
+    pub fn has_deflate_subscribers(&self, channel: ChannelId) -> bool {
+        self.channels[channel as usize].deflate_subscribers > 0
     }
 
     /// Remembers the newest event id delivered on the channel.
@@ -98,6 +129,7 @@ impl Fanout {
                     name: name.into(),
                     subscribers: Vec::new(),
                     sse_subscribers: 0,
+                    deflate_subscribers: 0,
                     last_id: None,
                 }) as ChannelId;
                 self.by_name.insert(name.into(), id);
@@ -113,6 +145,9 @@ impl Fanout {
         entry.subscribers.push(key);
         if conn.phase == Phase::Sse {
             entry.sse_subscribers += 1;
+        }
+        if conn.deflate.is_some() {
+            entry.deflate_subscribers += 1;
         }
         conn.subs.push(Subscription { channel, slot });
         Some((channel, created))
@@ -130,10 +165,14 @@ impl Fanout {
         let index = conn.subs.iter().position(|s| s.channel == channel)?;
         let slot = conn.subs.swap_remove(index).slot as usize;
         let is_sse = conn.phase == Phase::Sse;
+        let is_deflate = conn.deflate.is_some();
         let entry = &mut self.channels[channel as usize];
         entry.subscribers.swap_remove(slot);
         if is_sse {
             entry.sse_subscribers -= 1;
+        }
+        if is_deflate {
+            entry.deflate_subscribers -= 1;
         }
         // The last subscriber moved into the freed slot: tell it where it is now.
         if let Some(&moved) = entry.subscribers.get(slot) {
@@ -166,8 +205,8 @@ impl Fanout {
         }
     }
 
-    /// Queues the event on every open subscriber of the channel: the WebSocket frame or the
-    /// SSE record, the same bytes for all. A subscriber replaying history may hold it back or
+    /// Queues the event on every open subscriber of the channel: the WebSocket frame (plain or
+    /// compressed) or the SSE record, the same bytes for all that take the same kind. A subscriber replaying history may hold it back or
     /// skip it (`replay.rs`). Subscribers pushed over their cap are flagged in the outbox for
     /// the caller to close. Returns how many got it.
     pub fn deliver(
@@ -181,7 +220,7 @@ impl Fanout {
         for &key in &self.channels[channel as usize].subscribers {
             let conn = &mut conns[key];
             let bytes = match conn.phase {
-                Phase::WebSocket => &frames.ws,
+                Phase::WebSocket => frames.ws_for(conn.deflate),
                 Phase::Sse => match &frames.sse {
                     Some(sse) => sse,
                     None => continue,
@@ -229,6 +268,7 @@ mod tests {
             id: None,
             ws: Bytes::from_static(ws).into(),
             sse: None,
+            ws_deflated: None,
         }
     }
 

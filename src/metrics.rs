@@ -65,6 +65,8 @@ pub mod limit {
     pub const REDIS_MESSAGE_ID: &str = "redis_message_id";
     /// A publish whose framed event would not fit a subscriber's `MAX_QUEUED_BYTES` (413).
     pub const EVENT_BYTES: &str = "event_bytes";
+    /// A compressed WebSocket message that inflates past `MAX_MESSAGE_BYTES` (1009).
+    pub const INFLATED_BYTES: &str = "inflated_bytes";
     /// A connection from an address already at `MAX_CONNECTIONS_PER_IP` (503).
     pub const CONNECTIONS_PER_IP: &str = "connections_per_ip";
     /// Embedded: an idempotency key forgotten before its window ended, over

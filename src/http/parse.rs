@@ -34,6 +34,9 @@ pub struct Headers<'a> {
     pub connection_upgrade: bool,
     pub ws_key: Option<&'a str>,
     pub ws_version: Option<&'a str>,
+    /// The first `Sec-WebSocket-Extensions` line (a client that spreads its offers over
+    /// several lines gets what the first allows: declining an extension is always valid).
+    pub ws_extensions: Option<&'a str>,
     pub origin: Option<&'a str>,
     pub authorization: Option<&'a str>,
     pub last_event_id: Option<&'a str>,
@@ -177,6 +180,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, HttpError
             headers.upgrade = Some(value);
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             headers.ws_key = Some(value);
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            headers.ws_extensions.get_or_insert(value);
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             headers.ws_version = Some(value);
         } else if name.eq_ignore_ascii_case("origin") {

@@ -12,6 +12,7 @@ use crate::channel::{self, Wanted};
 use crate::config::Config;
 use crate::event::EventId;
 use crate::static_files::StaticFiles;
+use crate::ws::deflate::Agreement;
 use crate::ws::handshake;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -30,6 +31,8 @@ pub enum Action {
         wanted: Wanted,
         /// What the token allows (auth on and a token sent).
         grant: Option<Grant>,
+        /// permessage-deflate, if offered acceptably and `COMPRESSION` is on.
+        deflate: Option<Agreement>,
     },
     /// Turn this connection into a Server-Sent Events stream of these channels.
     Sse {
@@ -141,6 +144,7 @@ fn upgrade(req: &Request<'_>, config: &Config, echo: bool) -> Action {
             echo,
             wanted,
             grant,
+            deflate: handshake::deflate(req, config.compression),
         },
         Err(reply) => Action::Reply(reply),
     }

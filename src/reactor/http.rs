@@ -112,9 +112,10 @@ impl Reactor {
                     echo,
                     wanted,
                     grant,
+                    deflate,
                 } => {
                     self.hold_grant(key, grant);
-                    self.open_websocket(key, &accept_key, echo, wanted);
+                    self.open_websocket(key, &accept_key, echo, wanted, deflate);
                     // Frames may follow the handshake in the same packet.
                     return used + self.process_frames(key, &mut buf[used..]);
                 }

@@ -47,6 +47,7 @@ use crate::ratelog::RateLog;
 use crate::resp::link::LinkEvent;
 use crate::sse;
 use crate::static_files::StaticFiles;
+use crate::ws::deflate::{Deflater, Inflater};
 use crate::ws::frame::{self, close_code};
 use per_ip::ConnectionsPerIp;
 use publishing::{CatchUps, ParkedPublishes};
@@ -117,6 +118,10 @@ pub struct Reactor {
     /// Warnings a peer can cause repeatedly, logged once per interval with a count.
     warnings: RateLog,
     scratch: Vec<u8>,
+    /// permessage-deflate: one compressor and one inflater for every connection, reset per
+    /// message (no per-connection context: `ws::deflate`).
+    deflater: Deflater,
+    inflater: Inflater,
     /// Connections with output to flush this turn, and those over their backlog cap.
     outbox: Outbox,
     /// The previous turn's dirty list, emptied, kept for its allocation.
@@ -176,6 +181,8 @@ impl Reactor {
             metrics: Metrics::default(),
             warnings: RateLog::default(),
             scratch: vec![0; SCRATCH_BYTES],
+            deflater: Deflater::default(),
+            inflater: Inflater::default(),
             outbox,
             spare_dirty: Vec::new(),
             read_later: Vec::new(),

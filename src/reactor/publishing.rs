@@ -424,10 +424,12 @@ impl Reactor {
                 None => sse::event_record(json),
                 Some(kind) => sse::record(id.map(|id| id.to_string()).as_deref(), Some(kind), json),
             });
+        let ws_deflated = self.deflated_event(channel, json);
         let frames = Frames {
             id,
             ws: frame::text(json).into(),
             sse: sse.map(Into::into),
+            ws_deflated,
         };
         let queued = self
             .fanout

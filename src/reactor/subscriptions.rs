@@ -13,6 +13,7 @@ use crate::conn::{Became, Phase};
 use crate::event::EventId;
 use crate::metrics::limit;
 use crate::sse;
+use crate::ws::deflate::Agreement;
 use crate::ws::{frame, handshake};
 
 /// A control message from a WebSocket client: `{"op":"subscribe","channel":"orders"}`.
@@ -33,14 +34,17 @@ impl Reactor {
         accept_key: &str,
         echo: bool,
         wanted: Wanted,
+        deflate: Option<Agreement>,
     ) {
         let now = self.clock();
         let conn = &mut self.conns[key];
         conn.queue(
             key,
-            handshake::switching_protocols(accept_key),
+            handshake::switching_protocols(accept_key, deflate),
             &mut self.outbox,
         );
+        // Before any subscription: fan-out counts the channel's deflate subscribers.
+        conn.deflate = deflate.map(Agreement::window_bits);
         conn.phase = if echo { Phase::Echo } else { Phase::WebSocket };
         conn.deadline = now + self.config.limits.ping_interval_secs;
         conn.became = Became::WebSocket;

@@ -6,12 +6,15 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::Reactor;
 use crate::conn::Phase;
+use crate::fanout::{ChannelId, Deflated};
 use crate::metrics::{limit, reason};
+use crate::ws::deflate::InflateError;
 use crate::ws::frame::{self, Message, close_code};
 
 impl Reactor {
     pub(super) fn process_frames(&mut self, key: usize, buf: &mut [u8]) -> usize {
         let max = self.config.limits.max_message_bytes;
+        let deflate = self.conns[key].deflate.is_some();
         let mut used = 0;
         if !buf.is_empty() {
             let now = self.clock();
@@ -25,7 +28,7 @@ impl Reactor {
                 self.pause_input(key);
                 break;
             }
-            let (header, range, n) = match frame::decode_frame(&mut buf[used..], max) {
+            let (header, range, n) = match frame::decode_frame(&mut buf[used..], max, deflate) {
                 Ok(Some(decoded)) => decoded,
                 Ok(None) => break,
                 Err(e) => {
@@ -37,6 +40,10 @@ impl Reactor {
             let mut partial = self.conns[key].partial.take();
             let message = frame::assemble(&header, payload, &mut partial, max);
             self.conns[key].partial = partial;
+            let message = match message {
+                Ok(Some(Message::Compressed { text, data })) => self.inflate(key, text, &data),
+                other => other,
+            };
             match message {
                 Ok(Some(message)) => self.on_message(key, message),
                 Ok(None) => {}
@@ -48,6 +55,30 @@ impl Reactor {
             used += n;
         }
         used
+    }
+
+    /// A compressed message inflated, within `MAX_MESSAGE_BYTES` (the limit counts what it
+    /// inflates to, and inflation stops the moment it is passed: no decompression bomb).
+    fn inflate(
+        &mut self,
+        key: usize,
+        text: bool,
+        data: &[u8],
+    ) -> Result<Option<Message<'static>>, frame::WsError> {
+        let max = self.config.limits.max_message_bytes;
+        match self.inflater.inflate(data, max) {
+            Ok(inflated) => Message::inflated(text, inflated).map(Some),
+            Err(InflateError::Corrupt) => Err(frame::WsError::BadCompressedData),
+            Err(InflateError::TooBig) => {
+                self.metrics.limit_hit(limit::INFLATED_BYTES);
+                let warning = format!(
+                    "compressed message of {} bytes inflates past MAX_MESSAGE_BYTES ({max}): closing 1009",
+                    data.len()
+                );
+                self.warn_peer(key, limit::INFLATED_BYTES, &warning);
+                Err(frame::WsError::TooBig(max))
+            }
+        }
     }
 
     /// The client is not reading what its messages produce: leave the rest of its input
@@ -69,7 +100,7 @@ impl Reactor {
         let max = self.config.limits.max_message_bytes;
         let mut used = 0;
         loop {
-            match frame::decode_frame(&mut buf[used..], max) {
+            match frame::decode_frame(&mut buf[used..], max, true) {
                 Ok(Some((header, _, n))) => {
                     used += n;
                     if header.opcode == OpCode::Control(Control::Close) {
@@ -112,19 +143,34 @@ impl Reactor {
                 self.metrics.closed(reason::PEER_CLOSED);
             }
             Message::Text(text) if echo => {
-                conn.queue(key, frame::text(text.as_bytes()), &mut self.outbox)
+                self.echo(key, OpCode::Data(Data::Text), text.as_bytes())
             }
-            Message::Binary(data) if echo => {
-                let frame = frame::encode(OpCode::Data(Data::Binary), &data);
-                conn.queue(key, frame, &mut self.outbox);
-            }
+            Message::Binary(data) if echo => self.echo(key, OpCode::Data(Data::Binary), &data),
             Message::Text(text) => {
                 let text = text.into_owned();
                 self.on_control_message(key, &text);
             }
             // The feed speaks JSON text; binary messages are read and ignored.
             Message::Binary(_) => {}
+            Message::Compressed { .. } => unreachable!("bug: inflated in process_frames"),
         }
+    }
+
+    /// The echo route sends a message back, compressed on the same terms as events when the
+    /// connection negotiated permessage-deflate.
+    fn echo(&mut self, key: usize, opcode: OpCode, payload: &[u8]) {
+        let conn = &mut self.conns[key];
+        let compressed = conn
+            .deflate
+            .filter(|bits| {
+                payload.len() >= self.config.compress_min_bytes && bits.fits(payload.len())
+            })
+            .and_then(|_| self.deflater.compress(payload));
+        let frame = match compressed {
+            Some(compressed) => frame::encode_compressed(opcode, compressed),
+            None => frame::encode(opcode, payload),
+        };
+        conn.queue(key, frame, &mut self.outbox);
     }
 
     pub(super) fn close_websocket_for(&mut self, key: usize, error: &frame::WsError) {
@@ -171,5 +217,23 @@ impl Reactor {
                 self.config.limits.max_queued_bytes
             ),
         );
+    }
+}
+
+impl Reactor {
+    /// An event's text frame compressed once for the channel's permessage-deflate
+    /// subscribers: only if it has some, and the event is at least `COMPRESS_MIN_BYTES` and
+    /// compresses (RFC 7692: any message may go plain, RSV1 unset).
+    pub(super) fn deflated_event(&mut self, channel: ChannelId, json: &[u8]) -> Option<Deflated> {
+        if json.len() < self.config.compress_min_bytes
+            || !self.fanout.has_deflate_subscribers(channel)
+        {
+            return None;
+        }
+        let compressed = self.deflater.compress(json)?;
+        Some(Deflated {
+            frame: frame::encode_compressed(OpCode::Data(Data::Text), compressed).into(),
+            payload_len: json.len(),
+        })
     }
 }

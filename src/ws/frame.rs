@@ -30,7 +30,8 @@ pub enum WsError {
     /// masked."
     #[error("unmasked client frame")]
     UnmaskedFrame,
-    /// RFC 6455 5.2: RSV bits "MUST be 0 unless an extension is negotiated".
+    /// RFC 6455 5.2: RSV bits "MUST be 0 unless an extension is negotiated". With
+    /// permessage-deflate, RFC 7692 6.1: RSV1 only on the first frame of a data message.
     #[error("reserved bits set without an extension")]
     ReservedBits,
     #[error("reserved opcode {0}")]
@@ -51,13 +52,17 @@ pub enum WsError {
     BadClosePayload,
     #[error("close code {0} is not allowed on the wire")]
     BadCloseCode(u16),
+    /// A compressed message that does not inflate (or refers to an earlier message, which
+    /// `client_no_context_takeover` rules out).
+    #[error("compressed message is not valid DEFLATE data")]
+    BadCompressedData,
 }
 
 impl WsError {
     pub fn close_code(&self) -> u16 {
         match self {
             WsError::TooBig(_) => close_code::MESSAGE_TOO_BIG,
-            WsError::InvalidUtf8 => close_code::INVALID_PAYLOAD,
+            WsError::InvalidUtf8 | WsError::BadCompressedData => close_code::INVALID_PAYLOAD,
             _ => close_code::PROTOCOL_ERROR,
         }
     }
@@ -67,6 +72,8 @@ impl WsError {
 #[derive(Debug)]
 pub struct PartialMessage {
     text: bool,
+    /// RSV1 was set on its first frame: `data` is DEFLATE data, inflated once it is whole.
+    compressed: bool,
     data: Vec<u8>,
     /// Bytes of `data` already checked to be UTF-8 (text only): invalid text fails on the
     /// fragment that breaks it, not at the end.
@@ -81,13 +88,33 @@ pub enum Message<'a> {
     Pong,
     /// The peer's close: its code (if any) and reason.
     Close(Option<u16>, &'a str),
+    /// A whole data message sent with permessage-deflate (RSV1): still to be inflated (within
+    /// the size limit) and, if text, checked to be UTF-8 (`Message::inflated`).
+    Compressed {
+        text: bool,
+        data: Cow<'a, [u8]>,
+    },
+}
+
+impl Message<'_> {
+    /// The message a compressed one inflates to.
+    pub fn inflated(text: bool, data: Vec<u8>) -> Result<Message<'static>, WsError> {
+        Ok(if text {
+            let text = String::from_utf8(data).map_err(|_| WsError::InvalidUtf8)?;
+            Message::Text(Cow::Owned(text))
+        } else {
+            Message::Binary(Cow::Owned(data))
+        })
+    }
 }
 
 /// One complete frame at the front of `buf`: its header, the range of its payload (unmasked in
-/// place) and the bytes it used. `Ok(None)` when the frame is not complete yet.
+/// place) and the bytes it used. `Ok(None)` when the frame is not complete yet. `deflate`:
+/// permessage-deflate was negotiated, so RSV1 may mark a data message as compressed.
 pub fn decode_frame(
     buf: &mut [u8],
     max_message_bytes: usize,
+    deflate: bool,
 ) -> Result<Option<(FrameHeader, Range<usize>, usize)>, WsError> {
     let mut cursor = Cursor::new(&*buf);
     let (header, length) = match FrameHeader::parse(&mut cursor) {
@@ -99,7 +126,10 @@ pub fn decode_frame(
     let Some(mask) = header.mask else {
         return Err(WsError::UnmaskedFrame);
     };
-    if header.rsv1 || header.rsv2 || header.rsv3 {
+    // RFC 7692 6.1: RSV1 marks a compressed message on its first frame; an endpoint "MUST
+    // NOT set the 'Per-Message Compressed' bit of control frames and non-first fragments".
+    let first_data_frame = matches!(header.opcode, OpCode::Data(d) if d != Data::Continue);
+    if header.rsv2 || header.rsv3 || (header.rsv1 && !(deflate && first_data_frame)) {
         return Err(WsError::ReservedBits);
     }
     if let OpCode::Control(_) = header.opcode
@@ -150,13 +180,19 @@ pub fn assemble<'a>(
                 return Err(WsError::TooBig(max_message_bytes));
             }
             message.data.extend_from_slice(payload);
-            if message.text {
+            if message.text && !message.compressed {
                 check_utf8_prefix(message, header.is_final)?;
             }
             if !header.is_final {
                 return Ok(None);
             }
             let done = partial.take().expect("bug: checked above");
+            if done.compressed {
+                return Ok(Some(Message::Compressed {
+                    text: done.text,
+                    data: Cow::Owned(done.data),
+                }));
+            }
             Ok(Some(if done.text {
                 let text = String::from_utf8(done.data).map_err(|_| WsError::InvalidUtf8)?;
                 Message::Text(Cow::Owned(text))
@@ -169,6 +205,13 @@ pub fn assemble<'a>(
                 return Err(WsError::ExpectedContinuation);
             }
             let text = data == Data::Text;
+            let compressed = header.rsv1;
+            if header.is_final && compressed {
+                return Ok(Some(Message::Compressed {
+                    text,
+                    data: Cow::Borrowed(payload),
+                }));
+            }
             if header.is_final {
                 return Ok(Some(if text {
                     let s = std::str::from_utf8(payload).map_err(|_| WsError::InvalidUtf8)?;
@@ -179,10 +222,11 @@ pub fn assemble<'a>(
             }
             let mut message = Box::new(PartialMessage {
                 text,
+                compressed,
                 data: payload.to_vec(),
                 utf8_checked: 0,
             });
-            if text {
+            if text && !compressed {
                 check_utf8_prefix(&mut message, false)?;
             }
             *partial = Some(message);
@@ -230,10 +274,28 @@ fn is_valid_close_code(code: u16) -> bool {
 
 /// A server frame (unmasked, final) holding `payload`, built once into shared bytes.
 pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
-    let header = FrameHeader {
-        opcode,
-        ..FrameHeader::default()
-    };
+    encode_frame(
+        FrameHeader {
+            opcode,
+            ..FrameHeader::default()
+        },
+        payload,
+    )
+}
+
+/// A server frame of a message compressed with permessage-deflate: RSV1 set (RFC 7692 6.1).
+pub fn encode_compressed(opcode: OpCode, compressed: &[u8]) -> Bytes {
+    encode_frame(
+        FrameHeader {
+            opcode,
+            rsv1: true,
+            ..FrameHeader::default()
+        },
+        compressed,
+    )
+}
+
+fn encode_frame(header: FrameHeader, payload: &[u8]) -> Bytes {
     let len = payload.len() as u64;
     let mut out = BytesMut::with_capacity(header.len(len) + payload.len()).writer();
     header
@@ -296,11 +358,16 @@ mod tests {
 
     /// Decodes every frame in `input` into messages, as the reactor does.
     fn decode_all(input: &[u8]) -> Result<Vec<String>, WsError> {
+        decode_with(input, false)
+    }
+
+    /// `decode_all` on a connection that negotiated permessage-deflate (or not).
+    fn decode_with(input: &[u8], deflate: bool) -> Result<Vec<String>, WsError> {
         let mut buf = input.to_vec();
         let mut partial = None;
         let mut pos = 0;
         let mut out = Vec::new();
-        while let Some((header, range, used)) = decode_frame(&mut buf[pos..], 1000)? {
+        while let Some((header, range, used)) = decode_frame(&mut buf[pos..], 1000, deflate)? {
             let payload = &buf[pos + range.start..pos + range.end];
             if let Some(m) = assemble(&header, payload, &mut partial, 1000)? {
                 out.push(format!("{m:?}"));
@@ -325,10 +392,14 @@ mod tests {
         let frame = client_frame(0x81, &[b'x'; 300]);
         for cut in 0..frame.len() {
             let mut prefix = frame[..cut].to_vec();
-            assert_eq!(decode_frame(&mut prefix, 1000), Ok(None), "cut {cut}");
+            assert_eq!(
+                decode_frame(&mut prefix, 1000, false),
+                Ok(None),
+                "cut {cut}"
+            );
         }
         let mut whole = frame.clone();
-        assert!(decode_frame(&mut whole, 1000).unwrap().is_some());
+        assert!(decode_frame(&mut whole, 1000, false).unwrap().is_some());
     }
 
     #[test]
@@ -394,6 +465,58 @@ mod tests {
         let mut too_big = client_frame(0x01, &[b'a'; 600]);
         too_big.extend(client_frame(0x80, &[b'a'; 600]));
         assert_eq!(decode_all(&too_big), Err(WsError::TooBig(1000)));
+    }
+
+    #[test]
+    fn should_take_rsv1_only_on_the_first_frame_of_a_deflate_message() {
+        // RFC 7692 7.2.3.1: "Hello" compressed, in one frame, then in two fragments.
+        let hello = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        assert_eq!(
+            decode_with(&client_frame(0xC1, &hello), true).unwrap(),
+            vec![format!(
+                "Compressed {{ text: true, data: {:?} }}",
+                &hello[..]
+            )]
+        );
+        let mut fragments = client_frame(0x41, &hello[..3]);
+        fragments.extend(client_frame(0x89, b"p"));
+        fragments.extend(client_frame(0x80, &hello[3..]));
+        assert_eq!(
+            decode_with(&fragments, true).unwrap(),
+            vec![
+                "Ping([112])".to_string(),
+                format!("Compressed {{ text: true, data: {:?} }}", &hello[..])
+            ]
+        );
+        // Not negotiated; on a continuation frame; on a control frame; RSV2.
+        assert_eq!(
+            decode_with(&client_frame(0xC1, &hello), false),
+            Err(WsError::ReservedBits)
+        );
+        let mut rsv1_continuation = client_frame(0x41, &hello[..3]);
+        rsv1_continuation.extend(client_frame(0xC0, &hello[3..]));
+        assert_eq!(
+            decode_with(&rsv1_continuation, true),
+            Err(WsError::ReservedBits)
+        );
+        assert_eq!(
+            decode_with(&client_frame(0xC9, b""), true),
+            Err(WsError::ReservedBits)
+        );
+        assert_eq!(
+            decode_with(&client_frame(0xA1, b"x"), true),
+            Err(WsError::ReservedBits)
+        );
+        // Compressed fragments are not checked as UTF-8 before inflation.
+        let mut binary_looking = client_frame(0x41, &[0xff]);
+        binary_looking.extend(client_frame(0x80, &[0xfe]));
+        assert!(decode_with(&binary_looking, true).is_ok());
+    }
+
+    #[test]
+    fn should_set_rsv1_on_compressed_server_frames() {
+        let frame = encode_compressed(OpCode::Data(Data::Text), b"abc");
+        assert_eq!(&frame[..], b"\xc1\x03abc");
     }
 
     #[test]

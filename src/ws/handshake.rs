@@ -4,6 +4,7 @@
 use base64::Engine;
 use bytes::Bytes;
 
+use super::deflate::{self, Agreement};
 use crate::http::parse::Request;
 use crate::http::reply::Reply;
 
@@ -51,10 +52,22 @@ pub fn accept_key(req: &Request<'_>, allowed_origins: Option<&[String]>) -> Resu
     Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
-pub fn switching_protocols(accept: &str) -> Bytes {
+/// The permessage-deflate agreement for this upgrade: `COMPRESSION` is on and the client
+/// offered the extension on terms that need no per-connection state (`deflate::negotiate`).
+pub fn deflate(req: &Request<'_>, compression: bool) -> Option<Agreement> {
+    if !compression {
+        return None;
+    }
+    deflate::negotiate(req.headers.ws_extensions?)
+}
+
+pub fn switching_protocols(accept: &str, deflate: Option<Agreement>) -> Bytes {
+    let extensions = deflate.map_or_else(String::new, |agreement| {
+        format!("Sec-WebSocket-Extensions: {}\r\n", agreement.response())
+    });
     Bytes::from(format!(
         "HTTP/1.1 101 Switching Protocols\r\nServer: herald\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+         Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     ))
 }
 

@@ -2,5 +2,6 @@
 //! frame codec (`FrameHeader`) without its stream machinery, which would give every socket a
 //! read buffer of its own.
 
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
