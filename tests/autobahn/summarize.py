@@ -6,7 +6,7 @@ Reads REPORT_DIR/index.json (written by `wstest -m fuzzingclient`) and
   (b) writes a golden-style JSON file {case: {behavior, behaviorClose}},
       sorted by case number, durations and other run-dependent data stripped,
   (c) lists failing cases (with the case description from the per-case
-      report) and exits non-zero if any case of groups 1-10 failed.
+      report) and exits non-zero if any case of groups 1-10, 12 or 13 failed.
       A case fails if its behavior is not OK / NON-STRICT / INFORMATIONAL,
       or if its closing behavior is FAILED or UNCLEAN.
 With --check EXPECTED it also diffs the results against a golden file.
@@ -22,7 +22,8 @@ import sys
 
 PASS_BEHAVIORS = {"OK", "NON-STRICT", "INFORMATIONAL"}
 FAIL_CLOSE_BEHAVIORS = {"FAILED", "UNCLEAN"}
-GATED_GROUPS = range(1, 11)  # groups 1-10 must pass
+# groups 1-10 (the protocol) and 12-13 (permessage-deflate) must pass; 11 does not exist
+GATED_GROUPS = set(range(1, 11)) | {12, 13}
 
 
 def case_key(case_id):
@@ -113,7 +114,7 @@ def main():
     status = 0
     if failing:
         status |= 1
-        print("FAILING cases (groups 1-10): %d: %s" % (len(failing), " ".join(failing)))
+        print("FAILING cases (groups 1-10, 12, 13): %d: %s" % (len(failing), " ".join(failing)))
         for cid in failing[: args.details]:
             entry = cases[cid]
             d = case_details(args.report_dir, entry)
@@ -133,7 +134,7 @@ def main():
             print("  ... %d more (see %s/index.html)" % (len(failing) - args.details,
                                                           args.report_dir))
     else:
-        print("All cases of groups 1-10 are OK / NON-STRICT / INFORMATIONAL.")
+        print("All cases of groups 1-10, 12 and 13 are OK / NON-STRICT / INFORMATIONAL.")
 
     if args.golden:
         write_json(args.golden, results)
