@@ -16,6 +16,8 @@ command -v prlimit >/dev/null || missing+=(util-linux)
 # The metrics test parses /metrics with Prometheus's own Python parser.
 { python3 -c 'import prometheus_client.parser' || /usr/bin/python3 -c 'import prometheus_client.parser'; } 2>/dev/null \
   || missing+=(python3-prometheus-client)
+# tests/python/setup.sh makes a venv (Debian's python3 needs python3-venv for that).
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -26,6 +28,9 @@ fi
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+
+step "Python client libraries for the tests (tests/python/requirements.txt)"
+bash tests/python/setup.sh
 
 step "unit and integration tests"
 cargo build --workspace --locked --quiet
