@@ -5,8 +5,9 @@
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::Reactor;
+use crate::channel::ChannelId;
 use crate::conn::Phase;
-use crate::fanout::{ChannelId, Deflated};
+use crate::fanout::Deflated;
 use crate::metrics::{limit, reason};
 use crate::ws::deflate::InflateError;
 use crate::ws::frame::{self, Message, close_code};
