@@ -943,6 +943,36 @@ describe('Herald live feed page in Chromium', () => {
     }
   });
 
+  check('8c. Chromium negotiates permessage-deflate and reads compressed and plain events intact', async () => {
+    const page = await openPage('deflate', herald.base);
+    const wsUrl = `${herald.base.replace('http', 'ws')}/ws?channels=deflate-check`;
+    const extensions = await page.evaluate((url) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(url);
+      window.__deflate = { ws, messages: [] };
+      ws.onmessage = (m) => window.__deflate.messages.push(m.data);
+      ws.onopen = () => resolve(ws.extensions);
+      ws.onerror = () => reject(new Error('WebSocket failed'));
+    }), wsUrl);
+    // Herald's terms: no context takeover either way (nothing kept per connection).
+    assert.equal(extensions, 'permessage-deflate; server_no_context_takeover; client_no_context_takeover');
+    // A 2 KB event (compressed once, RSV1) and a small one (plain); Chromium fails the
+    // connection on a bad compressed frame, so arriving intact is the check.
+    const big = 'order 42 for alice@example.com shipped; '.repeat(50);
+    await postJson(herald.base, { type: 'order', channel: 'deflate-check', message: big });
+    await postJson(herald.base, { type: 'order', channel: 'deflate-check', message: 'small' });
+    await page.waitForFunction(() => window.__deflate.messages.length >= 2, null, { timeout: WAIT_MS });
+    const [first, second] = (await page.evaluate(() => window.__deflate.messages)).map((m) => JSON.parse(m));
+    assert.equal(first.message, big);
+    assert.equal(first.channel, 'deflate-check');
+    assert.equal(second.message, 'small');
+    // A control message from the browser (Chromium compresses what it sends when it pays).
+    await page.evaluate(() => window.__deflate.ws.send(JSON.stringify({ op: 'subscribe', channel: 'deflate-more' })));
+    await page.waitForFunction(() => window.__deflate.messages.length >= 3, null, { timeout: WAIT_MS });
+    const notice = JSON.parse(await page.evaluate(() => window.__deflate.messages[2]));
+    assert.deepEqual(notice, { op: 'subscribed', channel: 'deflate-more' });
+    await page.close();
+  });
+
   check('9. no CSP violations, page errors or unexpected console errors', async () => {
     for (const [page, d] of diag) {
       if (!page.isClosed()) {
