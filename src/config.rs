@@ -163,6 +163,10 @@ pub struct Cli {
     #[arg(long, env = "IDEMPOTENCY_WINDOW_SECS", default_value_t = 300)]
     pub idempotency_window_secs: u64,
 
+    /// Most events in one `POST /events/batch` (beyond it: 413).
+    #[arg(long, env = "MAX_BATCH_EVENTS", default_value_t = 1000)]
+    pub max_batch_events: usize,
+
     /// Embedded: most idempotency keys remembered (over it, the oldest are forgotten first).
     #[arg(long, env = "IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000)]
     pub idempotency_max_keys: usize,
@@ -396,6 +400,8 @@ pub struct Config {
     pub auth: Option<Auth>,
     /// `IDEMPOTENCY_WINDOW_SECS` (also Redis mode's key expiry) and the embedded store's caps.
     pub idempotency: IdempotencyLimits,
+    /// Most events in one `POST /events/batch`.
+    pub max_batch_events: usize,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -500,6 +506,7 @@ impl Config {
             },
             compression: cli.compression == Switch::On,
             compress_min_bytes: cli.compress_min_bytes,
+            max_batch_events: positive("MAX_BATCH_EVENTS", cli.max_batch_events)?,
             auth: Auth::from_settings(&AuthSettings {
                 secret: cli.auth_jwt_secret,
                 public_key: cli.auth_jwt_public_key,
@@ -539,6 +546,7 @@ impl Config {
                 max_keys: 100_000,
                 max_bytes: 32 * 1024 * 1024,
             },
+            max_batch_events: 1000,
         }
     }
 }

@@ -220,6 +220,19 @@ fn a_retry_through_another_replica_is_not_delivered_twice() {
     let b = herald_on_redis(&redis);
     let mut on_a = ws_connect(a.port, "/ws?channels=orders");
     let mut on_b = ws_connect(b.port, "/ws?channels=orders");
+    // A publish through a replica waits for its own subscription to the channel: after b1
+    // and a1 both replicas are subscribed, so b2 reaches both (a's client may miss b1).
+    for (port, message) in [(b.port, "b1"), (a.port, "a1"), (b.port, "b2")] {
+        publish_to(port, "orders", "warm", message);
+    }
+    for message in ["b1", "a1", "b2"] {
+        next_is(&mut on_b, message);
+    }
+    for _ in 0..3 {
+        if next_event(&mut on_a)["message"] == "b2" {
+            break;
+        }
+    }
     let first = ok(publish_keyed(a.port, "orders", "cross-1", "first"));
     assert_eq!(first["receivers"], 2);
     let retry = ok(publish_keyed(b.port, "orders", "cross-1", "retry"));

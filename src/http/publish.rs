@@ -7,6 +7,11 @@
 //! An `Idempotency-Key` header (or `"idempotency_key"` in a JSON body; the header wins) marks
 //! a publish that may be retried: the broker delivers a key only once per channel within
 //! `IDEMPOTENCY_WINDOW_SECS`.
+//!
+//! A JSON body may name `"channels": [...]` (at most `MAX_CHANNELS_PER_PUBLISH`) instead of
+//! one channel: the event goes to each. `POST /events/batch` carries many events, as a JSON
+//! array or one JSON object per line (`batch_from`): each is read on its own, so one bad
+//! event is one error in the answer, not a refused batch.
 
 use serde::Deserialize;
 
@@ -23,8 +28,12 @@ struct JsonEvent {
     kind: Option<String>,
     message: Option<String>,
     channel: Option<String>,
+    channels: Option<Vec<String>>,
     idempotency_key: Option<String>,
 }
+
+/// Most channels one publish may name in `"channels"`.
+pub const MAX_CHANNELS_PER_PUBLISH: usize = 100;
 
 /// What a publish request asks for: an event, and the key that makes a retry of it harmless.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +41,9 @@ pub struct Publication {
     pub event: Event,
     /// Validated (`idempotency::validate_key`).
     pub idempotency_key: Option<String>,
+    /// The body named `"channels"`: the event goes to each (`event.channel` is the first),
+    /// and the answer has one result per channel. Validated, no name twice.
+    pub channels: Option<Vec<String>>,
 }
 
 /// The event a publish request carries, or the error reply for it. `path_channel` is the
@@ -56,6 +68,7 @@ pub fn publication_from(
         None => query_channel,
     };
     let mut idempotency_key = req.headers.idempotency_key.map(str::to_string);
+    let mut channels = None;
 
     if !req.body.is_empty() {
         let media = req
@@ -70,6 +83,7 @@ pub fn publication_from(
                     Reply::error(status, &format!("invalid JSON body: {e}"))
                 })?;
                 idempotency_key = idempotency_key.or(parsed.idempotency_key);
+                channels = parsed.channels;
                 [parsed.kind, parsed.message, parsed.channel]
             }
             Some("application/x-www-form-urlencoded") | None => fields(req.body)?,
@@ -88,7 +102,13 @@ pub fn publication_from(
     let Some(kind) = kind else {
         return Err(Reply::error(422, "missing event_type"));
     };
-    let channel_name = channel_name.unwrap_or_else(|| channel::DEFAULT.to_string());
+    let channel_name = match (&channels, channel_name) {
+        (Some(_), Some(_)) => {
+            return Err(Reply::error(400, "name either \"channel\" or \"channels\""));
+        }
+        (Some(list), None) => validate_channels(list)?,
+        (None, name) => name.unwrap_or_else(|| channel::DEFAULT.to_string()),
+    };
     channel::validate(&channel_name).map_err(|e| Reply::error(400, &e))?;
     if let Some(key) = &idempotency_key {
         idempotency::validate_key(key).map_err(|e| Reply::error(400, &e.to_string()))?;
@@ -100,6 +120,115 @@ pub fn publication_from(
             channel: channel_name,
         },
         idempotency_key,
+        channels,
+    })
+}
+
+/// Checks a `"channels"` list (1 to `MAX_CHANNELS_PER_PUBLISH` valid names, none twice);
+/// returns the first.
+fn validate_channels(list: &[String]) -> Result<String, Reply> {
+    if list.is_empty() || list.len() > MAX_CHANNELS_PER_PUBLISH {
+        let why = format!("\"channels\" must name 1 to {MAX_CHANNELS_PER_PUBLISH} channels");
+        return Err(Reply::error(400, &why));
+    }
+    for (i, name) in list.iter().enumerate() {
+        channel::validate(name).map_err(|e| Reply::error(400, &e))?;
+        if list[..i].contains(name) {
+            return Err(Reply::error(400, &format!("channel {name:?} named twice")));
+        }
+    }
+    Ok(list[0].clone())
+}
+
+/// One event of a batch: its publication, or the error it gets in the answer.
+pub type BatchItem = Result<Publication, Reply>;
+
+/// The events of `POST /events/batch`: a JSON array of event objects, or newline-delimited
+/// JSON (one object per line, blank lines skipped). At most `max_events`, else the whole
+/// batch is refused (413). An item that is not a valid event is an error in its place; an
+/// item may not name `"channels"` (one channel per event keeps one result per event).
+pub fn batch_from(req: &Request<'_>, max_events: usize) -> Result<Vec<BatchItem>, Reply> {
+    let media = req
+        .headers
+        .content_type
+        .and_then(|ct| ct.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase());
+    if !matches!(
+        media.as_deref(),
+        Some("application/json" | "application/x-ndjson" | "application/jsonl") | None
+    ) {
+        return Err(Reply::error(
+            415,
+            "a batch is a JSON array, or one JSON object per line (application/x-ndjson)",
+        ));
+    }
+    let text = std::str::from_utf8(req.body)
+        .map_err(|_| Reply::error(400, "batch body is not valid UTF-8"))?;
+    let too_many = || {
+        Reply::error(
+            413,
+            &format!("too many events in one batch (MAX_BATCH_EVENTS {max_events})"),
+        )
+    };
+    let items: Vec<Result<JsonEvent, Reply>> = if text.trim_start().starts_with('[') {
+        let values: Vec<serde_json::Value> = serde_json::from_str(text)
+            .map_err(|e| Reply::error(400, &format!("invalid JSON array: {e}")))?;
+        if values.len() > max_events {
+            return Err(too_many());
+        }
+        values
+            .into_iter()
+            .map(|v| serde_json::from_value(v).map_err(invalid_item))
+            .collect()
+    } else {
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        if lines.len() > max_events {
+            return Err(too_many());
+        }
+        lines
+            .into_iter()
+            .map(|line| serde_json::from_str(line).map_err(invalid_item))
+            .collect()
+    };
+    if items.is_empty() {
+        return Err(Reply::error(422, "empty batch"));
+    }
+    Ok(items
+        .into_iter()
+        .map(|item| item.and_then(batch_item))
+        .collect())
+}
+
+fn invalid_item(e: serde_json::Error) -> Reply {
+    let status = if e.is_data() { 422 } else { 400 };
+    Reply::error(status, &format!("invalid event: {e}"))
+}
+
+fn batch_item(parsed: JsonEvent) -> Result<Publication, Reply> {
+    if parsed.channels.is_some() {
+        return Err(Reply::error(
+            400,
+            "a batch event names one \"channel\" (\"channels\" is for POST /events)",
+        ));
+    }
+    let Some(kind) = parsed.kind else {
+        return Err(Reply::error(422, "missing type"));
+    };
+    let channel_name = parsed
+        .channel
+        .unwrap_or_else(|| channel::DEFAULT.to_string());
+    channel::validate(&channel_name).map_err(|e| Reply::error(400, &e))?;
+    if let Some(key) = &parsed.idempotency_key {
+        idempotency::validate_key(key).map_err(|e| Reply::error(400, &e.to_string()))?;
+    }
+    Ok(Publication {
+        event: Event {
+            kind,
+            message: parsed.message.unwrap_or_default(),
+            channel: channel_name,
+        },
+        idempotency_key: parsed.idempotency_key,
+        channels: None,
     })
 }
 

@@ -24,6 +24,8 @@ pub enum Action {
     Metrics,
     /// `POST /events`: hand the event to the broker; the reply waits for its verdict.
     Publish(Publication),
+    /// `POST /events/batch`: publish each event in order; one result per event.
+    PublishBatch(Vec<publish::BatchItem>),
     /// Switch this connection to WebSocket, answering with this accept key.
     Upgrade {
         accept_key: String,
@@ -71,6 +73,8 @@ pub fn route(req: &Request<'_>, config: &Config, statics: &StaticFiles) -> Actio
         ),
         (Method::Get | Method::Head, "/metrics") => Action::Metrics,
         (Method::Post, "/events") => publish(req, config, None),
+        // Reserved: a channel named `batch` is published to with `?channel=batch`.
+        (Method::Post, "/events/batch") => publish_batch(req, config),
         (Method::Post, _) if path.starts_with("/events/") => {
             publish(req, config, Some(&path["/events/".len()..]))
         }
@@ -177,8 +181,54 @@ fn publish(req: &Request<'_>, config: &Config, path_channel: Option<&str>) -> Ac
         Ok(publication) => publication,
         Err(reply) => return Action::Reply(reply),
     };
-    match publisher.may_publish(&publication.event.channel) {
+    let channels = match &publication.channels {
+        Some(list) => list.as_slice(),
+        None => std::slice::from_ref(&publication.event.channel),
+    };
+    match may_publish_all(&publisher, channels.iter()) {
         Ok(()) => Action::Publish(publication),
+        Err(denial) => refused(denial),
+    }
+}
+
+/// Every channel must be allowed: a publish to several is refused whole, naming each channel
+/// the publisher may not publish to.
+fn may_publish_all<'a>(
+    publisher: &access::Publisher,
+    channels: impl Iterator<Item = &'a String>,
+) -> Result<(), Denial> {
+    let mut denied: Option<Denial> = None;
+    for channel in channels {
+        if let Err(denial) = publisher.may_publish(channel) {
+            match &mut denied {
+                Some(first) if !first.channels.contains(channel) => {
+                    first.channels.extend(denial.channels)
+                }
+                Some(_) => {}
+                None => denied = Some(denial),
+            }
+        }
+    }
+    denied.map_or(Ok(()), Err)
+}
+
+fn publish_batch(req: &Request<'_>, config: &Config) -> Action {
+    let publisher = match access::publisher(req, config) {
+        Ok(publisher) => publisher,
+        Err(Refused::Plain(reply)) => return Action::Reply(reply),
+        Err(Refused::Denied(denial)) => return refused(denial),
+    };
+    if req.headers.idempotency_key.is_some() {
+        let why = "a batch takes an \"idempotency_key\" per event, not the header";
+        return Action::Reply(Reply::error(400, why));
+    }
+    let items = match publish::batch_from(req, config.max_batch_events) {
+        Ok(items) => items,
+        Err(reply) => return Action::Reply(reply),
+    };
+    let channels = items.iter().flatten().map(|p| &p.event.channel);
+    match may_publish_all(&publisher, channels) {
+        Ok(()) => Action::PublishBatch(items),
         Err(denial) => refused(denial),
     }
 }

@@ -87,6 +87,10 @@ impl Reactor {
                         self.publish(key, publication, keep_alive);
                     }
                 }
+                Action::PublishBatch(items) => {
+                    use super::outcome::Shape;
+                    self.publish_group(key, keep_alive, Shape::Batch, None, items);
+                }
                 Action::History {
                     channel,
                     since,

@@ -16,6 +16,7 @@
 
 mod auth;
 mod http;
+mod outcome;
 mod pending;
 mod per_ip;
 mod publishing;
@@ -112,6 +113,9 @@ pub struct Reactor {
     parked: ParkedPublishes,
     /// Embedded: idempotency keys of recent publishes (Redis mode keeps them in Redis).
     idempotency: IdempotencyStore,
+    /// Publishes answered together (`"channels"`, batches) with members still waiting: at
+    /// most one per connection (it waits for the answer), each member pending or parked.
+    groups: Slab<outcome::Group>,
     /// Channels reading what they missed while the Redis subscription was down.
     catch_ups: CatchUps,
     metrics: Metrics,
@@ -178,6 +182,7 @@ impl Reactor {
             catch_ups: CatchUps::default(),
             parked: ParkedPublishes::default(),
             idempotency,
+            groups: Slab::new(),
             metrics: Metrics::default(),
             warnings: RateLog::default(),
             scratch: vec![0; SCRATCH_BYTES],

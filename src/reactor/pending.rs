@@ -21,6 +21,8 @@ pub(super) enum Pending {
         since: Instant,
         /// The event's size, counted against `MAX_PENDING_BYTES` until Redis answers.
         bytes: usize,
+        /// Part of a group answered together (`"channels"`, a batch); `None`: answered alone.
+        slot: Option<Slot>,
     },
     HttpHistory(HistoryRequest),
     Replay(PageRead),
@@ -29,6 +31,13 @@ pub(super) enum Pending {
         channel: String,
         since: EventId,
     },
+}
+
+/// Which member of which group (a slab key of the reactor's publish groups) a publish is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Slot {
+    pub(super) group: usize,
+    pub(super) index: usize,
 }
 
 /// A `GET /events/<channel>` being answered: at once (embedded), or when Redis replies.

@@ -22,17 +22,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use log::error;
-use serde::Serialize;
-use serde_json::json;
 
 use super::Reactor;
-use super::pending::Pending;
+use super::outcome::{Group, Member, Outcome, Shape, single_reply};
+use super::pending::{Pending, Slot};
 use crate::broker::{self, Broker, Publish, Read};
 use crate::conn::Phase;
 use crate::event::{Event, EventId};
 use crate::fanout::Frames;
 use crate::history::{Page, PageSize, StoredEvent, TooOld};
-use crate::http::publish::Publication;
+use crate::http::publish::{BatchItem, Publication, largest_frame_bytes};
 use crate::http::reply::Reply;
 use crate::metrics::limit;
 use crate::ratelog::truncate_error;
@@ -87,6 +86,7 @@ pub(super) struct Parked {
     event: Event,
     idempotency_key: Option<String>,
     since: Instant,
+    slot: Option<Slot>,
 }
 
 /// Publishes held for a subscription, oldest first, with the bytes of their events.
@@ -134,18 +134,117 @@ impl Reactor {
             && !self.awaiting_redis.iter().any(|r| &*r.channel == channel)
     }
 
+    /// A publish request: one event to one channel, answered alone; or one event to the
+    /// channels the body named, answered together once each has its outcome.
     pub(super) fn publish(&mut self, key: usize, publication: Publication, keep_alive: bool) {
         let Publication {
             event,
             idempotency_key,
+            channels,
         } = publication;
+        let Some(channels) = channels else {
+            match self.publish_one(key, keep_alive, event, idempotency_key, None) {
+                Some((outcome, event)) => {
+                    let reply = single_reply(&event.kind, &event.channel, outcome);
+                    self.send_reply(key, reply, keep_alive, false);
+                }
+                None => self.conns[key].phase = Phase::AwaitingBroker,
+            }
+            return;
+        };
+        // One event per channel: each gets its own id, and its JSON (id and channel inside)
+        // is encoded once for that channel.
+        let members = channels
+            .into_iter()
+            .map(|channel| {
+                Ok(Publication {
+                    event: Event {
+                        channel,
+                        ..event.clone()
+                    },
+                    idempotency_key: idempotency_key.clone(),
+                    channels: None,
+                })
+            })
+            .collect();
+        self.publish_group(key, keep_alive, Shape::Channels, Some(event.kind), members);
+    }
+
+    /// Publishes the members of a group in order (a batch, or one event's channels). What is
+    /// decided at once (embedded, refusals, duplicates) is recorded now; the rest as Redis
+    /// answers. The reply goes when the last member is in.
+    pub(super) fn publish_group(
+        &mut self,
+        key: usize,
+        keep_alive: bool,
+        shape: Shape,
+        kind: Option<String>,
+        members: Vec<BatchItem>,
+    ) {
+        let serial = self.conns[key].serial;
+        let waiter = (key, serial, keep_alive);
+        let group = self
+            .groups
+            .insert(Group::new(waiter, shape, kind, members.len()));
+        let max_queued = self.config.limits.max_queued_bytes;
+        for (index, item) in members.into_iter().enumerate() {
+            let decided = match item {
+                Err(refusal) => Some(Member {
+                    kind: None,
+                    channel: None,
+                    outcome: Outcome::from_reply(&refusal),
+                }),
+                Ok(Publication { event, .. }) if largest_frame_bytes(&event) > max_queued => {
+                    self.metrics.limit_hit(limit::EVENT_BYTES);
+                    let why = format!(
+                        "event too large: subscribers receive at most {max_queued} bytes (MAX_QUEUED_BYTES)"
+                    );
+                    Some(member(event, Outcome::failed(413, why)))
+                }
+                Ok(publication) => {
+                    let slot = Some(Slot { group, index });
+                    let Publication {
+                        event,
+                        idempotency_key,
+                        ..
+                    } = publication;
+                    self.publish_one(key, keep_alive, event, idempotency_key, slot)
+                        .map(|(outcome, event)| member(event, outcome))
+                }
+            };
+            if let Some(decided) = decided {
+                self.groups[group].record(index, decided);
+            }
+        }
+        if self.groups[group].is_complete() {
+            let reply = self.groups.remove(group).reply();
+            self.send_reply(key, reply, keep_alive, false);
+        } else {
+            self.conns[key].phase = Phase::AwaitingBroker;
+        }
+    }
+
+    /// Publishes one event to its channel. Returns its outcome (and the event) if decided at
+    /// once; `None` if it waits for Redis (its answer goes to `slot`, or to the connection).
+    fn publish_one(
+        &mut self,
+        key: usize,
+        keep_alive: bool,
+        event: Event,
+        idempotency_key: Option<String>,
+        slot: Option<Slot>,
+    ) -> Option<(Outcome, Event)> {
         if let Some(id) = self.embedded_duplicate(&event.channel, idempotency_key.as_deref()) {
             self.metrics.publish_duplicates += 1;
-            let reply = published_reply(&event, id, 0, true);
-            return self.send_reply(key, reply, keep_alive, false);
+            let outcome = Outcome::Published {
+                id,
+                receivers: 0,
+                duplicate: true,
+            };
+            return Some((outcome, event));
         }
         if let Some(why) = self.refuse_publish(key, &event) {
-            return self.send_reply(key, Reply::error(503, &why), keep_alive, false);
+            return Some((Outcome::failed(503, why), event));
         }
         let needs_live = self.needs_live_subscription(&event.channel);
         match self
@@ -165,39 +264,69 @@ impl Reactor {
                     );
                     self.count_idempotency_evictions();
                 }
-                let receivers = self.broadcast(&event.channel, Some(id), &json);
-                let reply = published_reply(&event, id, receivers as i64, false);
-                self.send_reply(key, reply, keep_alive, false);
+                let receivers = self.broadcast(&event.channel, Some(id), &json) as i64;
+                let outcome = Outcome::Published {
+                    id,
+                    receivers,
+                    duplicate: false,
+                };
+                Some((outcome, event))
             }
             Publish::Unavailable(why) => {
                 self.warn_peer(key, "publish refused", &format!("publish refused: {why}"));
-                self.send_reply(key, Reply::error(503, &why), keep_alive, false);
+                Some((Outcome::failed(503, why), event))
             }
             Publish::Pending => {
-                let conn = &mut self.conns[key];
-                conn.phase = Phase::AwaitingBroker;
                 self.pending.push_back(Pending::Publish {
                     key,
-                    serial: conn.serial,
+                    serial: self.conns[key].serial,
                     keep_alive,
                     bytes: event_bytes(&event),
                     kind: event.kind,
                     channel: event.channel,
                     since: Instant::now(),
+                    slot,
                 });
+                None
             }
             Publish::AwaitSubscription => {
-                let conn = &mut self.conns[key];
-                conn.phase = Phase::AwaitingBroker;
                 self.parked.push(Parked {
                     key,
-                    serial: conn.serial,
+                    serial: self.conns[key].serial,
                     keep_alive,
                     event,
                     idempotency_key,
                     since: Instant::now(),
+                    slot,
                 });
+                None
             }
+        }
+    }
+
+    /// A publish that waited is decided: answer its connection, or record it in its group
+    /// and answer the group's connection once the group is complete. Groups are completed
+    /// even when their connection is gone, so none is left behind.
+    fn settle(
+        &mut self,
+        waiter: (usize, u32, bool),
+        slot: Option<Slot>,
+        event: Event,
+        outcome: Outcome,
+    ) {
+        let (key, serial, keep_alive) = waiter;
+        let Some(Slot { group, index }) = slot else {
+            let reply = single_reply(&event.kind, &event.channel, outcome);
+            return self.answer_waiting(key, serial, reply, keep_alive);
+        };
+        let complete = self
+            .groups
+            .get_mut(group)
+            .is_some_and(|g| g.record(index, member(event, outcome)));
+        if complete {
+            let group = self.groups.remove(group);
+            let (key, serial, keep_alive) = (group.key, group.serial, group.keep_alive);
+            self.answer_waiting(key, serial, group.reply(), keep_alive);
         }
     }
 
@@ -303,12 +432,14 @@ impl Reactor {
                 .conns
                 .get(parked.key)
                 .is_some_and(|c| c.serial == parked.serial && c.phase == Phase::AwaitingBroker);
-            if !alive {
+            if !alive && parked.slot.is_none() {
                 continue;
             }
             let expired = parked.since.elapsed() >= timeout;
             let outcome = match give_up {
                 Some(why) => Publish::Unavailable(why.to_string()),
+                // Its group still needs an outcome to be complete (and freed).
+                None if !alive => Publish::Unavailable("the connection is gone".into()),
                 None if expired => {
                     self.metrics.limit_hit(limit::REDIS_TIMEOUT);
                     Publish::Unavailable(
@@ -333,20 +464,26 @@ impl Reactor {
                     kind: parked.event.kind,
                     channel: parked.event.channel,
                     since: parked.since,
+                    slot: parked.slot,
                 }),
                 Publish::Unavailable(why) => {
-                    self.warn_peer(
-                        parked.key,
-                        "publish refused",
-                        &format!("publish refused: {why}"),
-                    );
-                    let reply = Reply::error(503, &why);
-                    self.answer_waiting(parked.key, parked.serial, reply, parked.keep_alive);
+                    if alive {
+                        let warning = format!("publish refused: {why}");
+                        self.warn_peer(parked.key, "publish refused", &warning);
+                    }
+                    let waiter = (parked.key, parked.serial, parked.keep_alive);
+                    let outcome = Outcome::failed(503, why);
+                    self.settle(waiter, parked.slot, parked.event, outcome);
                 }
                 Publish::DeliverNow { id, json } => {
-                    let receivers = self.broadcast(&parked.event.channel, Some(id), &json);
-                    let reply = published_reply(&parked.event, id, receivers as i64, false);
-                    self.answer_waiting(parked.key, parked.serial, reply, parked.keep_alive);
+                    let receivers = self.broadcast(&parked.event.channel, Some(id), &json) as i64;
+                    let waiter = (parked.key, parked.serial, parked.keep_alive);
+                    let outcome = Outcome::Published {
+                        id,
+                        receivers,
+                        duplicate: false,
+                    };
+                    self.settle(waiter, parked.slot, parked.event, outcome);
                 }
             }
         }
@@ -660,9 +797,10 @@ impl Reactor {
                 kind,
                 channel,
                 since,
+                slot,
                 bytes: _,
             } => {
-                let reply = match reply {
+                let outcome = match reply {
                     Ok(reply) => match broker::parse_published(reply) {
                         Ok(published) => {
                             if published.duplicate {
@@ -674,17 +812,11 @@ impl Reactor {
                             if let Broker::Redis(redis) = &mut self.broker {
                                 redis.confirmed(published.id);
                             }
-                            let event = Event {
-                                kind,
-                                message: String::new(),
-                                channel,
-                            };
-                            let broker::Published {
-                                id,
-                                receivers,
-                                duplicate,
-                            } = published;
-                            published_reply(&event, id, receivers, duplicate)
+                            Outcome::Published {
+                                id: published.id,
+                                receivers: published.receivers,
+                                duplicate: published.duplicate,
+                            }
                         }
                         Err(why) => {
                             self.warn_peer(
@@ -692,24 +824,29 @@ impl Reactor {
                                 "publish failed",
                                 &format!("publish failed: {why}"),
                             );
-                            Reply::error(503, &why)
+                            Outcome::failed(503, why)
                         }
                     },
                     Err(failure) => {
-                        let (status, kind) = if failure.timed_out {
+                        let (status, what) = if failure.timed_out {
                             (504, "publish timed out")
                         } else {
                             (503, "publish failed")
                         };
                         self.warn_peer(
                             key,
-                            kind,
-                            &format!("{kind}, outcome unknown: {}", failure.reason),
+                            what,
+                            &format!("{what}, outcome unknown: {}", failure.reason),
                         );
                         unknown_outcome(status, &failure)
                     }
                 };
-                self.answer_waiting(key, serial, reply, keep_alive);
+                let event = Event {
+                    kind,
+                    message: String::new(),
+                    channel,
+                };
+                self.settle((key, serial, keep_alive), slot, event, outcome);
             }
             Pending::HttpHistory(request) => self.answer_history(request, reply),
             Pending::Replay(page_read) => {
@@ -774,15 +911,29 @@ impl Reactor {
     }
 }
 
-/// The answer to a publish Redis may or may not have run: the link failed after it was sent.
-/// A retry may deliver the event twice (README: "Publishing when Redis stalls").
-fn unknown_outcome(status: u16, failure: &LinkFailure) -> Reply {
+/// The outcome of a publish Redis may or may not have run: the link failed after it was
+/// sent. A retry may deliver the event twice, unless it carries an idempotency key (README:
+/// "Publishing when Redis stalls").
+fn unknown_outcome(status: u16, failure: &LinkFailure) -> Outcome {
     let error = if failure.timed_out {
         "redis timeout".to_string()
     } else {
         failure.reason.clone()
     };
-    Reply::json(status, &json!({ "error": error, "outcome": "unknown" }))
+    Outcome::Failed {
+        status,
+        error,
+        unknown: true,
+    }
+}
+
+/// A group member: the event's type and channel, and what became of it.
+fn member(event: Event, outcome: Outcome) -> Member {
+    Member {
+        kind: Some(event.kind),
+        channel: Some(event.channel),
+        outcome,
+    }
 }
 
 /// The first bytes of a payload for a log line, non-printables masked.
@@ -799,32 +950,4 @@ fn sample(payload: &[u8]) -> String {
         })
         .collect();
     truncate_error(&format!("{shown:?}"))
-}
-
-/// The 200 of a publish: `{"published":true,"type":...,"channel":...,"id":...,"receivers":n}`,
-/// with `"duplicate":true` (and 0 receivers) when an earlier publish with the same
-/// idempotency key got that id and this one delivered nothing.
-fn published_reply(event: &Event, id: EventId, receivers: i64, duplicate: bool) -> Reply {
-    #[derive(Serialize)]
-    struct Published<'a> {
-        published: bool,
-        #[serde(rename = "type")]
-        kind: &'a str,
-        channel: &'a str,
-        id: EventId,
-        receivers: i64,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        duplicate: bool,
-    }
-    Reply::json(
-        200,
-        &Published {
-            published: true,
-            kind: &event.kind,
-            channel: &event.channel,
-            id,
-            receivers,
-            duplicate,
-        },
-    )
 }
