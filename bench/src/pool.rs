@@ -29,8 +29,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::channels::{self, Mine};
 use crate::procfs::unix_ns;
-use crate::ramp::Second;
-use crate::stats::PoolStats;
+use crate::stats::{PoolStats, Second};
 use crate::wire::{self, Handshake};
 
 /// What the pool should do.

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{Latency, LatencySummary};
+use crate::stats::{Latency, LatencySummary, Second};
 
 /// A parsed `--ramp`: (seconds, target connections), times increasing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,41 +105,6 @@ impl Ramp {
     }
 }
 
-/// What one process saw in one second of a ramp. Counters add up across
-/// processes; `connections` is each process's open count at its last look
-/// in that second, so the sum is the total then.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Second {
-    pub connections: u64,
-    pub connects: u64,
-    pub closes: u64,
-    pub deliveries: u64,
-    /// Failed connects and connections the server closed.
-    pub errors: u64,
-    pub latency: Latency,
-}
-
-impl Second {
-    pub fn merge(&mut self, o: &Second) {
-        self.connections += o.connections;
-        self.connects += o.connects;
-        self.closes += o.closes;
-        self.deliveries += o.deliveries;
-        self.errors += o.errors;
-        self.latency.merge(&o.latency);
-    }
-}
-
-/// Adds `other`'s seconds into `into`, second by second.
-pub fn merge_series(into: &mut Vec<Second>, other: &[Second]) {
-    if into.len() < other.len() {
-        into.resize_with(other.len(), Second::default);
-    }
-    for (a, b) in into.iter_mut().zip(other) {
-        a.merge(b);
-    }
-}
-
 /// One line of the reported time series.
 #[derive(Debug, Clone, Serialize)]
 pub struct SecondReport {
@@ -232,6 +197,7 @@ pub fn phase_reports(ramp: &Ramp, series: &[Second]) -> Vec<PhaseReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::merge_series;
 
     #[test]
     fn parses_and_interpolates() {

@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::ramp::{Second, merge_series};
-
 /// Highest latency tracked: one hour, in microseconds.
 const MAX_US: u64 = 3_600_000_000;
 
@@ -222,6 +220,41 @@ impl PoolStats {
         self.gaps += o.gaps;
         self.connect_from_due.merge(&o.connect_from_due);
         merge_series(&mut self.series, &o.series);
+    }
+}
+
+/// What one process saw in one second of a ramp. Counters add up across
+/// processes; `connections` is each process's open count at its last look
+/// in that second, so the sum is the total then.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Second {
+    pub connections: u64,
+    pub connects: u64,
+    pub closes: u64,
+    pub deliveries: u64,
+    /// Failed connects and connections the server closed.
+    pub errors: u64,
+    pub latency: Latency,
+}
+
+impl Second {
+    pub fn merge(&mut self, o: &Second) {
+        self.connections += o.connections;
+        self.connects += o.connects;
+        self.closes += o.closes;
+        self.deliveries += o.deliveries;
+        self.errors += o.errors;
+        self.latency.merge(&o.latency);
+    }
+}
+
+/// Adds `other`'s seconds into `into`, second by second.
+pub fn merge_series(into: &mut Vec<Second>, other: &[Second]) {
+    if into.len() < other.len() {
+        into.resize_with(other.len(), Second::default);
+    }
+    for (a, b) in into.iter_mut().zip(other) {
+        a.merge(b);
     }
 }
 
