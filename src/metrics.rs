@@ -28,6 +28,8 @@ pub mod names {
     pub const HISTORY_CHANNELS: &str = "herald_history_channels";
     pub const AUTH_REFUSALS: &str = "herald_auth_refusals_total";
     pub const PUBLISH_DUPLICATES: &str = "herald_publish_duplicates_total";
+    pub const IDEMPOTENCY_KEYS: &str = "herald_idempotency_keys";
+    pub const IDEMPOTENCY_BYTES: &str = "herald_idempotency_bytes";
 }
 
 /// Which cap was hit: the `limit` label of `herald_limit_hits_total`. Every cap a peer can
@@ -147,6 +149,9 @@ pub struct Gauges {
     /// Embedded history: memory held (as counted against `HISTORY_MAX_BYTES`) and channels
     /// kept. `None` with Redis.
     pub history: Option<(usize, usize)>,
+    /// Embedded idempotency store: keys remembered and memory held (as counted against
+    /// `IDEMPOTENCY_MAX_BYTES`). `None` with Redis (the keys live in Redis).
+    pub idempotency: Option<(usize, usize)>,
 }
 
 impl Metrics {
@@ -292,6 +297,16 @@ impl Metrics {
                 "# HELP {HISTORY_CHANNELS} Channels with embedded history kept (capped by MAX_CHANNELS).\n# TYPE {HISTORY_CHANNELS} gauge\n{HISTORY_CHANNELS} {channels}"
             );
         }
+        if let Some((keys, bytes)) = gauges.idempotency {
+            let _ = writeln!(
+                out,
+                "# HELP {IDEMPOTENCY_KEYS} Idempotency keys remembered (capped by IDEMPOTENCY_MAX_KEYS).\n# TYPE {IDEMPOTENCY_KEYS} gauge\n{IDEMPOTENCY_KEYS} {keys}"
+            );
+            let _ = writeln!(
+                out,
+                "# HELP {IDEMPOTENCY_BYTES} Memory held by idempotency keys (capped by IDEMPOTENCY_MAX_BYTES).\n# TYPE {IDEMPOTENCY_BYTES} gauge\n{IDEMPOTENCY_BYTES} {bytes}"
+            );
+        }
         let h = &self.publish_latency;
         let _ = writeln!(
             out,
@@ -331,6 +346,7 @@ mod tests {
             sse: 3,
             redis_up: Some(true),
             history: Some((4096, 2)),
+            idempotency: Some((3, 735)),
         });
         assert!(text.contains("herald_connections{kind=\"websocket\"} 2\n"));
         assert!(text.contains("herald_connections{kind=\"sse\"} 3\n"));
@@ -344,5 +360,7 @@ mod tests {
         assert!(text.contains("herald_history_bytes 4096\n"));
         assert!(text.contains("herald_auth_refusals_total{reason=\"signature\"} 1\n"));
         assert!(text.contains("herald_history_channels 2\n"));
+        assert!(text.contains("herald_idempotency_keys 3\n"));
+        assert!(text.contains("herald_idempotency_bytes 735\n"));
     }
 }

@@ -183,6 +183,11 @@ fn a_full_store_stays_within_its_bound() {
         metric(port, "herald_limit_hits_total{limit=\"idempotency_keys\"}"),
         Some(20_000.0)
     );
+    assert_eq!(metric(port, "herald_idempotency_keys"), Some(100_000.0));
+    assert_eq!(
+        metric(port, "herald_idempotency_bytes"),
+        Some(100_000.0 * 245.0)
+    );
     // The newest keys are still remembered, the oldest are not.
     assert_eq!(publish_keys(port, TOTAL - 1, 1, key), 1);
     assert!(!herald.has_exited());

@@ -1,5 +1,5 @@
 //! HTTP requests: `parse_request` over a buffer of pipelined requests, then `route` and
-//! `event_from` on each. Besides "no panic":
+//! `event_from` and `batch_from` on each. Besides "no panic":
 //! - a complete request uses at least one byte and no more than the buffer holds;
 //! - incomplete is never an error: the input cut at any point parses to `Ok(None)`, to the very
 //!   request the whole input gives, or fails only if the whole input fails too;
@@ -8,7 +8,7 @@
 
 use herald::config::{Config, Limits};
 use herald::http::parse::parse_request;
-use herald::http::publish::event_from;
+use herald::http::publish::{batch_from, event_from};
 use herald::http::route::{Action, route};
 use herald::static_files::StaticFiles;
 use libfuzzer_sys::fuzz_target;
@@ -53,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(0 < used && used <= data.len() - pos);
         pos += used;
         let _ = event_from(&req, None);
+        let _ = batch_from(&req, 1000);
         if let Action::Reply(reply) = route(&req, &config, &statics) {
             let (head, _) = reply.for_head(true).encode(req.keep_alive, true);
             let mut headers = [httparse::EMPTY_HEADER; 32];

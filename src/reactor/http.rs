@@ -303,6 +303,10 @@ impl Reactor {
                 Broker::Embedded(history) => Some((history.bytes(), history.channels())),
                 Broker::Redis(_) => None,
             },
+            idempotency: match &self.broker {
+                Broker::Embedded(_) => Some((self.idempotency.len(), self.idempotency.bytes())),
+                Broker::Redis(_) => None,
+            },
         }
     }
 
