@@ -155,6 +155,13 @@ impl Conn {
         bytes: &Chunk,
         outbox: &mut Outbox,
     ) -> bool {
+        // Already over its cap: it is closed at the end of this turn, and a burst of events in
+        // the same turn must not go on growing its queue meanwhile.
+        let backlog = self.backlog_bytes();
+        if backlog > outbox.max_queued_bytes {
+            outbox.check(key, backlog);
+            return false;
+        }
         if let Some(replay) = self.replay.as_mut() {
             match replay.on_live(channel, id, bytes) {
                 Live::Send => {

@@ -331,5 +331,10 @@ mod tests {
         fanout.deliver(ch, &frame, &mut slab, &mut outbox);
         assert_eq!(outbox.take_over_cap(), vec![1]);
         assert_eq!(slab[0].out.queued_bytes(), 5);
+        // Until it is closed, a subscriber over its cap gets nothing more queued.
+        let held = slab[1].out.queued_bytes();
+        assert_eq!(fanout.deliver(ch, &frame, &mut slab, &mut outbox), 1);
+        assert_eq!(slab[1].out.queued_bytes(), held);
+        assert_eq!(outbox.take_over_cap(), vec![1]);
     }
 }

@@ -43,7 +43,8 @@ pub mod limit {
     pub const HISTORY_BYTES: &str = "history_bytes";
     /// Embedded history: a channel forgotten or an event dropped for `HISTORY_TTL_SECS`.
     pub const HISTORY_TTL: &str = "history_ttl";
-    /// A subscription to one more channel refused: `MAX_CHANNELS` channels have subscribers.
+    /// A subscription to one more channel refused: `MAX_SUBSCRIBED_CHANNELS` channels have
+    /// subscribers.
     pub const SUBSCRIBED_CHANNELS: &str = "subscribed_channels";
     /// A WebSocket's input was paused: its backlog passed a quarter of the cap.
     pub const READ_PAUSED: &str = "read_paused";
