@@ -1,8 +1,8 @@
 //! Broker: where a published event goes before it reaches the sockets, and where its history
 //! is kept.
 //!
-//! - `Embedded` (no Redis configured): the event gets an id, goes into a bounded ring per
-//!   channel (`history.rs`) and is delivered to local clients at once.
+//! - `Embedded` (no Redis configured): the process's hub (`hub.rs`) gives the event an id,
+//!   keeps it in a bounded ring per channel (`history.rs`) and hands it to every reactor.
 //! - `Redis`: one Lua script appends the event to the channel's capped stream (`XADD ...
 //!   MAXLEN ~ N`, then `EXPIRE`, so the stream of a channel nobody publishes to any more goes
 //!   away) and PUBLISHes it with the stream id inside, atomically, so the id in the live
@@ -22,13 +22,16 @@
 //! The broker knows events, channels and links, not sockets: the reactor keeps the FIFO of
 //! requests waiting for a reply and does the delivering.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::channel::RedisNames;
 use crate::config::{Config, RedisUrl};
 use crate::event::{self, Event, EventId};
-use crate::history::{History, HistoryLimits, Page, PageSize, StoredEvent, TooOld};
+use crate::history::{HistoryLimits, Page, PageSize, StoredEvent, TooOld};
 use crate::http::route::MAX_HISTORY_LIMIT;
+use crate::hub::{Accepted, Hub};
 use crate::ratelog::truncate_error;
 use crate::resp::cmd::{Reply, RespLimits};
 use crate::resp::link::{LinkSettings, RedisLink, Role};
@@ -110,17 +113,28 @@ pub struct RedisBroker {
     newest_confirmed: EventId,
 }
 
+/// The embedded broker as one reactor sees it: the process's hub, and which reactor it is.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    pub hub: Arc<Hub>,
+    reactor: usize,
+}
+
 #[derive(Debug)]
 pub enum Broker {
-    Embedded(Box<History>),
+    Embedded(EmbeddedBroker),
     Redis(Box<RedisBroker>),
 }
 
 /// What became of a publish.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Publish {
-    /// Embedded: stored; deliver this JSON (id inside) to local clients now.
-    DeliverNow { id: EventId, json: Bytes },
+    /// Embedded: stored and handed to every reactor's inbox (this one's included);
+    /// `receivers`: clients subscribed to the channel in the process.
+    Sequenced { id: EventId, receivers: usize },
+    /// Embedded: the idempotency key was used within the window: the first publish's id,
+    /// nothing delivered. (With Redis the script says so in its reply.)
+    Duplicate(EventId),
     /// Sent to Redis: the verdict arrives later as a link reply, in order.
     Pending,
     /// Not sent yet: this replica's subscription to the channel is being confirmed (a client
@@ -139,25 +153,34 @@ pub enum Read {
 }
 
 impl Broker {
-    pub fn from_config(config: &Config) -> Broker {
-        match &config.redis {
-            None => {
-                let limits = HistoryLimits {
-                    events_per_channel: config.history_len,
-                    max_bytes: config.history_max_bytes,
-                    max_channels: config.max_channels,
-                    ttl_ms: config.history_ttl.map(|ttl| ttl.as_millis() as u64),
-                };
-                Broker::Embedded(Box::new(History::with_limits(limits, now_ms())))
+    /// The broker of reactor `reactor`: embedded, through the process's `hub`; with Redis, its
+    /// own links (each reactor is a replica of its own).
+    pub fn for_reactor(config: &Config, hub: Option<Arc<Hub>>, reactor: usize) -> Broker {
+        match (&config.redis, hub) {
+            (Some(url), _) => Broker::Redis(Box::new(RedisBroker::new(url, config))),
+            (None, hub) => {
+                let hub = hub.unwrap_or_else(|| {
+                    let limits = HistoryLimits {
+                        events_per_channel: config.history_len,
+                        max_bytes: config.history_max_bytes,
+                        max_channels: config.max_channels,
+                        ttl_ms: config.history_ttl.map(|ttl| ttl.as_millis() as u64),
+                    };
+                    Arc::new(Hub::new(1, limits, config.idempotency, now_ms()))
+                });
+                Broker::Embedded(EmbeddedBroker { hub, reactor })
             }
-            Some(url) => Broker::Redis(Box::new(RedisBroker::new(url, config))),
         }
+    }
+
+    /// A one-reactor broker (embedded: a hub of its own).
+    pub fn from_config(config: &Config) -> Broker {
+        Broker::for_reactor(config, None, 0)
     }
 
     /// Publishes an event. `needs_live_subscription`: this replica has clients on the channel
     /// who would only get the event live, so its Redis subscription must be confirmed.
-    /// `idempotency_key`: with Redis, checked and stored by the publish script (embedded, the
-    /// reactor's `IdempotencyStore` answers duplicates before they get here).
+    /// `idempotency_key`: checked and stored by the hub (embedded) or by the publish script.
     pub fn publish(
         &mut self,
         event: &Event,
@@ -165,14 +188,14 @@ impl Broker {
         idempotency_key: Option<&str>,
     ) -> Publish {
         match self {
-            Broker::Embedded(history) => {
-                let id = history.next_id(now_ms());
-                let mut json = event.to_json(Some(id));
-                // Exactly its length: the history counts what it holds by length.
-                json.shrink_to_fit();
-                let json = Bytes::from(json);
-                history.push(&event.channel, id, json.clone());
-                Publish::DeliverNow { id, json }
+            Broker::Embedded(embedded) => {
+                match embedded
+                    .hub
+                    .publish(embedded.reactor, event, idempotency_key, now_ms())
+                {
+                    Accepted::Sequenced { id, receivers } => Publish::Sequenced { id, receivers },
+                    Accepted::Duplicate(id) => Publish::Duplicate(id),
+                }
             }
             Broker::Redis(redis) => {
                 let channel = redis.names.channel(&event.channel);
@@ -224,7 +247,9 @@ impl Broker {
     /// Reads one page of a channel's history after `since` (or the latest, without it).
     pub fn read_history(&mut self, channel: &str, since: Option<EventId>, size: PageSize) -> Read {
         match self {
-            Broker::Embedded(history) => Read::Done(history.read(channel, since, size)),
+            Broker::Embedded(embedded) => {
+                Read::Done(embedded.hub.read_history(channel, since, size))
+            }
             Broker::Redis(redis) => {
                 if !redis.publisher.is_ready() {
                     return Read::Unavailable(redis.unavailable());
@@ -505,14 +530,14 @@ mod tests {
     #[test]
     fn should_store_and_number_embedded_events() {
         let mut broker = Broker::from_config(&Config::local(0));
-        let Publish::DeliverNow { id, json } = broker.publish(&event(), false, None) else {
+        let Publish::Sequenced { id, receivers: 0 } = broker.publish(&event(), false, None) else {
             panic!()
         };
-        assert_eq!(event::peek_id(&json), Some(id));
         let Read::Done(Ok(page)) = broker.read_history("events", None, PageSize::events(10)) else {
             panic!()
         };
-        assert_eq!(page.events[0].json, json);
+        assert_eq!(page.events[0].id, id);
+        assert_eq!(event::peek_id(&page.events[0].json), Some(id));
     }
 
     fn bulk(s: &str) -> F {

@@ -180,6 +180,18 @@ pub struct Cli {
     #[arg(long, env = "DRAIN_SECS", default_value_t = 0)]
     pub drain_secs: u32,
 
+    /// Reactors (threads) serving clients: a number, or `auto` for the cores this process may
+    /// use (affinity and cgroup CPU quota, as in a Kubernetes pod). Each reactor has its own
+    /// listener on the port (SO_REUSEPORT) and its own connections.
+    #[arg(long, env = "THREADS", default_value = "1", value_parser = parse_threads)]
+    pub threads: Threads,
+
+    /// Let other processes of the same user bind the same port (SO_REUSEPORT), so several
+    /// Herald processes in Redis mode can share one port. `--threads` above 1 sets it anyway.
+    #[arg(long, env = "REUSE_PORT", default_value = "false", num_args = 0..=1,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub reuse_port: bool,
+
     /// permessage-deflate for WebSockets that offer it (every browser does): `on` or `off`.
     /// Each event is compressed once, whoever receives it.
     #[arg(long, env = "COMPRESSION", value_enum, default_value_t = Switch::On)]
@@ -392,6 +404,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// After SIGTERM, serve on (readiness probe failing) this long before closing.
     pub drain: Duration,
+    /// Reactor threads (`THREADS`, `auto` resolved).
+    pub threads: usize,
+    /// SO_REUSEPORT on the listener (`REUSE_PORT`, or implied by `threads > 1`).
+    pub reuse_port: bool,
     /// permessage-deflate is negotiated with clients that offer it (`COMPRESSION`).
     pub compression: bool,
     /// Smaller messages are sent plain (`COMPRESS_MIN_BYTES`).
@@ -498,6 +514,8 @@ impl Config {
             },
             shutdown_grace: Duration::from_secs(cli.shutdown_grace_secs.into()),
             drain: Duration::from_secs(cli.drain_secs.into()),
+            threads: cli.threads.resolve(),
+            reuse_port: cli.reuse_port || cli.threads.resolve() > 1,
             idempotency: IdempotencyLimits {
                 window_ms: (cli.idempotency_window_secs > 0)
                     .then(|| cli.idempotency_window_secs.saturating_mul(1000)),
@@ -538,6 +556,8 @@ impl Config {
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(5),
             drain: Duration::ZERO,
+            threads: 1,
+            reuse_port: false,
             compression: true,
             compress_min_bytes: 256,
             auth: None,
@@ -548,6 +568,42 @@ impl Config {
             },
             max_batch_events: 1000,
         }
+    }
+}
+
+/// Most reactors a process may run: beyond the cores of any machine Herald runs on, and a
+/// typo (`THREADS=1000`) should not start a thousand threads.
+pub const MAX_THREADS: usize = 256;
+
+/// `THREADS`: a count, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    Count(usize),
+    /// The cores available to this process (`std::thread::available_parallelism`, which
+    /// honours the affinity mask and the cgroup CPU quota).
+    Auto,
+}
+
+impl Threads {
+    pub fn resolve(self) -> usize {
+        match self {
+            Threads::Count(n) => n,
+            Threads::Auto => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_THREADS),
+        }
+    }
+}
+
+fn parse_threads(text: &str) -> Result<Threads, String> {
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(Threads::Auto);
+    }
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(Threads::Count(n)),
+        _ => Err(format!(
+            "must be `auto` or a number of threads from 1 to {MAX_THREADS}"
+        )),
     }
 }
 

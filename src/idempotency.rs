@@ -11,7 +11,7 @@
 //! first, counted, since an evicted key no longer protects its retry).
 
 use std::collections::{HashMap, VecDeque};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::event::EventId;
 
@@ -62,22 +62,22 @@ struct Seen {
 pub struct IdempotencyStore {
     limits: IdempotencyLimits,
     /// `<channel> <key>` (a channel name has no space) -> the original publish.
-    seen: HashMap<Rc<str>, Seen>,
+    seen: HashMap<Arc<str>, Seen>,
     /// The same names, oldest first: expiry and eviction order.
-    order: VecDeque<Rc<str>>,
+    order: VecDeque<Arc<str>>,
     bytes: usize,
     /// Entries evicted over a cap before their window ended, not yet counted in `/metrics`.
     evicted: u64,
 }
 
-/// What one entry costs, about: the shared name (an `Rc` allocation: two counts and the
+/// What one entry costs, about: the shared name (an `Arc` allocation: two counts and the
 /// text, rounded up by the allocator), its slot in the map (hash table slot of pointer,
 /// id and expiry, plus control byte and spare capacity) and in the FIFO.
 pub fn entry_bytes(name_len: usize) -> usize {
-    const RC_HEADER: usize = 16;
+    const ARC_HEADER: usize = 16;
     const MAP_SLOT: usize = 16 + 16 + 8 + 1;
     const FIFO_SLOT: usize = 16;
-    let name = (RC_HEADER + name_len).next_multiple_of(16);
+    let name = (ARC_HEADER + name_len).next_multiple_of(16);
     // Tables run between half and seven eighths full: count a slot and a half per entry.
     name + MAP_SLOT * 3 / 2 + FIFO_SLOT * 3 / 2
 }
@@ -126,7 +126,7 @@ impl IdempotencyStore {
         let Some(window_ms) = self.limits.window_ms else {
             return;
         };
-        let name: Rc<str> = Rc::from(name(channel, key));
+        let name: Arc<str> = Arc::from(name(channel, key));
         let cost = entry_bytes(name.len());
         if self.seen.contains_key(&name) {
             return; // a duplicate is answered, never remembered again

@@ -1,6 +1,7 @@
 //! Herald: a real-time event feed server. Events come in over HTTP (`POST /events`), go
 //! through a broker (in-process, or Redis pub/sub to join replicas), and are pushed to every
-//! WebSocket client on `/ws`. One thread, one mio reactor, every socket.
+//! WebSocket client on `/ws`. One mio reactor per thread
+//! (`--threads`, default 1), each over its own sockets.
 //!
 //! ```text
 //! client readable -> scratch buffer -> Conn tail -> http::parse | ws::frame
@@ -23,6 +24,7 @@
 //! - `channel`      channel names, lists, resume points, Redis names
 //! - `idempotency`  the embedded broker's recent `Idempotency-Key`s (capped in count, bytes,
 //!   age): a retried publish is answered, not delivered again
+//! - `hub`          embedded: ids, history and idempotency for every reactor; their inboxes
 //! - `history`      the embedded broker's recent events per channel (capped in bytes, channels,
 //!   age); pages of it
 //! - `replay`       a resuming subscriber: which page next, what to do with live events meanwhile
@@ -43,6 +45,7 @@ pub mod event;
 pub mod fanout;
 pub mod history;
 pub mod http;
+pub mod hub;
 pub mod idempotency;
 pub mod metrics;
 pub mod outq;

@@ -1,6 +1,8 @@
 //! Counters and the `/metrics` page (Prometheus text format 0.0.4).
 //!
-//! One thread owns everything, so counters are plain integers, no atomics. Metric names are
+//! Each reactor owns its counters, so they are plain integers, no atomics; the page sums every
+//! reactor's (`Metrics::add`): the serving reactor's live ones and the others' as of their last
+//! report, at most a second old. Metric names are
 //! constants in `names`, so a dashboard and the code cannot drift apart silently.
 
 use std::collections::BTreeMap;
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 pub mod names {
     pub const CONNECTIONS: &str = "herald_connections";
+    pub const REACTOR_CONNECTIONS: &str = "herald_reactor_connections";
     pub const CONNECTIONS_ACCEPTED: &str = "herald_connections_accepted_total";
     pub const CONNECTIONS_REJECTED: &str = "herald_connections_rejected_total";
     pub const ACCEPT_ERRORS: &str = "herald_accept_errors_total";
@@ -93,12 +96,18 @@ pub mod reason {
     pub const DONE: &str = "done";
 }
 
+fn add_all<K: Ord + Copy>(mine: &mut BTreeMap<K, u64>, theirs: &BTreeMap<K, u64>) {
+    for (&key, n) in theirs {
+        *mine.entry(key).or_default() += n;
+    }
+}
+
 /// Upper bounds (seconds) of the publish latency buckets.
 const LATENCY_BOUNDS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Histogram {
     buckets: [u64; LATENCY_BOUNDS.len()],
     count: u64,
@@ -116,7 +125,7 @@ impl Histogram {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Metrics {
     pub accepted: u64,
     pub rejected: u64,
@@ -139,8 +148,8 @@ pub struct Metrics {
     pub auth_refusals: BTreeMap<&'static str, u64>,
 }
 
-/// Values that are state, not counts: read from the reactor when the page is built.
-#[derive(Debug, Default)]
+/// Values that are state, not counts: read from the reactors when the page is built.
+#[derive(Debug, Clone, Default)]
 pub struct Gauges {
     pub http: usize,
     pub websockets: usize,
@@ -153,9 +162,55 @@ pub struct Gauges {
     /// Embedded idempotency store: keys remembered and memory held (as counted against
     /// `IDEMPOTENCY_MAX_BYTES`). `None` with Redis (the keys live in Redis).
     pub idempotency: Option<(usize, usize)>,
+    /// Open connections per reactor, when there are several (to see an imbalance).
+    pub per_reactor: Vec<usize>,
+}
+
+impl Gauges {
+    /// Adds another reactor's connection gauges (and Redis state: up only if every
+    /// reactor's links are).
+    pub fn add(&mut self, other: &Gauges) {
+        self.http += other.http;
+        self.websockets += other.websockets;
+        self.sse += other.sse;
+        self.redis_up = match (self.redis_up, other.redis_up) {
+            (Some(a), Some(b)) => Some(a && b),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+impl Histogram {
+    fn add(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+    }
 }
 
 impl Metrics {
+    /// Adds another reactor's counters to these.
+    pub fn add(&mut self, other: &Metrics) {
+        self.accepted += other.accepted;
+        self.rejected += other.rejected;
+        self.accept_errors += other.accept_errors;
+        self.websockets_opened += other.websockets_opened;
+        self.events_published += other.events_published;
+        self.publish_duplicates += other.publish_duplicates;
+        self.events_received += other.events_received;
+        self.events_delivered += other.events_delivered;
+        self.bytes_written += other.bytes_written;
+        self.slow_consumers += other.slow_consumers;
+        self.redis_reconnects += other.redis_reconnects;
+        self.publish_latency.add(&other.publish_latency);
+        add_all(&mut self.responses, &other.responses);
+        add_all(&mut self.closes, &other.closes);
+        add_all(&mut self.limit_hits, &other.limit_hits);
+        add_all(&mut self.auth_refusals, &other.auth_refusals);
+    }
+
     pub fn closed(&mut self, reason: &'static str) {
         *self.closes.entry(reason).or_default() += 1;
     }
@@ -194,6 +249,15 @@ impl Metrics {
             gauges.websockets
         );
         let _ = writeln!(out, "{CONNECTIONS}{{kind=\"sse\"}} {}", gauges.sse);
+        if gauges.per_reactor.len() > 1 {
+            let _ = writeln!(
+                out,
+                "# HELP {REACTOR_CONNECTIONS} Open client connections per reactor thread (--threads).\n# TYPE {REACTOR_CONNECTIONS} gauge"
+            );
+            for (reactor, n) in gauges.per_reactor.iter().enumerate() {
+                let _ = writeln!(out, "{REACTOR_CONNECTIONS}{{reactor=\"{reactor}\"}} {n}");
+            }
+        }
         let counters: [(&str, &str, u64); 11] = [
             (CONNECTIONS_ACCEPTED, "Connections accepted.", self.accepted),
             (
@@ -333,6 +397,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn should_sum_the_reactors_counters() {
+        let mut a = Metrics::default();
+        a.responded(200);
+        a.events_delivered = 5;
+        a.publish_latency.observe(Duration::from_millis(1));
+        let mut b = Metrics::default();
+        b.responded(200);
+        b.responded(503);
+        b.limit_hit(limit::QUEUED_BYTES);
+        b.events_delivered = 7;
+        b.publish_latency.observe(Duration::from_millis(1));
+        a.add(&b);
+        assert_eq!(a.events_delivered, 12);
+        assert_eq!(a.responses[&200], 2);
+        assert_eq!(a.responses[&503], 1);
+        assert_eq!(a.limit_hits[limit::QUEUED_BYTES], 1);
+        assert_eq!(a.publish_latency.count, 2);
+        let mut up = Gauges {
+            redis_up: Some(true),
+            websockets: 1,
+            ..Gauges::default()
+        };
+        up.add(&Gauges {
+            redis_up: Some(false),
+            websockets: 2,
+            ..Gauges::default()
+        });
+        assert_eq!((up.redis_up, up.websockets), (Some(false), 3));
+    }
+
+    #[test]
     fn should_render_counters_and_a_cumulative_histogram() {
         let mut m = Metrics::default();
         m.responded(200);
@@ -348,8 +443,10 @@ mod tests {
             redis_up: Some(true),
             history: Some((4096, 2)),
             idempotency: Some((3, 735)),
+            per_reactor: vec![4, 2],
         });
         assert!(text.contains("herald_connections{kind=\"websocket\"} 2\n"));
+        assert!(text.contains("herald_reactor_connections{reactor=\"1\"} 2\n"));
         assert!(text.contains("herald_connections{kind=\"sse\"} 3\n"));
         assert!(text.contains("herald_http_responses_total{status=\"200\"} 1\n"));
         assert!(text.contains("herald_connections_closed_total{reason=\"slow_consumer\"} 1\n"));

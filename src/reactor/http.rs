@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::pending::{HistoryRequest, Pending};
+use super::process::Report;
 use super::{CLOSE_TIMEOUT_SECS, Reactor};
 use crate::broker::{self, Broker, Read};
 use crate::conn::Phase;
@@ -19,7 +20,7 @@ use crate::http::parse::{Method, Parsed, Request, parse};
 use crate::http::publish::largest_frame_bytes;
 use crate::http::reply::Reply;
 use crate::http::route::{self, Action, route};
-use crate::metrics::{Gauges, limit, reason};
+use crate::metrics::{Gauges, Metrics, limit, reason};
 use crate::resp::cmd;
 use crate::resp::link::LinkFailure;
 
@@ -75,7 +76,7 @@ impl Reactor {
                     self.send_reply(key, reply, keep_alive, head_only);
                 }
                 Action::Metrics => {
-                    let text = self.metrics.render(&self.gauges());
+                    let text = self.metrics_page();
                     let reply = Reply::new(200, "text/plain; version=0.0.4; charset=utf-8", text);
                     self.send_reply(key, reply, keep_alive, head_only);
                 }
@@ -263,24 +264,31 @@ impl Reactor {
     }
 
     /// Readiness: 200 "ok" while serving; 503 "draining" from SIGTERM on, so a readiness
-    /// probe takes this replica out of the load balancer (liveness is `/livez`).
+    /// probe takes this replica out of the load balancer (liveness is `/livez`). Counts are
+    /// the whole process's: the other reactors' as of their last report (a second at most).
     pub(super) fn health(&self) -> Reply {
         let (status, state) = if self.is_stopping() {
             (503, "draining")
         } else {
             (200, "ok")
         };
+        let (_, gauges) = self.process_metrics();
         let redis = match &self.broker {
             Broker::Embedded(_) => serde_json::Value::Null,
+            // Each reactor has its own links: say so if some other reactor's are down.
+            broker if gauges.redis_up == Some(false) && broker.state() == "connected" => {
+                json!("partial")
+            }
             broker => json!(broker.state()),
         };
         let mut body = json!({
             "status": state,
             "broker": if matches!(self.broker, Broker::Embedded(_)) { "embedded" } else { "redis" },
             "redis": redis,
-            "connections": self.conns.len(),
-            "websockets": self.websockets,
-            "sse": self.sse_streams,
+            "connections": self.process.connections(),
+            "websockets": gauges.websockets,
+            "sse": gauges.sse,
+            "reactors": self.process.reactors(),
             "publish_token_required": self.config.publish_token.is_some(),
             "auth": self.config.auth.is_some(),
         });
@@ -290,7 +298,48 @@ impl Reactor {
         Reply::json(status, &body).header("Cache-Control", "no-store")
     }
 
-    pub(super) fn gauges(&self) -> Gauges {
+    /// `/metrics`: every reactor's counters summed, and the process's gauges.
+    pub(super) fn metrics_page(&self) -> String {
+        let (metrics, gauges) = self.process_metrics();
+        metrics.render(&gauges)
+    }
+
+    /// The process's counters and gauges: this reactor's live, the others' last reports.
+    fn process_metrics(&self) -> (std::borrow::Cow<'_, Metrics>, Gauges) {
+        let (metrics, mut gauges) = if self.process.reactors() == 1 {
+            (
+                std::borrow::Cow::Borrowed(&self.metrics),
+                self.local_gauges(),
+            )
+        } else {
+            let mut metrics = Metrics::default();
+            let mut gauges = Gauges::default();
+            for report in self.process.reports_with(self.index, self.own_report()) {
+                metrics.add(&report.metrics);
+                gauges.add(&report.gauges);
+                let g = &report.gauges;
+                gauges.per_reactor.push(g.http + g.websockets + g.sse);
+            }
+            (std::borrow::Cow::Owned(metrics), gauges)
+        };
+        if let Broker::Embedded(embedded) = &self.broker {
+            let (history, idempotency) = embedded.hub.gauges();
+            gauges.history = Some(history);
+            gauges.idempotency = Some(idempotency);
+        }
+        (metrics, gauges)
+    }
+
+    /// What this reactor reports to the others.
+    pub(super) fn own_report(&self) -> Report {
+        Report {
+            metrics: self.metrics.clone(),
+            gauges: self.local_gauges(),
+        }
+    }
+
+    /// This reactor's connections and Redis links.
+    fn local_gauges(&self) -> Gauges {
         Gauges {
             http: self.conns.len() - self.websockets - self.sse_streams,
             websockets: self.websockets,
@@ -299,14 +348,7 @@ impl Reactor {
                 Broker::Embedded(_) => None,
                 Broker::Redis(redis) => Some(redis.is_ready()),
             },
-            history: match &self.broker {
-                Broker::Embedded(history) => Some((history.bytes(), history.channels())),
-                Broker::Redis(_) => None,
-            },
-            idempotency: match &self.broker {
-                Broker::Embedded(_) => Some((self.idempotency.len(), self.idempotency.bytes())),
-                Broker::Redis(_) => None,
-            },
+            ..Gauges::default()
         }
     }
 

@@ -1,6 +1,9 @@
-//! The reactor: one thread, one mio `Poll`, every socket. It owns the connections (a slab keyed
-//! by token), the fan-out table, the broker and its Redis links, and the one scratch buffer
-//! every socket is read into.
+//! The reactor: one thread, one mio `Poll`, every socket it accepted. It owns its connections
+//! (a slab keyed by token), its fan-out table, its broker (Redis: its own links) and the one
+//! scratch buffer every socket is read into. A process runs one reactor per `--threads`, each
+//! of this same shape, with its own listener on the port (SO_REUSEPORT); they share only the
+//! `Process` (connection limits, shutdown, reports) and, embedded, the hub (ids, history, and
+//! each reactor's inbox of events to deliver).
 //!
 //! One turn (redis's `aeProcessEvents` in spirit):
 //! 1. poll, with the nearest deadline as timeout (0 when work was left over);
@@ -19,6 +22,7 @@ mod http;
 mod outcome;
 mod pending;
 mod per_ip;
+pub mod process;
 mod publishing;
 mod redis;
 mod resume;
@@ -42,7 +46,7 @@ use crate::config::Config;
 use crate::conn::{Became, Conn, Outbox, Phase};
 use crate::fanout::Fanout;
 use crate::http::reply::Reply;
-use crate::idempotency::IdempotencyStore;
+use crate::hub::SharedEvent;
 use crate::metrics::{Metrics, reason};
 use crate::ratelog::RateLog;
 use crate::resp::link::LinkEvent;
@@ -50,7 +54,7 @@ use crate::sse;
 use crate::static_files::StaticFiles;
 use crate::ws::deflate::{Deflater, Inflater};
 use crate::ws::frame::{self, close_code};
-use per_ip::ConnectionsPerIp;
+use process::{Process, Refusal, Stage};
 use publishing::{CatchUps, ParkedPublishes};
 use redis::{AwaitingRedis, PendingQueue};
 
@@ -91,6 +95,9 @@ enum Drain {
 }
 
 pub struct Reactor {
+    /// Which reactor of the process this is (0 when there is one).
+    index: usize,
+    process: Arc<Process>,
     poll: Poll,
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
@@ -99,8 +106,6 @@ pub struct Reactor {
     config: Config,
     statics: StaticFiles,
     conns: Slab<Conn>,
-    /// Open connections per source address (`MAX_CONNECTIONS_PER_IP`).
-    per_ip: ConnectionsPerIp,
     /// What each authenticated subscriber's token allows, and until when.
     grants: GrantTable,
     fanout: Fanout,
@@ -111,8 +116,9 @@ pub struct Reactor {
     awaiting_redis: AwaitingRedis,
     /// Publishes waiting for their channel's Redis subscription to be confirmed.
     parked: ParkedPublishes,
-    /// Embedded: idempotency keys of recent publishes (Redis mode keeps them in Redis).
-    idempotency: IdempotencyStore,
+    /// Embedded: the events the hub handed this reactor, taken at once; kept for its
+    /// allocation between turns.
+    inbox: Vec<Arc<SharedEvent>>,
     /// Publishes answered together (`"channels"`, batches) with members still waiting: at
     /// most one per connection (it waits for the answer), each member pending or parked.
     groups: Slab<outcome::Group>,
@@ -151,20 +157,42 @@ pub struct Reactor {
     shutdown_deadline: Option<Instant>,
 }
 
+/// Binds the process's listeners: one per reactor, all on one port (the first picks it when
+/// the port is 0). Backlog 1024: bursts of handshakes must not overflow the accept queue and
+/// cost clients a 1 s SYN retry. With SO_REUSEPORT (several reactors, or `REUSE_PORT`) the
+/// kernel spreads new connections over the listeners by a hash of their addresses.
+pub fn bind_listeners(config: &Config) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut addr = SocketAddr::new(config.bind, config.port);
+    let mut listeners = Vec::with_capacity(config.threads);
+    for _ in 0..config.threads.max(1) {
+        let listener = bind_listener(addr, config.reuse_port)?;
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
 impl Reactor {
-    /// Binds the listener (backlog 1024: bursts of handshakes must not overflow the accept
-    /// queue and cost clients a 1 s SYN retry) and prepares everything; serves nothing yet.
-    pub fn bind(config: Config) -> io::Result<Reactor> {
-        let listener = bind_listener(SocketAddr::new(config.bind, config.port))?;
+    /// Reactor `index` of `process`, serving `listener`; prepares everything, serves nothing
+    /// yet. Made on the thread that runs it (a reactor holds `Rc`s: it never moves).
+    pub fn new(
+        config: Config,
+        process: Arc<Process>,
+        index: usize,
+        listener: std::net::TcpListener,
+    ) -> io::Result<Reactor> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener);
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        process.attach(index, waker.clone());
         let statics = StaticFiles::new(config.static_dir.as_deref())?;
-        let broker = Broker::from_config(&config);
+        let broker = Broker::for_reactor(&config, process.hub(), index);
         let outbox = Outbox::new(config.limits.max_queued_bytes);
-        let per_ip = ConnectionsPerIp::new(config.limits.max_connections_per_ip);
-        let idempotency = IdempotencyStore::new(config.idempotency);
         let mut reactor = Reactor {
+            index,
+            process,
             poll,
             listener: Some(listener),
             local_addr,
@@ -173,7 +201,6 @@ impl Reactor {
             config,
             statics,
             conns: Slab::with_capacity(1024),
-            per_ip,
             grants: GrantTable::default(),
             fanout: Fanout::default(),
             broker,
@@ -181,7 +208,7 @@ impl Reactor {
             awaiting_redis: AwaitingRedis::default(),
             catch_ups: CatchUps::default(),
             parked: ParkedPublishes::default(),
-            idempotency,
+            inbox: Vec::new(),
             groups: Slab::new(),
             metrics: Metrics::default(),
             warnings: RateLog::default(),
@@ -273,6 +300,7 @@ impl Reactor {
             let now = Instant::now();
             self.on_timers(now);
             if self.drain_until.is_some_and(|until| now >= until) {
+                self.process.close();
                 self.start_closing();
             }
             self.flush_links();
@@ -360,32 +388,33 @@ impl Reactor {
 
     fn on_accepted(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        if self.conns.len() >= self.config.limits.max_connections
-            || self.shutdown_deadline.is_some()
-        {
-            self.metrics.rejected += 1;
-            refuse_connection(&mut stream, "server at its connection limit");
-            self.metrics.responded(503);
-            debug!("{peer}: refused, at the connection limit");
-            return;
-        }
-        if !self.per_ip.admits(peer.ip()) {
-            refuse_connection(&mut stream, "too many connections from this address");
-            self.metrics.responded(503);
-            self.metrics
-                .limit_hit(crate::metrics::limit::CONNECTIONS_PER_IP);
-            let limit = self.per_ip.limit();
-            self.warnings.warn(
-                "connections per ip",
-                &format!("{peer}: refused, {limit} connections already open from this address (MAX_CONNECTIONS_PER_IP)"),
-            );
-            return;
-        }
-        let deadline = self.clock() + self.config.limits.head_timeout_secs;
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        if key >= MAX_KEY {
-            return;
+        let key = self.conns.vacant_key();
+        let admitted = match self.shutdown_deadline {
+            Some(_) => Err(Refusal::AtConnectionLimit),
+            None if key >= MAX_KEY => Err(Refusal::AtConnectionLimit),
+            None => self.process.admit(self.index, key, peer.ip()),
+        };
+        match admitted {
+            Ok(()) => {}
+            Err(Refusal::AtConnectionLimit) => {
+                self.metrics.rejected += 1;
+                refuse_connection(&mut stream, "server at its connection limit");
+                self.metrics.responded(503);
+                debug!("{peer}: refused, at the connection limit");
+                return;
+            }
+            Err(Refusal::PerIpLimit) => {
+                refuse_connection(&mut stream, "too many connections from this address");
+                self.metrics.responded(503);
+                self.metrics
+                    .limit_hit(crate::metrics::limit::CONNECTIONS_PER_IP);
+                let limit = self.process.per_ip_limit();
+                self.warnings.warn(
+                    "connections per ip",
+                    &format!("{peer}: refused, {limit} connections already open from this address (MAX_CONNECTIONS_PER_IP)"),
+                );
+                return;
+            }
         }
         if let Err(e) = self
             .poll
@@ -393,11 +422,13 @@ impl Reactor {
             .register(&mut stream, Token(key), Interest::READABLE)
         {
             warn!("{peer}: cannot register socket: {e}");
+            self.process.release(self.index, key);
             return;
         }
+        let deadline = self.clock() + self.config.limits.head_timeout_secs;
         self.next_serial = self.next_serial.wrapping_add(1);
-        entry.insert(Conn::new(stream, self.next_serial, deadline));
-        self.per_ip.opened(key, peer.ip());
+        self.conns
+            .insert(Conn::new(stream, self.next_serial, deadline));
         self.metrics.accepted += 1;
     }
 
@@ -746,7 +777,7 @@ impl Reactor {
             self.grants.detach(key);
             self.awaiting_redis.retain(|waiting| waiting.key != key);
             let mut conn = self.conns.remove(key);
-            self.per_ip.closed(key);
+            self.process.release(self.index, key);
             match conn.became {
                 Became::WebSocket => self.websockets -= 1,
                 Became::Sse => self.sse_streams -= 1,
@@ -759,12 +790,14 @@ impl Reactor {
     /// The once-a-second pass over every connection: head and idle timeouts, heartbeats,
     /// lingering closes, and memory an idle connection no longer needs.
     fn sweep(&mut self, _now: Instant) {
-        if let Broker::Embedded(history) = &mut self.broker {
-            history.sweep(crate::broker::now_ms());
-            self.count_history_evictions();
+        if let Broker::Embedded(embedded) = &self.broker
+            && self.index == 0
+        {
+            // The hub is the process's: one reactor expires it.
+            embedded.hub.sweep(crate::broker::now_ms());
+            self.count_hub_evictions();
         }
-        self.idempotency.sweep(crate::broker::now_ms());
-        self.count_idempotency_evictions();
+        self.report();
         self.close_expired_grants();
         let now = self.clock();
         let limits = &self.config.limits;
@@ -829,14 +862,39 @@ impl Reactor {
         }
     }
 
+    /// The waker fired: a Redis link's timer, the hub's inbox, or the process's stage.
+    fn on_wake(&mut self) {
+        self.on_link_wake();
+        self.deliver_inbox();
+        self.follow_stage();
+    }
+
+    /// This reactor's counters and gauges, for the other reactors' `/metrics` and `/health`.
+    fn report(&self) {
+        if self.process.reactors() > 1 {
+            self.process.report(self.index, self.own_report());
+        }
+    }
+
     // ---- shutdown ---------------------------------------------------------------------------
 
+    /// SIGTERM or SIGINT (read by reactor 0): the process goes one stage further, and every
+    /// reactor follows (`follow_stage`, on its wake-up).
     fn on_signal(&mut self) {
         if let Some(signals) = self.signals.as_mut() {
             let mut buf = [0u8; 64];
             while matches!(signals.read(&mut buf), Ok(n) if n > 0) {}
         }
-        self.begin_shutdown();
+        self.process.signal(!self.config.drain.is_zero());
+    }
+
+    /// Does what the process's stage asks: drain, or close.
+    fn follow_stage(&mut self) {
+        match self.process.stage() {
+            Stage::Serving => {}
+            Stage::Draining => self.begin_shutdown(),
+            Stage::Closing => self.start_closing(),
+        }
     }
 
     /// SIGTERM: first drain, then close. Draining (`DRAIN_SECS`) changes nothing but the
@@ -846,21 +904,18 @@ impl Reactor {
     /// because the ingress keeps routing here for a moment after the pod starts to
     /// terminate (endpoint updates propagate in seconds). A second signal skips the rest of
     /// the drain. Exit comes within drain + grace.
-    pub fn begin_shutdown(&mut self) {
-        if self.shutdown_deadline.is_some() {
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() || self.drain_until.is_some() {
             return;
         }
-        if self.drain_until.is_none() && !self.config.drain.is_zero() {
-            self.drain_until = Some(Instant::now() + self.config.drain);
-            info!(
-                "draining for {:?}: /health answers 503, still serving {} connections ({} WebSockets); then closing",
-                self.config.drain,
-                self.conns.len(),
-                self.websockets
-            );
-            return;
-        }
-        self.start_closing();
+        self.drain_until = Some(Instant::now() + self.config.drain);
+        info!(
+            "reactor {}: draining for {:?}: /health answers 503, still serving {} connections ({} WebSockets); then closing",
+            self.index,
+            self.config.drain,
+            self.conns.len(),
+            self.websockets
+        );
     }
 
     /// True from the first SIGTERM on: `/health` says draining, replies close.
@@ -881,7 +936,8 @@ impl Reactor {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         info!(
-            "shutting down: {} connections ({} WebSockets), {} publishes in flight; grace {:?}",
+            "reactor {}: shutting down: {} connections ({} WebSockets), {} publishes in flight; grace {:?}",
+            self.index,
             self.conns.len(),
             self.websockets,
             self.pending.len(),
@@ -978,12 +1034,15 @@ mod libc_errno {
     pub const ENOBUFS: i32 = 105;
 }
 
-fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    Ok(TcpListener::from_std(socket.into()))
+    Ok(socket.into())
 }

@@ -2,19 +2,23 @@
 //! able to take every slot of `MAX_CONNECTIONS`. Off by default (load tests and proxies come
 //! from few addresses); when off, nothing is counted or stored.
 //!
-//! Counted on accept, uncounted when the connection's slot is freed (`reap`). The address is
-//! kept per slab key, not read back from the socket at the end: `getpeername` fails on a
+//! One table for every reactor of the process (`Process` holds it under a lock, touched on
+//! accept and close only). Counted on accept, uncounted when the connection's slot is freed
+//! (`reap`). The address is kept per connection (reactor and slab key), not read back from the socket at the end: `getpeername` fails on a
 //! connection the peer reset, and a count that is never given back would lock the address out.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+
+/// A connection: its reactor and its slab key there.
+pub(super) type ConnRef = (usize, usize);
 
 #[derive(Debug, Default)]
 pub(super) struct ConnectionsPerIp {
     /// 0: no limit.
     limit: usize,
     open: HashMap<IpAddr, usize>,
-    address_of: HashMap<usize, IpAddr>,
+    address_of: HashMap<ConnRef, IpAddr>,
 }
 
 impl ConnectionsPerIp {
@@ -30,18 +34,18 @@ impl ConnectionsPerIp {
         self.limit == 0 || self.open.get(&ip).copied().unwrap_or(0) < self.limit
     }
 
-    /// The connection in slot `key` came from `ip`.
-    pub(super) fn opened(&mut self, key: usize, ip: IpAddr) {
+    /// The connection `conn` came from `ip`.
+    pub(super) fn opened(&mut self, conn: ConnRef, ip: IpAddr) {
         if self.limit == 0 {
             return;
         }
         *self.open.entry(ip).or_default() += 1;
-        self.address_of.insert(key, ip);
+        self.address_of.insert(conn, ip);
     }
 
-    /// Slot `key` was freed.
-    pub(super) fn closed(&mut self, key: usize) {
-        let Some(ip) = self.address_of.remove(&key) else {
+    /// The connection `conn` was freed.
+    pub(super) fn closed(&mut self, conn: ConnRef) {
+        let Some(ip) = self.address_of.remove(&conn) else {
             return;
         };
         if let Some(count) = self.open.get_mut(&ip) {
@@ -66,14 +70,14 @@ mod tests {
         let a = IpAddr::from([127, 0, 0, 1]);
         let b = IpAddr::from([127, 0, 0, 2]);
         let mut per_ip = ConnectionsPerIp::new(2);
-        per_ip.opened(1, a);
-        per_ip.opened(2, a);
+        per_ip.opened((0, 1), a);
+        per_ip.opened((1, 1), a);
         assert!(!per_ip.admits(a));
         assert!(per_ip.admits(b));
-        per_ip.closed(1);
+        per_ip.closed((0, 1));
         assert!(per_ip.admits(a));
-        per_ip.closed(2);
-        per_ip.closed(2); // a slot freed twice gives back nothing more
+        per_ip.closed((1, 1));
+        per_ip.closed((1, 1)); // a slot freed twice gives back nothing more
         assert!(per_ip.open.is_empty() && per_ip.address_of.is_empty());
     }
 
@@ -81,7 +85,7 @@ mod tests {
     fn should_keep_nothing_when_off() {
         let mut off = ConnectionsPerIp::new(0);
         for key in 0..100 {
-            off.opened(key, IpAddr::from([127, 0, 0, 1]));
+            off.opened((0, key), IpAddr::from([127, 0, 0, 1]));
         }
         assert!(off.admits(IpAddr::from([127, 0, 0, 1])));
         assert!(off.address_of.is_empty());

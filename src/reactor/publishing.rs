@@ -29,10 +29,11 @@ use super::pending::{Pending, Slot};
 use crate::broker::{self, Broker, Publish, Read};
 use crate::conn::Phase;
 use crate::event::{Event, EventId};
-use crate::fanout::Frames;
+use crate::fanout::{Deflated, Frames};
 use crate::history::{Page, PageSize, StoredEvent, TooOld};
 use crate::http::publish::{BatchItem, Publication, largest_frame_bytes};
 use crate::http::reply::Reply;
+use crate::hub::SharedEvent;
 use crate::metrics::limit;
 use crate::ratelog::truncate_error;
 use crate::resp::cmd;
@@ -234,15 +235,6 @@ impl Reactor {
         idempotency_key: Option<String>,
         slot: Option<Slot>,
     ) -> Option<(Outcome, Event)> {
-        if let Some(id) = self.embedded_duplicate(&event.channel, idempotency_key.as_deref()) {
-            self.metrics.publish_duplicates += 1;
-            let outcome = Outcome::Published {
-                id,
-                receivers: 0,
-                duplicate: true,
-            };
-            return Some((outcome, event));
-        }
         if let Some(why) = self.refuse_publish(key, &event) {
             return Some((Outcome::failed(503, why), event));
         }
@@ -251,24 +243,25 @@ impl Reactor {
             .broker
             .publish(&event, needs_live, idempotency_key.as_deref())
         {
-            Publish::DeliverNow { id, json } => {
+            Publish::Sequenced { id, receivers } => {
                 self.metrics.events_published += 1;
-                self.metrics.events_received += 1;
-                self.count_history_evictions();
-                if let Some(idempotency_key) = &idempotency_key {
-                    self.idempotency.remember(
-                        &event.channel,
-                        idempotency_key,
-                        id,
-                        broker::now_ms(),
-                    );
-                    self.count_idempotency_evictions();
-                }
-                let receivers = self.broadcast(&event.channel, Some(id), &json) as i64;
+                self.count_hub_evictions();
+                // Delivered here before the answer is queued, as with one reactor; the other
+                // reactors were woken by the hub.
+                self.deliver_inbox();
                 let outcome = Outcome::Published {
                     id,
-                    receivers,
+                    receivers: receivers as i64,
                     duplicate: false,
+                };
+                Some((outcome, event))
+            }
+            Publish::Duplicate(id) => {
+                self.metrics.publish_duplicates += 1;
+                let outcome = Outcome::Published {
+                    id,
+                    receivers: 0,
+                    duplicate: true,
                 };
                 Some((outcome, event))
             }
@@ -330,48 +323,27 @@ impl Reactor {
         }
     }
 
-    /// Embedded: the id of an earlier publish of this key to this channel within
-    /// `IDEMPOTENCY_WINDOW_SECS`. (Redis mode: the publish script answers it.)
-    fn embedded_duplicate(
-        &mut self,
-        channel: &str,
-        idempotency_key: Option<&str>,
-    ) -> Option<EventId> {
-        let idempotency_key = idempotency_key?;
-        if !matches!(self.broker, Broker::Embedded(_)) || !self.idempotency.is_on() {
-            return None;
-        }
-        self.idempotency
-            .lookup(channel, idempotency_key, broker::now_ms())
-    }
-
-    /// Moves the idempotency store's evictions (over its caps, before their window ended)
-    /// into `/metrics`, with one log line per interval: those keys no longer stop a retry.
-    pub(super) fn count_idempotency_evictions(&mut self) {
-        let evicted = self.idempotency.take_evictions();
-        if evicted > 0 {
-            self.metrics.limit_hits(limit::IDEMPOTENCY_KEYS, evicted);
+    /// Moves the hub's evictions (history by cap or age, idempotency keys forgotten before
+    /// their window ended) into `/metrics`, with one log line per interval for the keys: those
+    /// no longer stop a retry. Called after a publish and by the once-a-second sweep.
+    pub(super) fn count_hub_evictions(&mut self) {
+        let broker::Broker::Embedded(embedded) = &self.broker else {
+            return;
+        };
+        let (history, keys) = embedded.hub.take_evictions();
+        self.metrics
+            .limit_hits(limit::HISTORY_CHANNELS, history.channels);
+        self.metrics.limit_hits(limit::HISTORY_BYTES, history.bytes);
+        self.metrics.limit_hits(limit::HISTORY_TTL, history.ttl);
+        if keys > 0 {
+            self.metrics.limit_hits(limit::IDEMPOTENCY_KEYS, keys);
             self.warnings.warn(
                 limit::IDEMPOTENCY_KEYS,
                 &format!(
-                    "{evicted} idempotency keys forgotten before their window ended (IDEMPOTENCY_MAX_KEYS / IDEMPOTENCY_MAX_BYTES): retries with them would publish again"
+                    "{keys} idempotency keys forgotten before their window ended (IDEMPOTENCY_MAX_KEYS / IDEMPOTENCY_MAX_BYTES): retries with them would publish again"
                 ),
             );
         }
-    }
-
-    /// Moves the embedded history's evictions (by cap) into `/metrics`; also called by the
-    /// once-a-second sweep, which expires history (`HISTORY_TTL_SECS`).
-    pub(super) fn count_history_evictions(&mut self) {
-        use crate::metrics::limit;
-        let broker::Broker::Embedded(history) = &mut self.broker else {
-            return;
-        };
-        let evicted = history.take_evictions();
-        self.metrics
-            .limit_hits(limit::HISTORY_CHANNELS, evicted.channels);
-        self.metrics.limit_hits(limit::HISTORY_BYTES, evicted.bytes);
-        self.metrics.limit_hits(limit::HISTORY_TTL, evicted.ttl);
     }
 
     /// With Redis: why a publish cannot wait for it now (too many, or too many bytes, already
@@ -475,15 +447,8 @@ impl Reactor {
                     let outcome = Outcome::failed(503, why);
                     self.settle(waiter, parked.slot, parked.event, outcome);
                 }
-                Publish::DeliverNow { id, json } => {
-                    let receivers = self.broadcast(&parked.event.channel, Some(id), &json) as i64;
-                    let waiter = (parked.key, parked.serial, parked.keep_alive);
-                    let outcome = Outcome::Published {
-                        id,
-                        receivers,
-                        duplicate: false,
-                    };
-                    self.settle(waiter, parked.slot, parked.event, outcome);
+                Publish::Sequenced { .. } | Publish::Duplicate(_) => {
+                    unreachable!("bug: an embedded publish was parked")
                 }
             }
         }
@@ -532,10 +497,63 @@ impl Reactor {
         }
     }
 
-    /// Frames Herald's own event (its id inside) once per transport and queues the same
-    /// bytes on every subscriber of the channel. Returns how many subscribers got it.
+    /// Frames an event read from Redis's history (its id inside) once per transport and
+    /// queues the same bytes on every subscriber of the channel. Returns how many got it.
     pub(super) fn broadcast(&mut self, channel: &str, id: Option<EventId>, json: &[u8]) -> usize {
         self.fan_out(channel, id, json, None)
+    }
+
+    /// Embedded: delivers what the hub handed this reactor since the last call, in the hub's
+    /// one order (its own publishes included).
+    pub(super) fn deliver_inbox(&mut self) {
+        let Broker::Embedded(embedded) = &self.broker else {
+            return;
+        };
+        let spare = std::mem::take(&mut self.inbox);
+        let mut events = embedded.hub.take_inbox(self.index, spare);
+        self.metrics.events_received += events.len() as u64;
+        for event in events.drain(..) {
+            self.deliver_shared(&event);
+        }
+        self.inbox = events;
+    }
+
+    /// One event from the hub to this reactor's subscribers of its channel. Its frames are
+    /// built once in the process (the first reactor that needs one builds it); here each is
+    /// wrapped once into this reactor's non-atomic handle, and every subscriber gets a clone.
+    fn deliver_shared(&mut self, event: &SharedEvent) {
+        let Some(channel) = self.fanout.lookup(&event.channel) else {
+            return;
+        };
+        self.fanout.delivered(channel, event.id);
+        let sse = self
+            .fanout
+            .has_sse_subscribers(channel)
+            .then(|| event.sse_record(sse::event_record));
+        let deflater = &mut self.deflater;
+        let ws_deflated = (event.json.len() >= self.config.compress_min_bytes
+            && self.fanout.has_deflate_subscribers(channel))
+        .then(|| {
+            event.ws_deflated(|json| {
+                let compressed = deflater.compress(json)?;
+                Some(frame::compressed_text(compressed))
+            })
+        })
+        .flatten()
+        .map(|bytes| Deflated {
+            frame: bytes.into(),
+            payload_len: event.json.len(),
+        });
+        let frames = Frames {
+            id: Some(event.id),
+            ws: event.ws_frame(frame::text).into(),
+            sse: sse.map(Into::into),
+            ws_deflated,
+        };
+        let queued = self
+            .fanout
+            .deliver(channel, &frames, &mut self.conns, &mut self.outbox);
+        self.metrics.events_delivered += queued as u64;
     }
 
     /// `broadcast` for a message from the subscription: `id` only if trusted, and the SSE

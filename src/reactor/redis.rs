@@ -32,7 +32,7 @@ impl Reactor {
         self.drain_link_events();
     }
 
-    pub(super) fn on_wake(&mut self) {
+    pub(super) fn on_link_wake(&mut self) {
         if let Broker::Redis(redis) = &mut self.broker {
             let registry = self.poll.registry();
             redis.subscriber.on_wake(registry, &mut self.link_events);

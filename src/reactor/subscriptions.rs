@@ -104,11 +104,13 @@ impl Reactor {
         let Some((_, first)) = self.fanout.subscribe(&mut self.conns, key, name) else {
             return false;
         };
-        if let Broker::Redis(redis) = &mut self.broker
-            && first
-        {
-            let redis_channel = redis.names.channel(name);
-            redis.subscriber.subscribe(redis_channel.as_bytes());
+        match &mut self.broker {
+            Broker::Embedded(embedded) => embedded.hub.count_subscriber(name, true),
+            Broker::Redis(redis) if first => {
+                let redis_channel = redis.names.channel(name);
+                redis.subscriber.subscribe(redis_channel.as_bytes());
+            }
+            Broker::Redis(_) => {}
         }
         if let Some(since) = since {
             self.start_replay(key, name, since);
@@ -126,6 +128,9 @@ impl Reactor {
         match self.fanout.unsubscribe(&mut self.conns, key, channel) {
             None => false,
             Some(emptied) => {
+                if let Broker::Embedded(embedded) = &self.broker {
+                    embedded.hub.count_subscriber(name, false);
+                }
                 if let Some(name) = emptied {
                     self.forget_channel(&name);
                 }
@@ -136,6 +141,12 @@ impl Reactor {
 
     /// Leaves every channel (the connection is going away).
     pub(super) fn unsubscribe_all(&mut self, key: usize) {
+        if let Broker::Embedded(embedded) = &self.broker {
+            for subscription in &self.conns[key].subs {
+                let name = self.fanout.name(subscription.channel);
+                embedded.hub.count_subscriber(name, false);
+            }
+        }
         let mut emptied = Vec::new();
         self.fanout
             .unsubscribe_all(&mut self.conns, key, &mut emptied);

@@ -233,7 +233,7 @@ impl Reactor {
         }
         let compressed = self.deflater.compress(json)?;
         Some(Deflated {
-            frame: frame::encode_compressed(OpCode::Data(Data::Text), compressed).into(),
+            frame: frame::compressed_text(compressed).into(),
             payload_len: json.len(),
         })
     }

@@ -311,6 +311,11 @@ pub fn text(payload: &[u8]) -> Bytes {
     encode(OpCode::Data(Data::Text), payload)
 }
 
+/// A text frame whose payload was compressed with permessage-deflate (RSV1 set).
+pub fn compressed_text(compressed: &[u8]) -> Bytes {
+    encode_compressed(OpCode::Data(Data::Text), compressed)
+}
+
 pub fn pong(payload: &[u8]) -> Bytes {
     encode(OpCode::Control(Control::Pong), payload)
 }

@@ -1,0 +1,333 @@
+//! The hub: the embedded broker, shared by every reactor of the process. It is where an event
+//! gets its id and its place in the history, and how it reaches every reactor.
+//!
+//! One lock guards the sequencer, the history, the idempotency keys and the subscriber counts;
+//! a publish takes it once, and so does a history read. While holding it, the publish hands
+//! the event (one `Arc`, its JSON encoded once) to every reactor's inbox, its own included:
+//! inboxes therefore receive events in id order, and each reactor delivers in that one order.
+//! The frames built from the JSON (WebSocket, compressed, Server-Sent Events) are built once
+//! in total, by the first reactor that needs each kind, and shared (`SharedEvent`).
+//!
+//! Nothing here is on the per-delivery path: a reactor takes its whole inbox at once, and
+//! each delivery inside a reactor is the same cheap non-atomic handle as with one reactor.
+//! A reactor is woken (its `mio::Waker`) only when its inbox was empty: one wake per batch.
+//!
+//! With one reactor this is the same broker as before, behind a lock nobody else takes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use bytes::Bytes;
+use mio::Waker;
+
+use crate::event::{Event, EventId};
+use crate::history::{Evictions, History, HistoryLimits, Page, PageSize, TooOld};
+use crate::idempotency::{IdempotencyLimits, IdempotencyStore};
+
+/// An event on its way to every reactor: its JSON (id inside), encoded once, and its frames,
+/// each built once by whichever reactor first needs it.
+#[derive(Debug)]
+pub struct SharedEvent {
+    pub channel: Box<str>,
+    pub id: EventId,
+    pub json: Bytes,
+    ws: OnceLock<Bytes>,
+    ws_deflated: OnceLock<Option<Bytes>>,
+    sse: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    fn new(channel: &str, id: EventId, json: Bytes) -> SharedEvent {
+        SharedEvent {
+            channel: channel.into(),
+            id,
+            json,
+            ws: OnceLock::new(),
+            ws_deflated: OnceLock::new(),
+            sse: OnceLock::new(),
+        }
+    }
+
+    /// The WebSocket text frame, built by `build` the first time any reactor asks.
+    pub fn ws_frame(&self, build: impl FnOnce(&[u8]) -> Bytes) -> Bytes {
+        self.ws.get_or_init(|| build(&self.json)).clone()
+    }
+
+    /// The compressed frame, if the event compresses (`build` returns `None` otherwise).
+    pub fn ws_deflated(&self, build: impl FnOnce(&[u8]) -> Option<Bytes>) -> Option<Bytes> {
+        self.ws_deflated.get_or_init(|| build(&self.json)).clone()
+    }
+
+    /// The Server-Sent Events record.
+    pub fn sse_record(&self, build: impl FnOnce(&[u8]) -> Bytes) -> Bytes {
+        self.sse.get_or_init(|| build(&self.json)).clone()
+    }
+}
+
+/// What became of a publish.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored and handed to every reactor: `receivers` clients were subscribed to the channel
+    /// in the whole process when it got its id.
+    Sequenced { id: EventId, receivers: usize },
+    /// The idempotency key was used within the window: the first publish's id; nothing sent.
+    Duplicate(EventId),
+}
+
+/// One reactor's mailbox.
+#[derive(Debug, Default)]
+struct Inbox {
+    events: Mutex<Vec<Arc<SharedEvent>>>,
+    waker: OnceLock<Arc<Waker>>,
+}
+
+#[derive(Debug)]
+struct State {
+    history: History,
+    idempotency: IdempotencyStore,
+    /// Clients subscribed per channel, over every reactor (a channel leaves at zero).
+    subscribers: HashMap<Box<str>, usize>,
+}
+
+#[derive(Debug)]
+pub struct Hub {
+    state: Mutex<State>,
+    inboxes: Box<[Inbox]>,
+}
+
+impl Hub {
+    pub fn new(
+        reactors: usize,
+        history: HistoryLimits,
+        idempotency: IdempotencyLimits,
+        now_ms: u64,
+    ) -> Hub {
+        Hub {
+            state: Mutex::new(State {
+                history: History::with_limits(history, now_ms),
+                idempotency: IdempotencyStore::new(idempotency),
+                subscribers: HashMap::new(),
+            }),
+            inboxes: (0..reactors.max(1)).map(|_| Inbox::default()).collect(),
+        }
+    }
+
+    /// Reactor `index` is woken through `waker` when its inbox gets events.
+    pub fn attach(&self, index: usize, waker: Arc<Waker>) {
+        let _ = self.inboxes[index].waker.set(waker);
+    }
+
+    /// Publishes `event` from reactor `from`: the id, the history, the idempotency key, and
+    /// every reactor's inbox, all under one lock, so that ids and inboxes agree on one order.
+    pub fn publish(
+        &self,
+        from: usize,
+        event: &Event,
+        idempotency_key: Option<&str>,
+        now_ms: u64,
+    ) -> Accepted {
+        let mut state = self.lock();
+        if let Some(key) = idempotency_key
+            && let Some(id) = state.idempotency.lookup(&event.channel, key, now_ms)
+        {
+            return Accepted::Duplicate(id);
+        }
+        let id = state.history.next_id(now_ms);
+        let mut json = event.to_json(Some(id));
+        // Exactly its length: the history counts what it holds by length.
+        json.shrink_to_fit();
+        let json = Bytes::from(json);
+        state.history.push(&event.channel, id, json.clone());
+        if let Some(key) = idempotency_key {
+            state.idempotency.remember(&event.channel, key, id, now_ms);
+        }
+        let receivers = state
+            .subscribers
+            .get(event.channel.as_str())
+            .copied()
+            .unwrap_or(0);
+        let shared = Arc::new(SharedEvent::new(&event.channel, id, json));
+        for (index, inbox) in self.inboxes.iter().enumerate() {
+            let mut events = inbox.events.lock().unwrap_or_else(|e| e.into_inner());
+            let was_empty = events.is_empty();
+            events.push(shared.clone());
+            drop(events);
+            // The publishing reactor takes its inbox right after; others are woken once per
+            // batch (a non-empty inbox already has a wake-up on its way).
+            if was_empty
+                && index != from
+                && let Some(waker) = inbox.waker.get()
+            {
+                let _ = waker.wake();
+            }
+        }
+        Accepted::Sequenced { id, receivers }
+    }
+
+    /// Everything published since the last call, for reactor `index`, oldest first. `spare`
+    /// (emptied) becomes the new inbox, so neither side reallocates turn after turn.
+    pub fn take_inbox(&self, index: usize, spare: Vec<Arc<SharedEvent>>) -> Vec<Arc<SharedEvent>> {
+        let mut events = self.inboxes[index]
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *events, spare)
+    }
+
+    /// A page of `channel`'s history after `since` (see `History::read`).
+    pub fn read_history(
+        &self,
+        channel: &str,
+        since: Option<EventId>,
+        size: PageSize,
+    ) -> Result<Page, TooOld> {
+        self.lock().history.read(channel, since, size)
+    }
+
+    /// A client joined (`true`) or left (`false`) `channel` on some reactor.
+    pub fn count_subscriber(&self, channel: &str, joined: bool) {
+        let mut state = self.lock();
+        if joined {
+            *state.subscribers.entry(channel.into()).or_default() += 1;
+        } else if let Some(count) = state.subscribers.get_mut(channel) {
+            *count -= 1;
+            if *count == 0 {
+                state.subscribers.remove(channel);
+            }
+        }
+    }
+
+    /// Clients subscribed to `channel`, over every reactor.
+    pub fn subscribers(&self, channel: &str) -> usize {
+        self.lock().subscribers.get(channel).copied().unwrap_or(0)
+    }
+
+    /// The once-a-second expiry of history and idempotency keys (one reactor does it).
+    pub fn sweep(&self, now_ms: u64) {
+        let mut state = self.lock();
+        state.history.sweep(now_ms);
+        state.idempotency.sweep(now_ms);
+    }
+
+    /// Caps hit since the last call: history evictions and idempotency keys forgotten early.
+    pub fn take_evictions(&self) -> (Evictions, u64) {
+        let mut state = self.lock();
+        let history = state.history.take_evictions();
+        (history, state.idempotency.take_evictions())
+    }
+
+    /// For `/metrics`: history (bytes, channels) and idempotency (keys, bytes).
+    pub fn gauges(&self) -> ((usize, usize), (usize, usize)) {
+        let state = self.lock();
+        (
+            (state.history.bytes(), state.history.channels()),
+            (state.idempotency.len(), state.idempotency.bytes()),
+        )
+    }
+
+    /// Whether idempotency keys are remembered (`IDEMPOTENCY_WINDOW_SECS` > 0).
+    pub fn remembers_keys(&self) -> bool {
+        self.lock().idempotency.is_on()
+    }
+
+    /// A reactor that panicked while holding the lock left the state as its last complete
+    /// step made it (every step is a few plain assignments): serve on with it.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(reactors: usize) -> Hub {
+        let history = HistoryLimits {
+            events_per_channel: 10,
+            max_bytes: 1 << 20,
+            max_channels: 100,
+            ttl_ms: None,
+        };
+        let idempotency = IdempotencyLimits {
+            window_ms: Some(60_000),
+            max_keys: 100,
+            max_bytes: 1 << 20,
+        };
+        Hub::new(reactors, history, idempotency, 1_000)
+    }
+
+    fn event(channel: &str, message: &str) -> Event {
+        Event {
+            channel: channel.into(),
+            kind: "t".into(),
+            message: message.into(),
+        }
+    }
+
+    fn ids(events: &[Arc<SharedEvent>]) -> Vec<EventId> {
+        events.iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn should_hand_every_reactor_every_event_in_one_order() {
+        let hub = hub(3);
+        let mut published = Vec::new();
+        for (n, from) in [0, 2, 1, 2].into_iter().enumerate() {
+            match hub.publish(from, &event(["a", "b"][n % 2], "m"), None, 2_000) {
+                Accepted::Sequenced { id, .. } => published.push(id),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(published.windows(2).all(|w| w[0] < w[1]));
+        for reactor in 0..3 {
+            assert_eq!(ids(&hub.take_inbox(reactor, Vec::new())), published);
+            assert!(hub.take_inbox(reactor, Vec::new()).is_empty());
+        }
+        let page = hub.read_history("a", None, PageSize::events(10)).unwrap();
+        assert_eq!(page.events.len(), 2);
+        assert_eq!(page.events[0].id, published[0]);
+    }
+
+    #[test]
+    fn should_answer_a_retried_key_with_the_first_id_and_send_nothing() {
+        let hub = hub(2);
+        let Accepted::Sequenced { id, .. } = hub.publish(0, &event("a", "x"), Some("k"), 2_000)
+        else {
+            panic!("first publish");
+        };
+        assert_eq!(
+            hub.publish(1, &event("a", "x"), Some("k"), 2_001),
+            Accepted::Duplicate(id)
+        );
+        assert_eq!(hub.take_inbox(1, Vec::new()).len(), 1);
+    }
+
+    #[test]
+    fn should_count_subscribers_over_every_reactor() {
+        let hub = hub(2);
+        hub.count_subscriber("a", true);
+        hub.count_subscriber("a", true);
+        let Accepted::Sequenced { receivers, .. } = hub.publish(1, &event("a", "x"), None, 2_000)
+        else {
+            panic!("publish");
+        };
+        assert_eq!(receivers, 2);
+        hub.count_subscriber("a", false);
+        hub.count_subscriber("a", false);
+        assert_eq!(hub.subscribers("a"), 0);
+        assert!(hub.lock().subscribers.is_empty());
+    }
+
+    #[test]
+    fn should_build_each_frame_once_whoever_asks() {
+        let shared = SharedEvent::new("a", EventId::default(), Bytes::from_static(b"{}"));
+        let mut builds = 0;
+        for _ in 0..3 {
+            shared.ws_frame(|json| {
+                builds += 1;
+                Bytes::copy_from_slice(json)
+            });
+        }
+        assert_eq!(builds, 1);
+    }
+}

@@ -1,0 +1,277 @@
+//! `--threads N`: several reactors in one process, each with its own listener (SO_REUSEPORT)
+//! and connections. Clients land on every reactor; every one of them must get every event in
+//! the one order the process gave them, resume from any reactor with no gap and no duplicate,
+//! be closed with 1001 at shutdown, and count against limits that hold for the whole process.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const THREADS: &str = "4";
+
+/// A WebSocket client whose connection comes from `source` (any 127.0.0.0/8 address).
+fn ws_connect_from(port: u16, path: &str, source: [u8; 4]) -> Client {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::new(IpAddr::from(source), 0).into())
+        .unwrap();
+    let server = SocketAddr::from(([127, 0, 0, 1], port));
+    socket.connect(&server.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    let (ws, response) = tungstenite::client::client(url.as_str(), stream).expect("handshake");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// Connections per reactor, from `/metrics` (the other reactors' as of their last report).
+fn per_reactor(port: u16, reactors: usize) -> Vec<f64> {
+    let page = get(port, "/metrics").body;
+    (0..reactors)
+        .map(|r| {
+            metric_in(
+                &page,
+                &format!("herald_reactor_connections{{reactor=\"{r}\"}}"),
+            )
+            .unwrap_or(0.0)
+        })
+        .collect()
+}
+
+/// Opens `n` clients on `path` until at least two reactors hold some (SO_REUSEPORT hashes
+/// each connection's addresses: a handful of clients lands on several reactors).
+fn clients_on_several_reactors(herald: &Herald, path: &str, n: usize) -> Vec<Client> {
+    let clients: Vec<Client> = (0..n)
+        .map(|i| ws_connect_from(herald.port, path, [127, 0, 0, 1 + (i % 8) as u8]))
+        .collect();
+    wait_until("every client counted in /health", || {
+        get(herald.port, "/health").json()["websockets"] == n as u64
+    });
+    let spread = per_reactor(herald.port, 4);
+    let busy = spread.iter().filter(|&&c| c >= 1.0).count();
+    assert!(busy >= 2, "clients on one reactor only: {spread:?}");
+    clients
+}
+
+fn message_ids(client: &mut Client, count: usize) -> Vec<(String, String)> {
+    (0..count)
+        .map(|_| {
+            let event = next_event(client);
+            (
+                event["id"].as_str().unwrap().to_string(),
+                event["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn clients_on_every_reactor_get_every_event_in_one_order() {
+    let herald = Herald::with(&["--threads", THREADS], &[]);
+    let mut clients = clients_on_several_reactors(&herald, "/ws?channels=orders", 24);
+    // Three publishers at once, each on connections of its own (so on several reactors).
+    const PER_PUBLISHER: usize = 40;
+    let publishers: Vec<_> = (0..3)
+        .map(|p| {
+            let port = herald.port;
+            std::thread::spawn(move || {
+                for i in 0..PER_PUBLISHER {
+                    let reply = publish_to(port, "orders", "o", &format!("p{p}-{i}"));
+                    assert_eq!(reply["receivers"], 24, "{reply}");
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.join().unwrap();
+    }
+    let total = 3 * PER_PUBLISHER;
+    let first = message_ids(&mut clients[0], total);
+    let ids: Vec<&String> = first.iter().map(|(id, _)| id).collect();
+    assert!(
+        ids.windows(2).all(|w| id_key(w[0]) < id_key(w[1])),
+        "ids increase"
+    );
+    let distinct: BTreeSet<&String> = first.iter().map(|(_, m)| m).collect();
+    assert_eq!(distinct.len(), total, "every event once");
+    for (p, publisher_order) in (0..3).map(|p| (p, format!("p{p}-"))) {
+        let seq: Vec<usize> = first
+            .iter()
+            .filter_map(|(_, m)| m.strip_prefix(&publisher_order))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(seq, (0..PER_PUBLISHER).collect::<Vec<_>>(), "publisher {p}");
+    }
+    for client in &mut clients[1..] {
+        assert_eq!(message_ids(client, total), first, "one order everywhere");
+    }
+    // The process's counters: every delivery of every reactor, summed (reports are at most
+    // a second old).
+    let deliveries = (24 * total) as f64;
+    wait_until("/metrics to sum every reactor's deliveries", || {
+        metric(herald.port, "herald_events_delivered_total") == Some(deliveries)
+    });
+}
+
+fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap();
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+#[test]
+fn a_client_resumes_on_whatever_reactor_it_lands_with_no_gap_and_no_duplicate() {
+    let herald = Herald::with(&["--threads", THREADS], &[]);
+    let mut watcher = ws_connect_from(herald.port, "/ws?channels=feed", [127, 0, 0, 9]);
+    let mut last = publish_id(herald.port, "feed", "e", "0");
+    assert_eq!(next_event(&mut watcher)["message"], "0");
+    let mut next = 1;
+    // Reconnect from eight addresses in turn: the hash puts them on several reactors.
+    for round in 0..8u8 {
+        let missed: Vec<String> = (0..5)
+            .map(|_| {
+                let m = next.to_string();
+                next += 1;
+                publish_to(herald.port, "feed", "e", &m);
+                m
+            })
+            .collect();
+        let path = format!("/ws?channels=feed&since={last}");
+        let mut client = ws_connect_from(herald.port, &path, [127, 0, 0, 20 + round]);
+        // Live events published while the replay runs must come once, after it.
+        let live: Vec<String> = (0..3)
+            .map(|_| {
+                let m = next.to_string();
+                next += 1;
+                publish_to(herald.port, "feed", "e", &m);
+                m
+            })
+            .collect();
+        let got: Vec<Value> = (0..missed.len() + live.len())
+            .map(|_| next_event(&mut client))
+            .collect();
+        let messages: Vec<String> = got
+            .iter()
+            .map(|e| e["message"].as_str().unwrap().to_string())
+            .collect();
+        let expected: Vec<String> = missed.iter().chain(&live).cloned().collect();
+        assert_eq!(messages, expected, "round {round}");
+        // Nothing more: a duplicate would arrive now, before this probe.
+        publish_to(herald.port, "feed", "probe", &format!("probe-{round}"));
+        assert_eq!(next_event(&mut client)["message"], format!("probe-{round}"));
+        for expected in expected.iter() {
+            assert_eq!(next_event(&mut watcher)["message"], *expected);
+        }
+        assert_eq!(
+            next_event(&mut watcher)["message"],
+            format!("probe-{round}")
+        );
+        last = client_last_id(&herald, &last);
+    }
+}
+
+/// The newest id on "feed" (the probe's), from the history.
+fn client_last_id(herald: &Herald, fallback: &str) -> String {
+    let page = get(herald.port, "/events/feed?limit=1").json();
+    page["events"][0]["id"]
+        .as_str()
+        .unwrap_or(fallback)
+        .to_string()
+}
+
+#[test]
+fn sigterm_closes_every_reactors_clients_with_1001_and_exits_0() {
+    let mut herald = Herald::with(&["--threads", THREADS], &[]);
+    let mut clients = clients_on_several_reactors(&herald, "/ws", 16);
+    let exit = herald.terminate();
+    for client in &mut clients {
+        assert_eq!(close_code(client), Some(1001));
+    }
+    assert_eq!(exit, Some(0));
+}
+
+#[test]
+fn the_connection_limits_hold_for_the_whole_process() {
+    let herald = Herald::with(
+        &["--threads", THREADS],
+        &[("MAX_CONNECTIONS", "12"), ("MAX_CONNECTIONS_PER_IP", "3")],
+    );
+    // Per address: three from 127.0.0.5, on whatever reactors, then the fourth is refused.
+    let same_address: Vec<Client> = (0..3)
+        .map(|_| ws_connect_from(herald.port, "/ws", [127, 0, 0, 5]))
+        .collect();
+    for _ in 0..4 {
+        let refused = refused_from(herald.port, [127, 0, 0, 5]);
+        assert!(refused.contains("503"), "{refused}");
+    }
+    // The process: twelve in all, on several reactors, then refused.
+    let others: Vec<Client> = (0..9u8)
+        .map(|i| ws_connect_from(herald.port, "/ws", [127, 0, 1, 1 + i / 3]))
+        .collect();
+    let refused = refused_from(herald.port, [127, 0, 2, 1]);
+    assert!(refused.contains("503"), "{refused}");
+    drop(same_address);
+    drop(others);
+}
+
+/// What the server answers a connection from `source` that it refuses (a 503, then close).
+fn refused_from(port: u16, source: [u8; 4]) -> String {
+    use socket2::{Domain, Socket, Type};
+    use std::io::{Read, Write};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::new(IpAddr::from(source), 0).into())
+        .unwrap();
+    socket
+        .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn with_redis_each_reactor_is_a_replica_and_every_client_gets_every_event() {
+    let redis = Redis::start();
+    let herald = Herald::with(
+        &["--threads", THREADS],
+        &[("PUBSUB_CACHE_URL", &redis.url())],
+    );
+    wait_redis_connected(&herald);
+    let mut clients = clients_on_several_reactors(&herald, "/ws?channels=orders", 16);
+    // Every reactor with clients subscribes on its own link.
+    let busy = per_reactor(herald.port, 4)
+        .iter()
+        .filter(|&&c| c >= 1.0)
+        .count() as u64;
+    wait_until("each busy reactor subscribed", || {
+        let numsub = redis.command_array(&["PUBSUB", "NUMSUB", "events:orders"]);
+        numsub.get(1).and_then(|n| n.parse::<u64>().ok()) == Some(busy)
+    });
+    let mut receivers = 0;
+    for i in 0..30 {
+        let reply = publish_to(herald.port, "orders", "o", &i.to_string());
+        receivers = reply["receivers"].as_u64().unwrap();
+    }
+    assert!(
+        receivers >= busy,
+        "{receivers} Redis subscribers, {busy} busy reactors"
+    );
+    let first = message_ids(&mut clients[0], 30);
+    for client in &mut clients[1..] {
+        assert_eq!(message_ids(client, 30), first);
+    }
+}
