@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::churn::{Disruption, Storm};
 use crate::ramp::Ramp;
 
 /// Load generator for WebSocket fan-out servers with Herald's API.
@@ -91,6 +92,36 @@ pub struct Args {
     /// connects/s, closes, deliveries/s, p50/p99, errors.
     #[arg(long, value_parser = Ramp::parse)]
     pub ramp: Option<Ramp>,
+
+    /// Churn: while events flow, close this many open connections per second
+    /// (round robin over the clients that have received an event) and
+    /// reopen each, after --reconnect-delay, with resume: `since=<the id of
+    /// the last event it received>` on the WebSocket URL. Every client must
+    /// still get every event exactly once, in order. A server that cannot
+    /// replay says so with `{"op":"reset"}`: the events it skipped are
+    /// reported as reset gaps (`resets`, `reset_gap_events`), apart from
+    /// silent loss (`lost`, or `gaps` under --ramp); both fail the run.
+    /// Reconnect latency is measured from the scheduled reconnect time.
+    /// Needs --rate. Fractions allowed (0.5 = one every 2 s).
+    #[arg(long, value_parser = parse_per_sec)]
+    pub churn: Option<f64>,
+
+    /// Reconnect storm: this long after publishing starts (e.g. `20s`), drop
+    /// --storm-fraction of the clients that have received an event, all at
+    /// once, and reconnect them all with resume (after --reconnect-delay).
+    /// Reports the time until all were back, their reconnect latency, and
+    /// any loss or reset. Needs --rate; must fall before the last event.
+    #[arg(long, value_parser = parse_secs)]
+    pub storm_at: Option<Duration>,
+
+    /// Share of the clients the storm drops (0 < F <= 1).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_fraction)]
+    pub storm_fraction: f64,
+
+    /// Churn and storm: time from a drop to its reconnect (a client's
+    /// backoff). Events published meanwhile must come with the resume.
+    #[arg(long, default_value = "0", value_parser = parse_secs)]
+    pub reconnect_delay: Duration,
 
     /// Fan-out: publish requests in flight (HTTP: this many keep-alive
     /// connections with one request each; Redis: pipelined commands on one
@@ -269,6 +300,45 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// Parses a number of things per second (`--churn`): finite, at least
+/// [`MIN_RATE`].
+pub fn parse_per_sec(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{s}: {e}"))?;
+    if !v.is_finite() || v < MIN_RATE {
+        return Err(format!(
+            "{s}: must be a number per second of at least {MIN_RATE}"
+        ));
+    }
+    Ok(v)
+}
+
+/// Parses a share: a number above 0 and at most 1.
+pub fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{s}: {e}"))?;
+    if !(v > 0.0 && v <= 1.0) {
+        return Err(format!("{s}: must be above 0 and at most 1"));
+    }
+    Ok(v)
+}
+
+impl Args {
+    /// The churn and storm asked for, if any (the whole run's; each process
+    /// takes its share, see [`Disruption::share`]).
+    pub fn disruption(&self) -> Option<Disruption> {
+        if self.churn.is_none() && self.storm_at.is_none() {
+            return None;
+        }
+        Some(Disruption {
+            churn_per_sec: self.churn.unwrap_or(0.0),
+            reconnect_delay_s: self.reconnect_delay.as_secs_f64(),
+            storm: self.storm_at.map(|at| Storm {
+                at_s: at.as_secs_f64(),
+                fraction: self.storm_fraction,
+            }),
+        })
+    }
+}
+
 /// Resolves `host:port` to the first socket address (IPv4 preferred).
 pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     let addrs: Vec<SocketAddr> = (host, port)
@@ -360,6 +430,22 @@ mod tests {
         for bad in ["0", "-1", "NaN", "inf", "-0", "1e-20", "x", ""] {
             assert!(parse_rate(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn churn_and_storm_options() {
+        assert_eq!(parse_per_sec("2.5").unwrap(), 2.5);
+        assert!(parse_per_sec("0").is_err());
+        assert_eq!(parse_fraction("1").unwrap(), 1.0);
+        for bad in ["0", "1.5", "-0.1", "NaN"] {
+            assert!(parse_fraction(bad).is_err(), "{bad:?} accepted");
+        }
+        let a = Args::parse_from(["herald-bench", "--churn", "5", "--storm-at", "2s"]);
+        let d = a.disruption().unwrap();
+        assert_eq!(d.churn_per_sec, 5.0);
+        assert_eq!(d.storm.unwrap().at_s, 2.0);
+        assert_eq!(d.storm.unwrap().fraction, 1.0);
+        assert!(Args::parse_from(["herald-bench"]).disruption().is_none());
     }
 
     #[test]

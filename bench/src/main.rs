@@ -2,7 +2,8 @@
 //! Herald's API (`POST /events` publishes, every `/ws` client receives every
 //! event as one JSON text frame). See `herald-bench --help`.
 //!
-//! Modules: [`cli`] options, [`channels`] the many-channels case, [`pool`] WebSocket clients, [`publisher`] HTTP /
+//! Modules: [`cli`] options, [`channels`] the many-channels case, [`churn`]
+//! churn and reconnect storms with resume, [`pool`] WebSocket clients, [`publisher`] HTTP /
 //! Redis publishing, [`reactor`] the mio loop, [`run`] phase orchestration,
 //! [`ramp`] load over time, [`worker`] multi-process split, [`load`] the
 //! generator's own load and
@@ -10,6 +11,7 @@
 //! [`procfs`] process sampling, [`wire`] protocol parsing.
 
 mod channels;
+mod churn;
 mod cli;
 mod load;
 mod pool;

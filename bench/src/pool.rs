@@ -17,7 +17,15 @@
 //! closes, deliveries and latency are recorded. Clients that join while
 //! events flow cannot know which events to expect, so each checks that the
 //! events after its first one arrive without a gap or repeat.
+//!
+//! With churn or a storm ([`crate::churn`]), open clients that have received
+//! an event are dropped while events flow and reconnect with `since=<the
+//! last id they saw>`; they must still get every event exactly once and in
+//! order. A `{"op":"reset"}` notice (the server cannot replay) makes the
+//! client write off the events up to the next one it gets: they are counted
+//! as reset gaps, apart from silent loss.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
@@ -28,6 +36,7 @@ use mio::{Interest, Registry, Token, event::Event};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::channels::{self, Mine};
+use crate::churn::{self, Disruption};
 use crate::procfs::unix_ns;
 use crate::stats::{PoolStats, Second};
 use crate::wire::{self, Handshake};
@@ -58,6 +67,13 @@ pub struct PoolConfig {
     /// Count-only clients check that the events after their first arrive
     /// with consecutive numbers (needs a publisher that keeps order).
     pub check_gaps: bool,
+    /// Churn and storm (from [`ClientPool::start_disruption`] on); clients
+    /// then keep their last event id to resume from.
+    pub disrupt: Option<Disruption>,
+    /// Bench messages may sit anywhere in a frame (`--publish-template`):
+    /// look for `"<event_type>:<seq>:..."` when the frame is not shaped
+    /// like Herald's.
+    pub marked_messages: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +87,8 @@ enum State {
     Closed,
     /// Was open, then closed by the pool because the ramp's target fell.
     Retired,
+    /// Dropped by churn or a storm; reconnects (with resume) when due.
+    Away,
 }
 
 /// What a client learned from one event.
@@ -93,6 +111,8 @@ pub struct Tracker {
     next: u64,
     max_seen: Option<u64>,
     pub unique: u64,
+    /// Events given up after a reset notice (see [`Tracker::write_off_below`]).
+    pub written_off: u64,
     ahead: Option<Box<[u64]>>,
 }
 
@@ -127,6 +147,33 @@ impl Tracker {
         self.max_seen = Some(self.max_seen.map_or(seq, |m| m.max(seq)));
         if late { Seen::Late } else { Seen::New }
     }
+
+    /// The server announced (a reset) that events before `seq` may never
+    /// come: every one of them not received yet is written off. Returns how
+    /// many.
+    pub fn write_off_below(&mut self, seq: u64, expected: u64) -> u64 {
+        let seq = seq.min(expected);
+        let mut n = 0;
+        // Bounded by `expected`.
+        while self.next < seq {
+            if !self.ahead.as_ref().is_some_and(|b| bit(b, self.next)) {
+                n += 1;
+            }
+            self.next += 1;
+        }
+        if let Some(bits) = &self.ahead {
+            while self.next < expected && bit(bits, self.next) {
+                self.next += 1;
+            }
+        }
+        self.written_off += n;
+        n
+    }
+
+    /// Events received or written off.
+    pub fn accounted(&self) -> u64 {
+        self.unique + self.written_off
+    }
 }
 
 fn bit(bits: &[u64], i: u64) -> bool {
@@ -153,6 +200,22 @@ struct Client {
     last_seq: Option<u64>,
     /// Under a ramp: when the target made this client due.
     due: Option<Instant>,
+    /// The id of the newest event received in order: the resume point.
+    last_id: Option<Box<str>>,
+    /// A reset notice arrived: the gap before the next event is announced.
+    reset_pending: bool,
+    /// Reconnecting after churn or a storm: when it was scheduled.
+    resuming: Option<Resuming>,
+    /// Listed in the pool's `open_order` (the ramp's retirement order).
+    in_open_order: bool,
+}
+
+/// A reconnect in progress.
+#[derive(Debug, Clone, Copy)]
+struct Resuming {
+    /// Its scheduled time (the drop's, plus the reconnect delay).
+    at: Instant,
+    storm: bool,
 }
 
 impl Client {
@@ -170,7 +233,18 @@ impl Client {
             expected,
             last_seq: None,
             due: None,
+            last_id: None,
+            reset_pending: false,
+            resuming: None,
+            in_open_order: false,
         }
+    }
+
+    /// Has received an event, so a reconnect has something to resume from
+    /// (a client dropped before its first event would miss events through
+    /// the generator's fault, not the server's).
+    fn has_position(&self) -> bool {
+        self.track.unique > 0 || self.last_seq.is_some()
     }
 }
 
@@ -204,6 +278,19 @@ pub struct ClientPool {
     open_now: u64,
     /// Ramp: Unix time of second 0 of the time series.
     series_origin_ns: Option<u64>,
+    /// Dropped clients waiting to reconnect, with their scheduled time (in
+    /// time order).
+    resume_q: VecDeque<(usize, Instant)>,
+    /// Start of the churn / storm schedule.
+    disrupt_origin: Option<Instant>,
+    churns_done: u64,
+    churn_stopped: bool,
+    /// Where the search for the next client to churn starts (round robin).
+    churn_cursor: usize,
+    storm_fired: bool,
+    /// Storm reconnects still out, and when the storm was due.
+    storm_pending: u64,
+    storm_at: Option<Instant>,
     pub stats: PoolStats,
 }
 
@@ -218,6 +305,9 @@ struct Ctx<'a> {
     now_ns: u64,
     check_gaps: bool,
     series_origin_ns: Option<u64>,
+    /// Keep event ids and watch for reset notices (churn, storm).
+    resume: bool,
+    marked_messages: bool,
 }
 
 /// The time-series bucket of `now_ns`, when a series is being recorded.
@@ -261,8 +351,127 @@ impl ClientPool {
             open_order: Vec::new(),
             open_now: 0,
             series_origin_ns: None,
+            resume_q: VecDeque::new(),
+            disrupt_origin: None,
+            churns_done: 0,
+            churn_stopped: false,
+            churn_cursor: 0,
+            storm_fired: false,
+            storm_pending: 0,
+            storm_at: None,
             stats,
             cfg,
+        }
+    }
+
+    /// Starts churn and the storm's clock (if configured) at `origin`.
+    pub fn start_disruption(&mut self, origin: Instant) {
+        if self.cfg.disrupt.is_some() {
+            self.disrupt_origin.get_or_insert(origin);
+        }
+    }
+
+    /// Events stopped flowing: no more churn or storm (reconnects already
+    /// scheduled still happen).
+    pub fn stop_disruption(&mut self) {
+        self.churn_stopped = true;
+        self.storm_fired = true;
+    }
+
+    /// Drops an open client to reconnect it at `at` with resume.
+    fn drop_for_resume(&mut self, registry: &Registry, idx: usize, at: Instant, storm: bool) {
+        let c = &mut self.clients[idx];
+        if let Some(mut s) = c.stream.take() {
+            let _ = registry.deregister(&mut s);
+        }
+        c.state = State::Away;
+        c.inbuf = Vec::new();
+        c.out = Vec::new();
+        c.frag = Vec::new();
+        c.fragmented = false;
+        c.resuming = Some(Resuming { at, storm });
+        self.open_now -= 1;
+        self.resume_q.push_back((idx, at));
+    }
+
+    /// The next open client with a resume position, round robin.
+    fn next_churn_victim(&mut self) -> Option<usize> {
+        let n = self.clients.len();
+        // Bounded: one pass over the clients.
+        for _ in 0..n {
+            let idx = self.churn_cursor % n;
+            self.churn_cursor = (idx + 1) % n;
+            let c = &self.clients[idx];
+            if c.state == State::Open && c.has_position() {
+                return Some(idx);
+            }
+        }
+        None
+    }
+
+    /// Drops the clients that churn and the storm make due by `now`.
+    fn disrupt(&mut self, registry: &Registry, now: Instant) {
+        let (Some(plan), Some(origin)) = (self.cfg.disrupt.clone(), self.disrupt_origin) else {
+            return;
+        };
+        let elapsed = now.saturating_duration_since(origin);
+        let delay = plan.reconnect_delay();
+        if !self.churn_stopped {
+            let due = plan.churns_due(elapsed);
+            // Bounded by the churns due (a late turn catches up).
+            while self.churns_done < due {
+                self.churns_done += 1;
+                let at = origin + plan.churn_time(self.churns_done) + delay;
+                match self.next_churn_victim() {
+                    Some(idx) => {
+                        self.drop_for_resume(registry, idx, at, false);
+                        self.stats.resume.counts.churned += 1;
+                    }
+                    None => self.stats.resume.counts.churn_missed += 1,
+                }
+            }
+        }
+        if let Some(storm) = plan.storm
+            && !self.storm_fired
+            && elapsed.as_secs_f64() >= storm.at_s
+        {
+            self.storm_fired = true;
+            let storm_time = origin + Duration::from_secs_f64(storm.at_s);
+            let eligible: Vec<usize> = (0..self.clients.len())
+                .filter(|&i| self.clients[i].state == State::Open && self.clients[i].has_position())
+                .collect();
+            let n = churn::storm_count(eligible.len(), storm.fraction);
+            for &idx in &eligible[..n] {
+                self.drop_for_resume(registry, idx, storm_time + delay, true);
+            }
+            self.stats.resume.storm_dropped += n as u64;
+            self.storm_pending = n as u64;
+            self.storm_at = Some(storm_time);
+        }
+    }
+
+    /// Starts the reconnects that are due, within the connect concurrency.
+    fn start_resumes(&mut self, registry: &Registry, now: Instant) {
+        // Bounded by the queue and the concurrency.
+        while self.in_flight < self.cfg.connect_concurrency.max(1)
+            && let Some(&(idx, at)) = self.resume_q.front()
+            && at <= now
+        {
+            self.resume_q.pop_front();
+            if self.clients[idx].state == State::Away {
+                self.start(registry, idx, now);
+            }
+        }
+    }
+
+    /// A storm reconnect finished (either way): the storm may be over.
+    fn storm_reconnect_done(&mut self) {
+        self.storm_pending = self.storm_pending.saturating_sub(1);
+        if self.storm_pending == 0
+            && let Some(at) = self.storm_at
+        {
+            self.stats.resume.storm_all_reconnected_s =
+                Some(Instant::now().saturating_duration_since(at).as_secs_f64());
         }
     }
 
@@ -278,7 +487,8 @@ impl ClientPool {
     pub fn follow(&mut self, registry: &Registry, target: u64, now: Instant) {
         self.target = Some(target);
         let unstarted = (self.clients.len() - self.next_to_start) as u64;
-        let active = self.open_now + self.in_flight as u64;
+        // Dropped clients waiting to reconnect come back: they count.
+        let active = self.open_now + self.in_flight as u64 + self.resume_q.len() as u64;
         // Bounded by the clients not started yet.
         while active + (self.due.len() as u64) < target && (self.due.len() as u64) < unstarted {
             self.due.push_back(now);
@@ -289,6 +499,7 @@ impl ClientPool {
             let Some(idx) = self.open_order.pop() else {
                 break; // only handshakes in flight: they are retired once open
             };
+            self.clients[idx].in_open_order = false;
             if self.clients[idx].state == State::Open {
                 self.retire(registry, idx);
             }
@@ -313,7 +524,7 @@ impl ClientPool {
 
     /// Every client has either connected or failed.
     pub fn connect_done(&self) -> bool {
-        self.next_to_start == self.clients.len() && self.in_flight == 0
+        self.next_to_start == self.clients.len() && self.in_flight == 0 && self.resume_q.is_empty()
     }
 
     /// Every open client has all expected events (false in count-only mode).
@@ -329,6 +540,8 @@ impl ClientPool {
     /// sockets. Called once per reactor turn.
     pub fn tick(&mut self, registry: &Registry, now: Instant) {
         self.connect_started.get_or_insert(now);
+        self.disrupt(registry, now);
+        self.start_resumes(registry, now);
         while self.in_flight < self.cfg.connect_concurrency.max(1)
             && self.next_to_start < self.clients.len()
         {
@@ -406,13 +619,40 @@ impl ClientPool {
         }
     }
 
-    /// Marks a never-opened client failed (no socket registered).
+    /// Marks a never-opened client failed (no socket registered), or a
+    /// reconnect failed.
     fn record_failure(&mut self, idx: usize, reason: String) {
+        if let Some(r) = self.clients[idx].resuming.take() {
+            return self.resume_failure(idx, r, reason);
+        }
         self.clients[idx].state = State::Failed;
         self.stats.failed += 1;
         *self.stats.failures.entry(reason).or_default() += 1;
         if let Some(s) = second_at(&mut self.stats, self.series_origin_ns, unix_ns()) {
             s.errors += 1;
+        }
+    }
+
+    /// A reconnect failed: the client is gone for good (closed), and its
+    /// missing events count as lost at the end.
+    fn resume_failure(&mut self, idx: usize, r: Resuming, reason: String) {
+        let c = &mut self.clients[idx];
+        c.state = State::Closed;
+        if c.expected.is_some_and(|e| c.track.accounted() < e) {
+            self.open_incomplete -= 1;
+        }
+        self.stats.resume.counts.resume_failed += 1;
+        *self
+            .stats
+            .failures
+            .entry(format!("reconnect: {reason}"))
+            .or_default() += 1;
+        if let Some(s) = second_at(&mut self.stats, self.series_origin_ns, unix_ns()) {
+            s.errors += 1;
+        }
+        if r.storm {
+            self.stats.resume.storm_failed += 1;
+            self.storm_reconnect_done();
         }
     }
 
@@ -438,7 +678,7 @@ impl ClientPool {
         c.state = State::Closed;
         c.inbuf = Vec::new();
         c.out = Vec::new();
-        if expected.is_some_and(|e| c.track.unique < e) {
+        if expected.is_some_and(|e| c.track.accounted() < e) {
             self.open_incomplete -= 1;
         }
         self.open_now -= 1;
@@ -479,12 +719,19 @@ impl ClientPool {
                 Err(e) => return self.fail(registry, idx, format!("connect: {}", short_err(&e))),
             }
             c.state = State::Handshake;
-            match c.channel {
-                Some(ch) => c.out.extend_from_slice(&wire::ws_handshake_request(
-                    &self.cfg.host_header,
-                    &channels::ws_path(&self.cfg.path, ch),
-                )),
-                None => c.out.extend_from_slice(&self.handshake_req),
+            let path = match c.channel {
+                Some(ch) => Cow::Owned(channels::ws_path(&self.cfg.path, ch)),
+                None => Cow::Borrowed(self.cfg.path.as_str()),
+            };
+            if c.resuming.is_some() {
+                let resume = churn::resume_path(&path, c.last_id.as_deref());
+                c.out
+                    .extend_from_slice(&wire::ws_handshake_request(&self.cfg.host_header, &resume));
+            } else if c.channel.is_some() {
+                c.out
+                    .extend_from_slice(&wire::ws_handshake_request(&self.cfg.host_header, &path));
+            } else {
+                c.out.extend_from_slice(&self.handshake_req);
             }
         }
         if !self.clients[idx].out.is_empty()
@@ -524,7 +771,13 @@ impl ClientPool {
                             c.state = State::Open;
                             self.in_flight -= 1;
                             self.open_now += 1;
-                            self.open_order.push(idx);
+                            if !c.in_open_order {
+                                c.in_open_order = true;
+                                self.open_order.push(idx);
+                            }
+                            if let Some(r) = c.resuming.take() {
+                                return self.resumed(registry, idx, r);
+                            }
                             self.stats.connected += 1;
                             if let Some(at) = c.started {
                                 self.stats
@@ -559,6 +812,28 @@ impl ClientPool {
         self.fail(registry, idx, "handshake response too long".into());
     }
 
+    /// A reconnect's handshake succeeded: the client reads on from where it
+    /// was (its expectations were counted when it first opened).
+    fn resumed(&mut self, registry: &Registry, idx: usize, r: Resuming) {
+        let s = &mut self.stats.resume;
+        s.counts.resumed += 1;
+        if self.clients[idx].last_id.is_none() {
+            s.counts.resumed_without_id += 1;
+        }
+        let late_ns = r.at.elapsed().as_nanos() as i64;
+        if r.storm {
+            s.storm_reconnected += 1;
+            s.storm_reconnect.record_ns(late_ns);
+            self.storm_reconnect_done();
+        } else {
+            s.reconnect.record_ns(late_ns);
+        }
+        if let Some(sec) = second_at(&mut self.stats, self.series_origin_ns, unix_ns()) {
+            sec.reconnects += 1;
+        }
+        self.read_open(registry, idx);
+    }
+
     /// Reads and processes everything available on an open client.
     fn read_open(&mut self, registry: &Registry, idx: usize) {
         let Self {
@@ -584,6 +859,8 @@ impl ClientPool {
                 now_ns: unix_ns(),
                 check_gaps: cfg.check_gaps,
                 series_origin_ns: *series_origin_ns,
+                resume: cfg.disrupt.is_some(),
+                marked_messages: cfg.marked_messages,
             };
             let buf = std::mem::take(&mut c.inbuf);
             match process_frames(&buf, c, &mut ctx) {
@@ -623,6 +900,8 @@ impl ClientPool {
                     now_ns: unix_ns(),
                     check_gaps: cfg.check_gaps,
                     series_origin_ns: *series_origin_ns,
+                    resume: cfg.disrupt.is_some(),
+                    marked_messages: cfg.marked_messages,
                 };
                 let res = if c.inbuf.is_empty() {
                     process_frames(&rbuf[..n], c, &mut ctx).map(|used| {
@@ -664,11 +943,31 @@ impl ClientPool {
 
     /// Ends the run: counts lost events and closes every socket.
     pub fn finish(&mut self, registry: &Registry) -> PoolStats {
-        for c in &self.clients {
+        for c in &mut self.clients {
+            // Still away (or reconnecting) at the end: the reconnect failed.
+            if matches!(c.state, State::Away)
+                || (c.resuming.is_some() && matches!(c.state, State::Connecting | State::Handshake))
+            {
+                c.state = State::Closed;
+                c.resuming = None;
+                self.stats.resume.counts.resume_failed += 1;
+                *self
+                    .stats
+                    .failures
+                    .entry("reconnect unfinished at end of run".into())
+                    .or_default() += 1;
+            }
             if let Some(exp) = c.expected
                 && matches!(c.state, State::Open | State::Closed)
             {
-                self.stats.lost += exp.saturating_sub(c.track.unique);
+                let missing = exp.saturating_sub(c.track.accounted());
+                if c.reset_pending {
+                    // The server announced the gap, and no event followed.
+                    c.track.written_off += missing;
+                    self.stats.resume.counts.reset_gap_events += missing;
+                } else {
+                    self.stats.lost += missing;
+                }
             }
         }
         for c in &mut self.clients {
@@ -767,12 +1066,28 @@ fn process_frames(buf: &[u8], c: &mut Client, ctx: &mut Ctx) -> Result<usize, St
 
 /// Checks one complete message.
 fn on_message(payload: &[u8], c: &mut Client, ctx: &mut Ctx) {
-    let parsed = wire::event_fields(payload)
+    let fields = wire::event_fields(payload, ctx.resume)
         .filter(|f| &*f.kind == ctx.event_type)
-        .and_then(|f| wire::parse_message(&f.message));
-    let Some(m) = parsed else {
-        ctx.stats.foreign += 1;
+        .and_then(|f| Some((wire::parse_message(&f.message)?, f.id)));
+    let parsed = fields.or_else(|| {
+        let marked =
+            wire::find_marked_message(payload, ctx.event_type).filter(|_| ctx.marked_messages)?;
+        Some((wire::parse_message(marked)?, None))
+    });
+    let Some((m, id)) = parsed else {
+        if ctx.resume && wire::is_reset_notice(payload) {
+            ctx.stats.resume.counts.resets += 1;
+            c.reset_pending = true;
+        } else {
+            ctx.stats.foreign += 1;
+        }
         return;
+    };
+    // The newest event received in order becomes the resume point.
+    let keep_id = |c: &mut Client| {
+        if let Some(id) = id.as_deref().filter(|id| id.len() <= churn::MAX_ID_LEN) {
+            c.last_id = std::str::from_utf8(id).ok().map(Into::into);
+        }
     };
     let s = &mut *ctx.stats;
     if let (Some(events), Some(expected)) = (ctx.expected, c.expected) {
@@ -787,6 +1102,9 @@ fn on_message(payload: &[u8], c: &mut Client, ctx: &mut Ctx) {
                 return;
             }
         };
+        if std::mem::take(&mut c.reset_pending) {
+            s.resume.counts.reset_gap_events += c.track.write_off_below(k, expected);
+        }
         match c.track.observe(k, expected) {
             Seen::OutOfRange => {
                 s.foreign += 1;
@@ -798,10 +1116,10 @@ fn on_message(payload: &[u8], c: &mut Client, ctx: &mut Ctx) {
                 return;
             }
             Seen::Late => s.out_of_order += 1,
-            Seen::New => {}
+            Seen::New => keep_id(c),
         }
         s.unique += 1;
-        if c.track.unique == expected {
+        if c.track.accounted() == expected {
             s.complete_clients += 1;
             *ctx.open_incomplete -= 1;
         }
@@ -813,10 +1131,14 @@ fn on_message(payload: &[u8], c: &mut Client, ctx: &mut Ctx) {
                 s.duplicates += 1;
                 return;
             }
+            Some(last) if std::mem::take(&mut c.reset_pending) => {
+                s.resume.counts.reset_gap_events += m.seq - last - 1;
+            }
             Some(last) => s.gaps += m.seq - last - 1,
             None => {}
         }
         c.last_seq = Some(m.seq);
+        keep_id(c);
     }
     s.deliveries += 1;
     s.first_delivery_ns.get_or_insert(ctx.now_ns);
@@ -923,6 +1245,8 @@ mod tests {
             now_ns: 2_000_000,
             check_gaps: false,
             series_origin_ns: None,
+            resume: false,
+            marked_messages: false,
         };
         let mut c = Client::new(None, Some(3));
         let text = |s: &str| {
@@ -970,6 +1294,8 @@ mod tests {
             now_ns: 0,
             check_gaps: false,
             series_origin_ns: None,
+            resume: false,
+            marked_messages: false,
         };
         let err = process_frames(b"\x88\x02\x03\xe9", &mut c, &mut ctx).unwrap_err();
         assert_eq!(err, "close frame 1001");
@@ -988,6 +1314,8 @@ mod tests {
             now_ns: 3_000_000_000,
             check_gaps: true,
             series_origin_ns: Some(1_000_000_000),
+            resume: false,
+            marked_messages: false,
         };
         let mut c = Client::new(None, None);
         let mut buf = Vec::new();
@@ -1019,6 +1347,8 @@ mod tests {
             now_ns: 2_000_000,
             check_gaps: false,
             series_origin_ns: None,
+            resume: false,
+            marked_messages: false,
         };
         let mut c = Client::new(Some(1), Some(channels::events_on(Some(1), 2, 5)));
         assert_eq!(c.expected, Some(2));

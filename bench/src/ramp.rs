@@ -115,6 +115,8 @@ pub struct SecondReport {
     /// Connects completed in this second (= connects per second).
     pub connects: u64,
     pub closes: u64,
+    /// Reconnects (churn, storm) completed in this second.
+    pub reconnects: u64,
     pub deliveries: u64,
     pub p50_us: Option<u64>,
     pub p99_us: Option<u64>,
@@ -150,6 +152,7 @@ pub fn series_report(ramp: &Ramp, series: &[Second]) -> Vec<SecondReport> {
                 connections: s.connections,
                 connects: s.connects,
                 closes: s.closes,
+                reconnects: s.reconnects,
                 deliveries: s.deliveries,
                 p50_us: l.map(|l| l.p50),
                 p99_us: l.map(|l| l.p99),

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::churn::ResumeReport;
 use crate::load::GeneratorLoad;
 use crate::ramp::{PhaseReport, SecondReport};
 use crate::stats::LatencySummary;
@@ -76,6 +77,8 @@ pub struct FanoutReport {
     pub latency_us: Option<LatencySummary>,
     /// Scheduled send time to receipt (paced runs).
     pub sched_latency_us: Option<LatencySummary>,
+    /// `--churn` / `--storm-at`: drops, reconnects with resume, resets.
+    pub resume: Option<ResumeReport>,
     /// Server CPU time in the publish phase per delivery, microseconds.
     pub server_cpu_per_delivery_us: Option<f64>,
     /// Generator CPU time (all processes) in the publish phase per delivery.
@@ -166,6 +169,8 @@ pub struct RampReport {
     pub latency_us: Option<LatencySummary>,
     pub sched_latency_us: Option<LatencySummary>,
     pub phases: Vec<PhaseReport>,
+    /// `--churn` / `--storm-at`: drops, reconnects with resume, resets.
+    pub resume: Option<ResumeReport>,
     /// One entry per second since the ramp started.
     pub series: Vec<SecondReport>,
     pub server_cpu_per_delivery_us: Option<f64>,
@@ -219,6 +224,55 @@ impl Table {
     fn row(&mut self, k: &str, v: impl std::fmt::Display) {
         let _ = writeln!(self.0, "  {k:<26} {v}");
     }
+}
+
+/// The churn / storm section.
+fn resume_rows(t: &mut Table, r: &Option<ResumeReport>) {
+    let Some(r) = r else { return };
+    t.section("churn and reconnects (with resume)");
+    if r.churn_per_sec > 0.0 {
+        t.row(
+            "churn",
+            format!(
+                "{}/s: {} dropped and reopened ({} due with no client to drop)",
+                r.churn_per_sec, r.counts.churned, r.counts.churn_missed
+            ),
+        );
+        t.row("reconnect from schedule", lat(&r.reconnect_us));
+    }
+    if let Some(s) = &r.storm {
+        t.row(
+            "storm",
+            format!(
+                "at {} s, {:.0}%: {} dropped, {} back, {} failed; all back after {}",
+                s.at_s,
+                s.fraction * 100.0,
+                s.dropped,
+                s.reconnected,
+                s.failed,
+                s.all_reconnected_s
+                    .map_or("- (not all came back)".into(), |v| format!("{v:.3} s"))
+            ),
+        );
+        t.row("storm reconnect from schedule", lat(&s.reconnect_us));
+    }
+    t.row(
+        "reconnects",
+        format!(
+            "{} ok ({} without an id to resume from), {} failed, delay {} s",
+            r.counts.resumed,
+            r.counts.resumed_without_id,
+            r.counts.resume_failed,
+            r.reconnect_delay_s
+        ),
+    );
+    t.row(
+        "resets (server gave up)",
+        format!(
+            "{} notices, {} deliveries not replayed (reported apart from loss)",
+            r.counts.resets, r.counts.reset_gap_events
+        ),
+    );
 }
 
 fn server_rows(t: &mut Table, s: &ServerFigures) {
@@ -406,6 +460,7 @@ impl FanoutReport {
         if self.foreign_frames > 0 {
             t.row("foreign frames", self.foreign_frames);
         }
+        resume_rows(&mut t, &self.resume);
         server_rows(&mut t, &self.server);
         let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2} us"));
         if self.server.server_pid.is_some() {
@@ -482,6 +537,7 @@ impl RampReport {
         );
         t.row("latency from send", lat(&self.latency_us));
         t.row("latency from schedule", lat(&self.sched_latency_us));
+        resume_rows(&mut t, &self.resume);
         t.section("phases");
         for p in &self.phases {
             t.row(
@@ -506,12 +562,13 @@ impl RampReport {
             t.row(
                 &format!("{:>4} s", s.t),
                 format!(
-                    "target {:>6} open {:>6} connects {:>5} closes {:>5} deliveries {:>8} \
-                     p50 {:>7} p99 {:>7} us errors {}",
+                    "target {:>6} open {:>6} connects {:>5} closes {:>5} reconnects {:>5} \
+                     deliveries {:>8} p50 {:>7} p99 {:>7} us errors {}",
                     s.target,
                     s.connections,
                     s.connects,
                     s.closes,
+                    s.reconnects,
                     s.deliveries,
                     opt(s.p50_us),
                     opt(s.p99_us),

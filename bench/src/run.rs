@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::channels;
+use crate::churn::ResumeReport;
 use crate::cli::{self, Args, Mode, PublishVia};
 use crate::load::{self, CpuMark, GeneratorLoad, ProcLoad};
 use crate::pool::{ClientPool, PoolConfig};
@@ -52,6 +53,7 @@ impl Bench {
         // which needs a publisher that keeps order.
         let check_gaps =
             args.ramp.is_some() && (args.publish == PublishVia::Redis || args.in_flight <= 1);
+        let disruption = args.disruption();
         let per_worker = args
             .clients_per_worker
             .unwrap_or_else(|| procfs::nofile_hard_limit().saturating_sub(256) as usize)
@@ -79,6 +81,8 @@ impl Bench {
                 channels: args.channels,
                 ramp: args.ramp.is_some(),
                 check_gaps,
+                disrupt: disruption.clone(),
+                marked_messages: false,
             }));
             Side::Local
         } else {
@@ -111,6 +115,8 @@ impl Bench {
                         ramp: args.ramp.clone(),
                         total_clients: clients,
                         check_gaps,
+                        disrupt: disruption.as_ref().map(|d| d.share(n, clients)),
+                        marked_messages: false,
                     }
                 })
                 .collect();
@@ -152,8 +158,11 @@ impl Bench {
     fn turn(&mut self) -> Res<()> {
         let wait = match self.side {
             Side::Local if self.args.test_burn_cpu && self.phase_mark.is_some() => Duration::ZERO,
-            // The ramp's target moves continuously: follow it closely.
-            Side::Local if self.ramp_origin.is_some() => Duration::from_millis(10),
+            // The ramp's target moves continuously, churn is due every
+            // 1/N s: follow closely.
+            Side::Local if self.ramp_origin.is_some() || self.args.disruption().is_some() => {
+                Duration::from_millis(10)
+            }
             // Worker messages wake the reactor (see `WorkerSet::spawn`).
             Side::Local | Side::Workers(_) => Duration::from_millis(50),
         };
@@ -327,8 +336,25 @@ impl Bench {
             }
         }
         self.phase_mark = Some(CpuMark::now());
+        let now = Instant::now();
         if self.args.ramp.is_some() {
-            self.ramp_origin = Some(Instant::now());
+            self.ramp_origin = Some(now);
+        }
+        if let Some(p) = self.reactor.pool.as_mut() {
+            p.start_disruption(now);
+        }
+    }
+
+    /// Publishing is over: no more churn or storm; workers start their
+    /// settle timeout.
+    fn events_done(&mut self) {
+        match &mut self.side {
+            Side::Workers(w) => w.broadcast(&format!("published {}", procfs::unix_ns())),
+            Side::Local => {
+                if let Some(p) = self.reactor.pool.as_mut() {
+                    p.stop_disruption();
+                }
+            }
         }
     }
 
@@ -355,9 +381,7 @@ impl Bench {
 
     /// Waits until every client has every event, or the settle timeout.
     fn settle(&mut self) -> Res<()> {
-        if let Side::Workers(w) = &mut self.side {
-            w.broadcast(&format!("published {}", procfs::unix_ns()));
-        }
+        self.events_done();
         let until = Instant::now() + self.args.settle_timeout;
         // Bounded by the settle timeout.
         while !self.progress().all_received && Instant::now() < until && !self.out_of_time() {
@@ -435,10 +459,42 @@ fn publish_protocol(args: &Args) -> Res<(Protocol, std::net::SocketAddr)> {
     }
 }
 
+/// Checks `--churn` / `--storm-at` against a phase of `phase_s` seconds of
+/// events (`None`: unpaced, no time for them).
+fn check_disruption(args: &Args, phase_s: Option<f64>) -> Res<()> {
+    let Some(d) = args.disruption() else {
+        return Ok(());
+    };
+    let Some(phase_s) = phase_s else {
+        return Err("--churn and --storm-at act while events flow: they need --rate".into());
+    };
+    if let Some(s) = d.storm
+        && s.at_s >= phase_s
+    {
+        return Err(format!(
+            "--storm-at {} s is not before the last event ({phase_s:.1} s into publishing)",
+            s.at_s
+        ));
+    }
+    Ok(())
+}
+
+/// The churn / storm figures and the problems they show.
+fn resume_report(
+    args: &Args,
+    stats: &PoolStats,
+    problems: &mut Vec<String>,
+) -> Option<ResumeReport> {
+    let r = ResumeReport::new(&args.disruption()?, &stats.resume);
+    problems.extend(r.problems());
+    Some(r)
+}
+
 /// Runs `--mode fanout`.
 pub fn fanout(args: &Args) -> Res<FanoutReport> {
     let clients = args.clients.unwrap_or(1000);
     let events = args.events.unwrap_or(100);
+    check_disruption(args, args.rate.map(|r| events as f64 / r))?;
     let probe = ServerProbe { pid: args.pid };
     let (proto, pub_addr) = publish_protocol(args)?;
     let mut problems: Vec<String> = Vec::new();
@@ -568,6 +624,7 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
     if issued < events && b.reactor.publisher.is_some() {
         problems.push(format!("only {issued} of {events} events published"));
     }
+    let resume = resume_report(args, &stats, &mut problems);
 
     let server = ServerFigures {
         server_pid: args.pid,
@@ -632,6 +689,7 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
         deliveries_per_sec: rate_per_sec(stats.deliveries, delivery_seconds),
         latency_us: stats.latency.summary(),
         sched_latency_us: stats.sched_latency.summary(),
+        resume,
         server_cpu_per_delivery_us: server.server_cpu_publish_s.and_then(per_delivery_us),
         gen_cpu_per_delivery_us: generator.as_ref().and_then(|g| per_delivery_us(g.cpu_s)),
         server,
@@ -665,6 +723,7 @@ pub fn ramp(args: &Args, ramp: &Ramp) -> Res<RampReport> {
         .events
         .unwrap_or_else(|| ((rate * duration_s).floor() as u64).max(1));
     let clients = ramp.total_opens() as usize;
+    check_disruption(args, Some(duration_s.min(events as f64 / rate)))?;
     let probe = ServerProbe { pid: args.pid };
     let (proto, pub_addr) = publish_protocol(args)?;
     let in_flight = args.in_flight.max(1);
@@ -699,7 +758,9 @@ pub fn ramp(args: &Args, ramp: &Ramp) -> Res<RampReport> {
         b.start_phase();
         let t0 = Instant::now();
         b.publish_until(t0 + Duration::from_secs_f64(duration_s), "ramp")?;
-        // Deliveries of the last events are still on their way.
+        b.events_done();
+        // Deliveries of the last events (and replays to clients that were
+        // reconnecting) are still on their way.
         b.idle(Duration::from_millis(500))?;
         phase = t0.elapsed();
         s_end = probe.sample();
@@ -741,6 +802,7 @@ pub fn ramp(args: &Args, ramp: &Ramp) -> Res<RampReport> {
     if stats.deliveries == 0 {
         problems.push("no event was delivered".into());
     }
+    let resume = resume_report(args, &stats, &mut problems);
     let server_cpu_s = delta(s_start.cpu_s, s_end.cpu_s);
     let per_delivery_us =
         |cpu_s: f64| (stats.deliveries > 0).then(|| cpu_s / stats.deliveries as f64 * 1e6);
@@ -776,6 +838,7 @@ pub fn ramp(args: &Args, ramp: &Ramp) -> Res<RampReport> {
         sched_latency_us: stats.sched_latency.summary(),
         phases: ramp::phase_reports(ramp, &stats.series),
         series: ramp::series_report(ramp, &stats.series),
+        resume,
         server_cpu_per_delivery_us: server_cpu_s.and_then(per_delivery_us),
         gen_cpu_per_delivery_us: generator.as_ref().and_then(|g| per_delivery_us(g.cpu_s)),
         server: ServerFigures {

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::churn::ResumeStats;
+
 /// Highest latency tracked: one hour, in microseconds.
 const MAX_US: u64 = 3_600_000_000;
 
@@ -179,6 +181,9 @@ pub struct PoolStats {
     /// Ramp: one entry per second since the ramp started.
     #[serde(default)]
     pub series: Vec<Second>,
+    /// Churn and storm: drops, reconnects, resets.
+    #[serde(default)]
+    pub resume: ResumeStats,
 }
 
 fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -220,6 +225,7 @@ impl PoolStats {
         self.gaps += o.gaps;
         self.connect_from_due.merge(&o.connect_from_due);
         merge_series(&mut self.series, &o.series);
+        self.resume.merge(&o.resume);
     }
 }
 
@@ -234,6 +240,9 @@ pub struct Second {
     pub deliveries: u64,
     /// Failed connects and connections the server closed.
     pub errors: u64,
+    /// Reconnects (churn, storm) completed.
+    #[serde(default)]
+    pub reconnects: u64,
     pub latency: Latency,
 }
 
@@ -244,6 +253,7 @@ impl Second {
         self.closes += o.closes;
         self.deliveries += o.deliveries;
         self.errors += o.errors;
+        self.reconnects += o.reconnects;
         self.latency.merge(&o.latency);
     }
 }

@@ -146,12 +146,14 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// One pass over a flat JSON object of strings and scalars, returning the raw
-/// `type` and `message` strings as soon as both are seen. `None` for anything
-/// else (escapes, nesting, a non-string `type`/`message`, malformed input):
-/// callers then fall back to a full JSON parse. This runs once per delivery,
-/// millions of times a second in a burst, so it must not be the generator's
-/// bottleneck.
-fn scan_type_and_message(json: &[u8]) -> Option<(&[u8], &[u8])> {
+/// `type`, `message` and (if present, and only when `want_id`) `id` strings.
+/// It stops as soon as it has what it wants; with `want_id` it reads on to
+/// the end of the object for an `id` (Herald puts it first, so that costs
+/// nothing there). `None` for anything else (escapes, nesting, a non-string
+/// `type`/`message`, malformed input): callers then fall back to a full JSON
+/// parse. This runs once per delivery, millions of times a second in a
+/// burst, so it must not be the generator's bottleneck.
+fn scan_event(json: &[u8], want_id: bool) -> Option<EventFields<'_>> {
     let ws = |mut i: usize| {
         while json.get(i).is_some_and(u8::is_ascii_whitespace) {
             i += 1;
@@ -165,7 +167,7 @@ fn scan_type_and_message(json: &[u8]) -> Option<(&[u8], &[u8])> {
         let len = memchr::memchr2(b'"', b'\\', json.get(start..)?)?;
         (json[start + len] == b'"').then(|| (&json[start..start + len], start + len + 1))
     };
-    let (mut kind, mut message) = (None, None);
+    let (mut kind, mut message, mut id) = (None, None, None);
     let mut i = ws(0);
     if json.get(i) != Some(&b'{') {
         return None;
@@ -198,42 +200,102 @@ fn scan_type_and_message(json: &[u8]) -> Option<(&[u8], &[u8])> {
         match key {
             b"type" => kind = Some(value?),
             b"message" => message = Some(value?),
+            b"id" if want_id => id = value,
             _ => {}
         }
-        if let (Some(kind), Some(message)) = (kind, message) {
-            return Some((kind, message));
+        if kind.is_some() && message.is_some() && (!want_id || id.is_some()) {
+            return EventFields::borrowed(kind, message, id);
         }
         i = ws(i);
-        if json.get(i) != Some(&b',') {
-            return None;
+        match json.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => return EventFields::borrowed(kind, message, id),
+            _ => return None,
         }
-        i += 1;
     }
 }
 
-/// The `type` and `message` of an event frame.
+/// The `type`, `message` and `id` of an event frame.
 #[derive(Debug, PartialEq, Eq)]
 pub struct EventFields<'a> {
     pub kind: std::borrow::Cow<'a, [u8]>,
     pub message: std::borrow::Cow<'a, [u8]>,
+    /// The event's id (a resume point), when asked for and present.
+    pub id: Option<std::borrow::Cow<'a, [u8]>>,
 }
 
-/// Extracts `type` and `message` from an event frame: fast hand-check first,
-/// full JSON parse as a fallback.
-pub fn event_fields(json: &[u8]) -> Option<EventFields<'_>> {
-    if let Some((t, m)) = scan_type_and_message(json) {
-        return Some(EventFields {
-            kind: t.into(),
-            message: m.into(),
-        });
+impl<'a> EventFields<'a> {
+    /// The fields found in place; `None` without a type or a message.
+    fn borrowed(
+        kind: Option<&'a [u8]>,
+        message: Option<&'a [u8]>,
+        id: Option<&'a [u8]>,
+    ) -> Option<Self> {
+        Some(EventFields {
+            kind: kind?.into(),
+            message: message?.into(),
+            id: id.map(Into::into),
+        })
+    }
+}
+
+/// Extracts `type` and `message` (and with `want_id` the `id`, a resume
+/// point) from an event frame: fast hand-check first, full JSON parse as a
+/// fallback.
+pub fn event_fields(json: &[u8], want_id: bool) -> Option<EventFields<'_>> {
+    if let Some(fields) = scan_event(json, want_id) {
+        return Some(fields);
     }
     let v: serde_json::Value = serde_json::from_slice(json).ok()?;
     let t = v.get("type")?.as_str()?;
     let m = v.get("message")?.as_str()?;
+    let id = v
+        .get("id")
+        .and_then(|i| i.as_str())
+        .filter(|_| want_id)
+        .map(|i| i.as_bytes().to_vec().into());
     Some(EventFields {
         kind: t.as_bytes().to_vec().into(),
         message: m.as_bytes().to_vec().into(),
+        id,
     })
+}
+
+/// Whether a frame is Herald's notice that a resume could not be served
+/// (`{"op":"reset","channel":..,"since":..,"reason":..}`): the events since
+/// the client's id may be missing, and the server says so.
+pub fn is_reset_notice(json: &[u8]) -> bool {
+    if find(json, b"reset").is_none() {
+        return false; // the common case: no JSON parse
+    }
+    serde_json::from_slice::<serde_json::Value>(json)
+        .ok()
+        .is_some_and(|v| v.get("op").and_then(|o| o.as_str()) == Some("reset"))
+}
+
+/// Finds a bench message embedded anywhere in a frame, for servers whose
+/// frames are shaped differently from Herald's (`--publish-template`): the
+/// first JSON string that starts with `<event_type>:` followed by a digit;
+/// returns what follows the prefix (`<seq>:<sent_ns>[:<sched_ns>]...`).
+pub fn find_marked_message<'a>(frame: &'a [u8], event_type: &[u8]) -> Option<&'a [u8]> {
+    let mut from = 0;
+    // Bounded: each iteration moves past one occurrence of the quote.
+    while let Some(q) = memchr::memchr(b'"', frame.get(from..)?) {
+        let start = from + q + 1;
+        let rest = &frame[start..];
+        if rest.starts_with(event_type)
+            && rest.get(event_type.len()) == Some(&b':')
+            && rest
+                .get(event_type.len() + 1)
+                .is_some_and(u8::is_ascii_digit)
+        {
+            let body = &rest[event_type.len() + 1..];
+            let end = memchr::memchr2(b'"', b'\\', body)?;
+            return Some(&body[..end]);
+        }
+        from = start;
+    }
+    None
 }
 
 /// A bench event message: `<seq>:<sent_unix_ns>[:<scheduled_unix_ns>][:<padding>]`.
@@ -505,29 +567,70 @@ mod tests {
     #[test]
     fn event_json_fields() {
         let j = br#"{"type":"bench","message":"12:1700000000000000000","id":3}"#;
-        let f = event_fields(j).unwrap();
+        let f = event_fields(j, false).unwrap();
         assert_eq!(&*f.kind, b"bench");
         assert_eq!(&*f.message, b"12:1700000000000000000");
         // whitespace, other order, a value that equals a key name
         let j = br#"{ "message" : "1:2", "channel":"message", "type": "bench" }"#;
-        let f = event_fields(j).unwrap();
+        let f = event_fields(j, false).unwrap();
         assert_eq!((&*f.kind, &*f.message), (&b"bench"[..], &b"1:2"[..]));
         let j = br#"{"type":"message","message":"5:6"}"#;
-        assert_eq!(&*event_fields(j).unwrap().message, b"5:6");
+        assert_eq!(&*event_fields(j, false).unwrap().message, b"5:6");
         // escapes fall back to a real JSON parse
         let j = br#"{"type":"b\u0065nch","message":"7:8"}"#;
-        assert_eq!(&*event_fields(j).unwrap().kind, b"bench");
-        assert!(event_fields(br#"{"type":"x"}"#).is_none());
-        assert!(event_fields(b"not json").is_none());
-        assert!(event_fields(br#"{"type":"x","message":5}"#).is_none());
+        assert_eq!(&*event_fields(j, false).unwrap().kind, b"bench");
+        assert!(event_fields(br#"{"type":"x"}"#, false).is_none());
+        assert!(event_fields(b"not json", false).is_none());
+        assert!(event_fields(br#"{"type":"x","message":5}"#, false).is_none());
         // scalars and nesting before the fields
         let j = br#"{"ts":17,"ok":true,"type":"bench","message":"1:2"}"#;
-        assert_eq!(&*event_fields(j).unwrap().message, b"1:2");
+        assert_eq!(&*event_fields(j, false).unwrap().message, b"1:2");
         let j = br#"{"meta":{"type":"no"},"type":"bench","message":"3:4"}"#;
-        assert_eq!(&*event_fields(j).unwrap().kind, b"bench");
-        assert_eq!(scan_type_and_message(j), None);
-        assert_eq!(scan_type_and_message(br#"{"type":"a","#), None);
-        assert_eq!(scan_type_and_message(br#"{"type":"a""#), None);
+        assert_eq!(&*event_fields(j, false).unwrap().kind, b"bench");
+        assert_eq!(scan_event(j, false), None);
+        assert_eq!(scan_event(br#"{"type":"a","#, false), None);
+        assert_eq!(scan_event(br#"{"type":"a""#, false), None);
+    }
+
+    #[test]
+    fn event_ids_resets_and_marked_messages() {
+        // Herald's frames carry the id first; another server's may put it last.
+        let j = br#"{"id":"1764-3","type":"bench","message":"1:2","channel":"events"}"#;
+        let f = event_fields(j, true).unwrap();
+        assert_eq!(f.id.as_deref(), Some(&b"1764-3"[..]));
+        assert_eq!(event_fields(j, false).unwrap().id, None);
+        let j = br#"{"type":"bench","message":"1:2","id":"9-0"}"#;
+        assert_eq!(
+            event_fields(j, true).unwrap().id.as_deref(),
+            Some(&b"9-0"[..])
+        );
+        let j = br#"{"type":"bench","message":"1:2"}"#;
+        let f = event_fields(j, true).unwrap();
+        assert_eq!((f.id, &*f.message), (None, &b"1:2"[..]));
+        let j = br#"{"type":"bench","message":"1:2","id":7}"#;
+        assert_eq!(event_fields(j, true).unwrap().id, None);
+
+        assert!(is_reset_notice(
+            br#"{"channel":"events","op":"reset","reason":"too old","since":"1-0"}"#
+        ));
+        assert!(!is_reset_notice(
+            br#"{"op":"subscribed","channel":"reset"}"#
+        ));
+        assert!(!is_reset_notice(br#"{"type":"bench","message":"1:2"}"#));
+
+        let centrifugo = br#"{"push":{"channel":"c","pub":{"data":{"m":"bench:12:1700:1600"}}}}"#;
+        assert_eq!(
+            find_marked_message(centrifugo, b"bench"),
+            Some(&b"12:1700:1600"[..])
+        );
+        let socket_io = br#"42["bench",{"message":"bench:3:99"}]"#;
+        assert_eq!(find_marked_message(socket_io, b"bench"), Some(&b"3:99"[..]));
+        assert_eq!(find_marked_message(br#"{"a":"bench:x"}"#, b"bench"), None);
+        assert_eq!(
+            find_marked_message(br#"{"a":"benchmark:1"}"#, b"bench"),
+            None
+        );
+        assert_eq!(find_marked_message(b"", b"bench"), None);
     }
 
     #[test]

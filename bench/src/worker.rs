@@ -7,8 +7,9 @@
 //!   [`PoolStats`], then the worker exits).
 //! - parent -> worker (stdin): `mark <unix_ns>` (the measured phase starts
 //!   at that time: the worker measures its own load from here, see
-//!   [`crate::load`], and follows its share of the ramp, if any), `published
-//!   <unix_ns>` (publishing ended: the settle timeout starts), `stop` (report
+//!   [`crate::load`], and follows its share of the ramp, churn and storm, if
+//!   any), `published <unix_ns>` (publishing ended: no more churn, the
+//!   settle timeout starts), `stop` (report
 //!   now). EOF on stdin also stops.
 //!
 //! A worker reports `final` on its own once all its clients received every
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use mio::Waker;
 use serde::{Deserialize, Serialize};
 
+use crate::churn::Disruption;
 use crate::load::{CpuMark, ProcLoad};
 use crate::pool::{ClientPool, PoolConfig};
 use crate::procfs::{raise_nofile_limit, self_cpu_s, unix_ns};
@@ -65,6 +67,12 @@ pub struct WorkerConfig {
     /// Count-only clients check for gaps (the publisher keeps order).
     #[serde(default)]
     pub check_gaps: bool,
+    /// This worker's share of churn and the storm, from `mark` on.
+    #[serde(default)]
+    pub disrupt: Option<Disruption>,
+    /// `--publish-template`: bench messages may sit anywhere in a frame.
+    #[serde(default)]
+    pub marked_messages: bool,
 }
 
 impl WorkerConfig {
@@ -83,6 +91,8 @@ impl WorkerConfig {
             channels: self.channels,
             ramp: self.ramp.is_some(),
             check_gaps: self.check_gaps,
+            disrupt: self.disrupt.clone(),
+            marked_messages: self.marked_messages,
         }
     }
 
@@ -241,8 +251,9 @@ fn run_worker(cfg: &WorkerConfig) -> std::io::Result<()> {
     while Instant::now() < hard_deadline && !stop {
         let wait = if cfg.burn_cpu && mark.is_some() {
             Duration::ZERO
-        } else if cfg.ramp.is_some() {
-            // The target moves continuously: follow it closely.
+        } else if cfg.ramp.is_some() || cfg.disrupt.is_some() {
+            // The target moves continuously, churn is due every 1/N s:
+            // follow closely.
             Duration::from_millis(10)
         } else {
             Duration::from_millis(100)
@@ -253,6 +264,10 @@ fn run_worker(cfg: &WorkerConfig) -> std::io::Result<()> {
             match rx.try_recv() {
                 Ok(Cmd::Mark(origin_ns)) => {
                     mark.get_or_insert_with(CpuMark::now);
+                    if let Some(p) = reactor.pool.as_mut() {
+                        let ago = Duration::from_nanos(unix_ns().saturating_sub(origin_ns));
+                        p.start_disruption(now.checked_sub(ago).unwrap_or(now));
+                    }
                     if cfg.ramp.is_some() && ramp_origin.is_none() {
                         let ago = Duration::from_nanos(unix_ns().saturating_sub(origin_ns));
                         ramp_origin = Some(now.checked_sub(ago).unwrap_or(now));
@@ -263,6 +278,9 @@ fn run_worker(cfg: &WorkerConfig) -> std::io::Result<()> {
                 }
                 Ok(Cmd::Published) => {
                     published_at.get_or_insert(now);
+                    if let Some(p) = reactor.pool.as_mut() {
+                        p.stop_disruption();
+                    }
                 }
                 Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => {
                     stop = true;

@@ -20,6 +20,11 @@ pub struct Herald {
 
 impl Herald {
     pub fn start() -> Herald {
+        Herald::start_with(&[])
+    }
+
+    /// A Herald with these environment settings (e.g. a tiny `HISTORY_LEN`).
+    pub fn start_with(env: &[(&str, &str)]) -> Herald {
         // target/<profile>/deps/<this test> -> target/<profile>/herald
         let bin: PathBuf = std::env::current_exe()
             .expect("test path")
@@ -39,6 +44,7 @@ impl Herald {
         let child = Command::new(bin)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--log-level", "warn"])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
