@@ -1,35 +1,36 @@
 /*
  * Herald live feed page.
  *
- * Plain browser JavaScript, no framework, no build step. Served from the
- * same origin under a strict CSP (script-src 'self'; style-src 'self'), so
- * nothing here creates inline scripts or inline styles, and event data is
- * only ever inserted as text (textContent), never parsed as HTML.
+ * Plain browser JavaScript, no framework, no build step: an ES module whose
+ * connection is Herald's own client library (/herald.js, the one apps use).
+ * Served from the same origin under a strict CSP (script-src 'self';
+ * style-src 'self'), so nothing here creates inline scripts or inline styles,
+ * and event data is only ever inserted as text (textContent), never parsed as
+ * HTML.
  *
  * Layout of this file:
  *   config        readFeedConfig()            channels and token from the page URL
- *   URLs          buildWsUrl()                ws(s)://host/ws?channels=..&since=..&token=..
- *   access        probeAccess()               why a WebSocket failed before opening
- *   events        parseEvent(), renderEvent() one JSON frame -> event or notice
- *   resume        createResume()              last id per channel, dedupe, stats
+ *   events        renderEvent()               one event -> a list item
+ *   resume        createResumeStore()         resume points kept across reloads
  *   feed          createFeed()                list, counter, empty state, notices
- *   connection    connectFeed()               WebSocket with capped backoff + jitter
  *   channels      createChannelPicker()       followed channels (chips + input)
  *   server info   loadHealth()                GET /health
  *   publish       setupPublishForm()          POST /events
+ *   wiring        start()                     the client's events -> the page
  *
- * Resuming: the page remembers the id of the last event it saw on each
- * channel (in memory, and in sessionStorage so a reload resumes too) and
- * reconnects with `since=<channel>:<id>,...`; the server then replays what
- * was missed before going live. If it cannot (history lost or too short) it
- * sends {"op":"reset"} and the page says events may be missing.
+ * The client (herald.js) reconnects with capped backoff and jitter, resumes
+ * each channel after the last id it saw (no gap, no duplicate), keeps the
+ * subscriptions the picker asks for, and explains a refused connection. The
+ * page keeps the resume points in sessionStorage so a reload resumes too, and
+ * says so when the server answers {"op":"reset"} (events may be missing).
  *
  * Tokens: with auth on (the server has AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY), the page
- * is opened as /?token=<jwt> and passes the token on to /ws (browsers cannot set headers on
- * a WebSocket). A refused WebSocket only says "closed before opening", so after such a
- * failure the page asks /sse the same question over fetch, which does show the 401 or 403;
- * then it says "Not authorised" and stops reconnecting instead of hammering the server.
+ * is opened as /?token=<jwt> and passes the token to the client. Refused (401/403, or the
+ * token expired: the page has no source for a new one), it says "Not authorised" and
+ * stops instead of hammering the server.
  */
+import { connect, isChannelName, DEFAULT_CHANNEL } from '/herald.js';
+
 (function () {
   'use strict';
 
@@ -37,43 +38,24 @@
     connecting: 'Connecting…',
     open: 'Connected',
     reconnecting: 'Reconnecting…',
-    denied: 'Not authorised'
+    denied: 'Not authorised',
+    closed: 'Disconnected'
   };
-  // Close code 1008 with this reason: the token ran out while connected.
-  var CLOSE_POLICY = 1008;
-  var EXPIRED_REASON = 'token expired';
-
-  // Reconnect backoff: ~250 ms first, doubling, capped at 5 s, with jitter.
-  var BACKOFF_BASE_MS = 250;
-  var BACKOFF_CAP_MS = 5000;
-  // A connection that stayed open this long counts as healthy: the next
-  // failure starts the backoff from the beginning again.
-  var STABLE_AFTER_MS = 5000;
-  // Close code 1001 = "going away" (server shutdown or restart).
-  var CLOSE_GOING_AWAY = 1001;
   // Keep the DOM bounded on long-running tabs.
   var MAX_RENDERED_EVENTS = 500;
   // Number of colour variants for type badges (see .type-color-N in app.css).
   var TYPE_COLORS = 8;
 
-  // Channels: same rules as the server (1-64 letters, digits, _ - ., not
-  // starting with a dot). `events` is the server's default channel.
-  var DEFAULT_CHANNEL = 'events';
-  var CHANNEL_NAME = /^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$/;
+  // Channels: same rules as the server (isChannelName). `events` is the
+  // server's default channel.
   var MAX_CHANNELS = 64;
   var CHANNEL_RULES = 'Channel names are 1–64 letters, digits, “_”, “-” or “.”.';
 
-  // Event keys remembered for de-duplication (a safety net; see createResume).
-  var SEEN_LIMIT = 5000;
-  var STORAGE_KEY = 'herald.resume.v1';
+  var STORAGE_KEY = 'herald.resume.v2';
 
   /* ------------------------------------------------------------------ */
   /* config                                                              */
   /* ------------------------------------------------------------------ */
-
-  function isChannelName(name) {
-    return typeof name === 'string' && CHANNEL_NAME.test(name);
-  }
 
   /** "a, b,,#c" -> { names: ['a', 'b', 'c'], invalid: [] } (deduplicated, in order). */
   function parseChannelList(text) {
@@ -104,80 +86,6 @@
   }
 
   /* ------------------------------------------------------------------ */
-  /* URLs                                                                */
-  /* ------------------------------------------------------------------ */
-
-  /**
-   * WebSocket URL on the page's own host: wss: for https pages, ws: otherwise.
-   * opts.channels: array of channel names -> ?channels=a,b
-   * opts.since: { channel: lastId } -> &since=a:<id>,b:<id> (channels with an id only)
-   * opts.token: a JWT -> &token=<jwt>
-   */
-  function buildWsUrl(loc, opts) {
-    opts = opts || {};
-    var url = new URL('/ws', loc.href);
-    url.protocol = loc.protocol === 'https:' ? 'wss:' : 'ws:';
-    var channels = opts.channels || [];
-    if (channels.length) {
-      url.searchParams.set('channels', channels.join(','));
-    }
-    var since = opts.since || {};
-    var pairs = channels
-      .filter(function (c) { return typeof since[c] === 'string' && since[c] !== ''; })
-      .map(function (c) { return c + ':' + since[c]; });
-    if (pairs.length) url.searchParams.set('since', pairs.join(','));
-    if (opts.token) url.searchParams.set('token', opts.token);
-    return url.toString();
-  }
-
-  /* ------------------------------------------------------------------ */
-  /* access                                                              */
-  /* ------------------------------------------------------------------ */
-
-  /**
-   * Why did a WebSocket to `wsUrl` fail before it opened? The browser does not say, so ask
-   * /sse the same question (same channels, same token: the server checks both routes the
-   * same way) over fetch, which shows the status. Resolves to
-   * { status: 401|403, error, reason, channels } when access is refused, or null when it
-   * is not (the server was down, or the stream opened: it is cancelled at once).
-   */
-  function probeAccess(wsUrl) {
-    var ws = new URL(wsUrl);
-    var url = new URL('/sse', location.href);
-    url.search = ws.search;
-    url.searchParams.delete('since');
-    var controller = typeof AbortController === 'function' ? new AbortController() : null;
-    return fetch(url.toString(), {
-      cache: 'no-store',
-      headers: { Accept: 'text/event-stream' },
-      signal: controller ? controller.signal : undefined
-    })
-      .then(function (res) {
-        if (res.status !== 401 && res.status !== 403) {
-          if (controller) controller.abort();
-          return null;
-        }
-        return res.json().catch(function () { return {}; }).then(function (body) {
-          return {
-            status: res.status,
-            error: body && body.error ? asText(body.error) : '',
-            reason: body && body.reason ? asText(body.reason) : '',
-            channels: body && Array.isArray(body.channels) ? body.channels.map(asText) : []
-          };
-        });
-      })
-      .catch(function () { return null; });
-  }
-
-  /** Delay before reconnect attempt number `attempt` (0-based). */
-  function backoffDelay(attempt) {
-    var ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(2, attempt));
-    // "Equal jitter": somewhere between half the ceiling and the ceiling, so
-    // many tabs do not reconnect in lockstep, yet the delay still grows.
-    return Math.round(ceiling / 2 + Math.random() * ceiling / 2);
-  }
-
-  /* ------------------------------------------------------------------ */
   /* events                                                              */
   /* ------------------------------------------------------------------ */
 
@@ -185,58 +93,6 @@
     if (value === undefined || value === null) return '';
     if (typeof value === 'string') return value;
     try { return JSON.stringify(value); } catch (e) { return String(value); }
-  }
-
-  /** "1718000000000-3" -> [1718000000000, 3], or null if it is not an event id. */
-  function parseId(id) {
-    var m = /^(\d{1,16})-(\d{1,16})$/.exec(typeof id === 'string' ? id : '');
-    return m ? [Number(m[1]), Number(m[2])] : null;
-  }
-
-  /** <0, 0, >0 like a comparator; null if either is not an event id. */
-  function compareIds(a, b) {
-    var x = parseId(a);
-    var y = parseId(b);
-    if (!x || !y) return null;
-    return x[0] !== y[0] ? x[0] - y[0] : x[1] - y[1];
-  }
-
-  /**
-   * One WebSocket text frame -> { kind: 'event', type, message, id, channel }
-   * or, for server messages with an "op" field, { kind: 'notice', op, ... }.
-   * Unknown fields are kept on `raw` and otherwise ignored.
-   */
-  function parseEvent(data) {
-    if (typeof data !== 'string') return null;
-    var obj;
-    try {
-      obj = JSON.parse(data);
-    } catch (e) {
-      // Not JSON: still show it, as plain text.
-      return { kind: 'event', type: 'message', message: data, id: null, channel: null, raw: null };
-    }
-    if (!obj || typeof obj !== 'object' || Array.isArray(obj)) {
-      return { kind: 'event', type: 'message', message: asText(obj), id: null, channel: null, raw: obj };
-    }
-    if (typeof obj.op === 'string') {
-      return {
-        kind: 'notice',
-        op: obj.op,
-        channel: typeof obj.channel === 'string' ? obj.channel : null,
-        since: typeof obj.since === 'string' ? obj.since : null,
-        reason: asText(obj.reason),
-        error: asText(obj.error),
-        raw: obj
-      };
-    }
-    return {
-      kind: 'event',
-      type: asText(obj.type) || 'event',
-      message: asText(obj.message),
-      id: obj.id === undefined || obj.id === null ? null : asText(obj.id),
-      channel: obj.channel === undefined || obj.channel === null ? null : asText(obj.channel),
-      raw: obj
-    };
   }
 
   /** Stable colour bucket for a type name, so "order" always looks the same. */
@@ -319,113 +175,47 @@
   }
 
   /**
-   * Where to resume each channel from, and a de-duplication safety net.
-   *
-   * - last[ch]: id of the newest event seen on `ch`. Ids increase per channel.
-   * - floor[ch]: for a channel that has had no event yet, the newest id seen
-   *   live on another channel while both were subscribed (without a replay)
-   *   on the same connection. Ids are time-based and ordered across
-   *   channels, so nothing on `ch` after it was missed: resuming from it
-   *   loses nothing on a quiet channel.
-   * - seen: recent channel+id keys. The server never sends an event twice;
-   *   anything dropped here is counted in stats.duplicates (or
-   *   stats.outOfOrder for an id older than the channel's last one).
-   *
-   * last/floor are kept in sessionStorage (when available) so a reload of the
-   * tab resumes where it left off; only for `channels`, the ones followed now.
+   * The client's resume points (channel -> last id), kept in sessionStorage so
+   * a reload of the tab resumes where it left off. load(channels) gives the
+   * saved points of the channels followed now; save(points) writes at most
+   * every 200 ms, and at once when the page goes away.
    */
-  function createResume(stats, storage, channels) {
-    var last = Object.create(null);
-    var floor = Object.create(null);
-    var seen = new Set();
-    var seenOrder = [];
+  function createResumeStore(storage) {
+    var pending = null;
+    var timer = null;
 
-    (function load() {
-      if (!storage) return;
+    function load(channels) {
+      if (!storage) return {};
       try {
         var saved = JSON.parse(storage.getItem(STORAGE_KEY) || 'null');
-        if (!saved || typeof saved !== 'object') return;
-        ['last', 'floor'].forEach(function (k) {
-          var src = saved[k] && typeof saved[k] === 'object' ? saved[k] : {};
-          Object.keys(src).forEach(function (ch) {
-            if (channels.indexOf(ch) >= 0 && parseId(src[ch])) (k === 'last' ? last : floor)[ch] = src[ch];
-          });
+        var since = saved && typeof saved.since === 'object' && saved.since ? saved.since : {};
+        var out = {};
+        channels.forEach(function (ch) {
+          if (typeof since[ch] === 'string') out[ch] = since[ch];
         });
-      } catch (e) { /* ignore a corrupt entry */ }
-    })();
-
-    var saveTimer = null;
-    function save() {
-      if (!storage || saveTimer !== null) return;
-      saveTimer = setTimeout(flush, 200);
+        return out;
+      } catch (e) {
+        return {}; // a corrupt entry: start live
+      }
     }
+
     function flush() {
-      clearTimeout(saveTimer);
-      saveTimer = null;
-      if (!storage) return;
+      clearTimeout(timer);
+      timer = null;
+      if (!storage || pending === null) return;
       try {
-        storage.setItem(STORAGE_KEY, JSON.stringify({ last: last, floor: floor }));
+        storage.setItem(STORAGE_KEY, JSON.stringify({ since: pending() }));
       } catch (e) { /* quota or disabled: in-memory only */ }
     }
+
+    /** `points`: a function returning the points now (read when written). */
+    function save(points) {
+      pending = points;
+      if (storage && timer === null) timer = setTimeout(flush, 200);
+    }
+
     window.addEventListener('pagehide', flush);
-
-    function remember(key) {
-      seen.add(key);
-      seenOrder.push(key);
-      if (seenOrder.length > SEEN_LIMIT) seen.delete(seenOrder.shift());
-    }
-
-    /**
-     * True if `evt` is new (and records it), false if it was already shown.
-     * `liveOnly`: channels subscribed on this connection without a replay.
-     */
-    function accept(evt, liveOnly) {
-      if (evt.id === null) return true; // published without an id: nothing to compare
-      var ch = evt.channel === null ? '' : evt.channel;
-      var key = ch + '\n' + evt.id;
-      if (seen.has(key)) {
-        stats.duplicates += 1;
-        return false;
-      }
-      var cmp = last[ch] !== undefined ? compareIds(evt.id, last[ch]) : null;
-      if (cmp !== null && cmp <= 0) {
-        stats.outOfOrder += 1;
-        return false;
-      }
-      remember(key);
-      if (ch && parseId(evt.id)) {
-        last[ch] = evt.id;
-        delete floor[ch];
-        if (liveOnly.has(ch)) {
-          liveOnly.forEach(function (other) {
-            if (other === ch || last[other] !== undefined) return;
-            var c = floor[other] !== undefined ? compareIds(evt.id, floor[other]) : 1;
-            if (c !== null && c > 0) floor[other] = evt.id;
-          });
-        }
-        save();
-      }
-      return true;
-    }
-
-    /** { channel: id } to resume from, for the channels that have one. */
-    function sinceFor(channels) {
-      var out = {};
-      channels.forEach(function (ch) {
-        var id = last[ch] !== undefined ? last[ch] : floor[ch];
-        if (id !== undefined) out[ch] = id;
-      });
-      return out;
-    }
-
-    /** Stop resuming `channel` (after a reset, or when it is unfollowed). */
-    function forget(channel) {
-      delete last[channel];
-      delete floor[channel];
-      save();
-    }
-
-    return { accept: accept, sinceFor: sinceFor, forget: forget };
+    return { load: load, save: save };
   }
 
   /* ------------------------------------------------------------------ */
@@ -497,167 +287,6 @@
   }
 
   /* ------------------------------------------------------------------ */
-  /* connection                                                          */
-  /* ------------------------------------------------------------------ */
-
-  /**
-   * Keep a WebSocket open to the feed, reconnecting by itself.
-   *   opts.url():               URL for the next attempt (called on every attempt)
-   *   opts.onSocket(ws):        a new WebSocket was created
-   *   opts.onOpen(info):        connected (info.reconnected, info.lostAt)
-   *   opts.onMessage(msg):      parsed event or notice
-   *   opts.onClose():           the open connection was lost
-   *   opts.onState(state, info): 'connecting' | 'open' | 'reconnecting'
-   *   opts.probe(url):          after a failure before opening: Promise of a refusal or null
-   *   opts.onDenied(refusal):   access refused (401/403, or the token expired): no more tries
-   * Returns { send(obj) -> bool, isOpen(), retryNow(), close() }.
-   */
-  function connectFeed(opts) {
-    var ws = null;
-    var attempt = 0;
-    var timer = null;
-    var everOpened = false;
-    var openedAt = 0;
-    var lostAt = null;
-    var stopped = false;
-    var noop = function () {};
-    var onSocket = opts.onSocket || noop;
-    var onOpen = opts.onOpen || noop;
-    var onClose = opts.onClose || noop;
-    var probe = opts.probe || function () { return Promise.resolve(null); };
-    var onDenied = opts.onDenied || noop;
-    var lastUrl = null;
-
-    /** Access refused: stop for good (a new token means a new page load). */
-    function deny(refusal) {
-      stopped = true;
-      clearTimeout(timer);
-      timer = null;
-      onDenied(refusal);
-    }
-
-    function setState(state, info) {
-      opts.onState(state, info || {});
-    }
-
-    function schedule(delay) {
-      clearTimeout(timer);
-      setState(everOpened ? 'reconnecting' : (attempt === 0 ? 'connecting' : 'reconnecting'),
-        { delay: delay, attempt: attempt });
-      timer = setTimeout(open, delay);
-    }
-
-    function open() {
-      timer = null;
-      if (stopped) return;
-      var socket;
-      try {
-        lastUrl = opts.url();
-        socket = new WebSocket(lastUrl);
-      } catch (e) {
-        attempt += 1;
-        schedule(backoffDelay(attempt));
-        return;
-      }
-      ws = socket;
-      onSocket(socket);
-
-      socket.onopen = function () {
-        if (ws !== socket) return;
-        openedAt = Date.now();
-        var info = { reconnected: lostAt !== null, lostAt: lostAt };
-        everOpened = true;
-        lostAt = null;
-        onOpen(info);
-        setState('open', info);
-      };
-
-      socket.onmessage = function (e) {
-        if (ws !== socket) return;
-        var msg = parseEvent(e.data);
-        if (msg) opts.onMessage(msg);
-      };
-
-      socket.onclose = function (e) {
-        if (ws !== socket) return;
-        ws = null;
-        var wasOpen = openedAt !== 0;
-        if (wasOpen) onClose();
-        if (stopped) return;
-        if (wasOpen) {
-          if (lostAt === null) lostAt = new Date();
-          var stable = Date.now() - openedAt >= STABLE_AFTER_MS;
-          openedAt = 0;
-          if (e.code === CLOSE_GOING_AWAY) {
-            // Server shutting down or restarting: come back promptly.
-            attempt = 0;
-            schedule(Math.round(Math.random() * 100));
-            return;
-          }
-          if (e.code === CLOSE_POLICY && e.reason === EXPIRED_REASON) {
-            deny({ status: 401, reason: 'expired', error: EXPIRED_REASON, channels: [] });
-            return;
-          }
-          attempt = stable ? 0 : attempt + 1;
-          schedule(backoffDelay(attempt));
-          return;
-        }
-        // Refused before opening: a 401/403 looks like any other failure here. Ask why
-        // before trying again; show "reconnecting" meanwhile.
-        attempt += 1;
-        var delay = backoffDelay(attempt);
-        var probedAt = Date.now();
-        setState('reconnecting', { delay: delay, attempt: attempt });
-        probe(lastUrl).then(function (refusal) {
-          if (stopped) return;
-          if (refusal) {
-            deny(refusal);
-            return;
-          }
-          schedule(Math.max(0, delay - (Date.now() - probedAt)));
-        });
-      };
-
-      // Errors are always followed by a close event; handled there.
-      socket.onerror = function () {};
-    }
-
-    /** Skip the wait and try right now (e.g. the tab became visible again). */
-    function retryNow() {
-      if (stopped || ws || timer === null) return;
-      clearTimeout(timer);
-      open();
-    }
-
-    function isOpen() {
-      return !!ws && ws.readyState === WebSocket.OPEN && openedAt !== 0;
-    }
-
-    function send(obj) {
-      if (!isOpen()) return false;
-      ws.send(JSON.stringify(obj));
-      return true;
-    }
-
-    window.addEventListener('online', retryNow);
-    document.addEventListener('visibilitychange', function () {
-      if (document.visibilityState === 'visible') retryNow();
-    });
-
-    setState('connecting', {});
-    open();
-
-    return {
-      send: send,
-      isOpen: isOpen,
-      retryNow: retryNow,
-      close: function () {
-        stopped = true;
-        clearTimeout(timer);
-        if (ws) ws.close(1000);
-      }
-    };
-  }
 
   /* ------------------------------------------------------------------ */
   /* channels                                                            */
@@ -911,35 +540,12 @@
     var statusText = byId('status');
     var statusPill = byId('status-pill');
 
-    // Counters for tests and debugging (read-only for the page itself).
-    var stats = {
-      events: 0,       // events rendered
-      duplicates: 0,   // events dropped because that channel+id was already shown
-      outOfOrder: 0,   // events dropped because their id was older than the channel's last
-      ignored: 0,      // events of channels no longer followed (in flight while unsubscribing)
-      resets: 0,       // {"op":"reset"} notices
-      reconnects: 0,   // connections opened after the first
-      resumed: 0       // reconnects that asked for a replay (since=...)
-    };
-    window.__heraldStats = stats;
-
-    var resume = createResume(stats, sessionStore(), config.channels);
-
     var feed = createFeed({
       list: byId('feed'),
       empty: byId('empty-state'),
       counter: byId('event-count'),
       clearButton: byId('clear-feed')
     });
-
-    // Per connection: channels the server has been asked for on this socket,
-    // channels it confirmed (events flowing), and channels joined without a
-    // replay (their events are live, so they can advance quiet channels' floors).
-    var requested = new Set();
-    var active = new Set();
-    var liveOnly = new Set();
-    var nextUrl = null; // { channels, since } used for the socket being opened
-    var forbidden = new Set(); // channels the token does not cover: not asked for again
 
     var picker = createChannelPicker({
       list: byId('channel-list'),
@@ -966,18 +572,28 @@
     }, function () { return picker.channels()[0]; });
     publish.refreshChannel(picker.channels());
 
-    function wsUrl() {
-      var channels = picker.channels().filter(function (ch) { return !forbidden.has(ch); });
-      var since = resume.sinceFor(channels);
-      nextUrl = { channels: channels, since: since };
-      return buildWsUrl(location, { channels: channels, since: since, token: config.token });
-    }
-
     var endpoint = byId('ws-endpoint');
-    endpoint.textContent = buildWsUrl(location, {}).split('?')[0];
+    endpoint.textContent = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
     byId('curl-hint').textContent =
       'curl -X POST "' + location.origin + '/events/' + config.channels[0] +
       '?event_type=order&message=Order+%23123+placed"';
+
+    var authOn = null; // from /health: null until known
+    var store = createResumeStore(sessionStore());
+    var client = connect({
+      channels: config.channels,
+      since: store.load(config.channels),
+      token: config.token || undefined,
+      // Ask /sse why a connection failed only where a refusal is possible: while a server
+      // without auth is down, a probe would only add a failed request to each attempt.
+      explainRefusals: function () { return !!config.token || authOn !== false; }
+    });
+    var saveResumePoints = function () { store.save(function () { return client.resumePoints(); }); };
+
+    // Counters and the current socket, for tests and debugging (tests close the socket to
+    // simulate a dropped connection).
+    window.__heraldStats = client.stats;
+    Object.defineProperty(window, '__heraldSocket', { get: function () { return client.socket; } });
 
     /** Keep ?channels= in the address bar, so a reload or a shared link follows the same channels. */
     function updateAddress(channels) {
@@ -993,83 +609,20 @@
       } catch (e) { /* not fatal */ }
     }
 
-    /** Bring this socket's subscriptions in line with the picker. */
-    function syncSubscriptions() {
-      if (!conn || !conn.isOpen()) return;
-      var wanted = picker.channels();
-      wanted.forEach(function (ch) {
-        if (requested.has(ch) || forbidden.has(ch)) return;
-        var msg = { op: 'subscribe', channel: ch };
-        var since = resume.sinceFor([ch])[ch];
-        if (since !== undefined) msg.since = since;
-        if (conn.send(msg)) requested.add(ch);
-      });
-      requested.forEach(function (ch) {
-        if (wanted.indexOf(ch) >= 0) return;
-        if (conn.send({ op: 'unsubscribe', channel: ch })) {
-          requested.delete(ch);
-          active.delete(ch);
-          liveOnly.delete(ch);
-        }
-      });
-    }
-
     function onChannelsChanged(channels) {
-      // An unfollowed channel starts afresh (live) if it is followed again later.
       followed.forEach(function (ch) {
-        if (channels.indexOf(ch) < 0) resume.forget(ch);
+        if (channels.indexOf(ch) < 0) client.unsubscribe(ch);
+      });
+      channels.forEach(function (ch) {
+        if (followed.indexOf(ch) < 0) {
+          picker.setState(ch, 'pending');
+          client.subscribe(ch);
+        }
       });
       followed = channels;
-      channels.forEach(function (ch) { if (!active.has(ch)) picker.setState(ch, 'pending'); });
       updateAddress(channels);
       publish.refreshChannel(channels);
-      syncSubscriptions();
-    }
-
-    function onNotice(n) {
-      switch (n.op) {
-        case 'subscribed':
-          if (n.channel && requested.has(n.channel)) {
-            active.add(n.channel);
-            if (resume.sinceFor([n.channel])[n.channel] === undefined) liveOnly.add(n.channel);
-            picker.setState(n.channel, 'live');
-          }
-          break;
-        case 'reset': {
-          stats.resets += 1;
-          var ch = n.channel || '';
-          var since = parseId(n.since);
-          var when = since ? ' since ' + formatTime(new Date(since[0])) : '';
-          feed.addNotice('reset',
-            'History not available' + when + (ch ? ' on #' + ch : '') + ': some events may be missing',
-            n.reason ? 'Server: ' + n.reason : '');
-          if (ch) resume.forget(ch);
-          break;
-        }
-        case 'error':
-          if (n.error === 'forbidden' && n.channel) {
-            forbid(n.channel);
-            break;
-          }
-          picker.say('Server: ' + (n.error || 'request refused'), 'error');
-          break;
-        case 'unsubscribed':
-          if (n.reason === 'forbidden' && n.channel) forbid(n.channel);
-          break;
-        default:
-          // Anything newer: nothing to show.
-          break;
-      }
-    }
-
-    /** The token does not cover `channel`: say so, and stop asking for it. */
-    function forbid(channel) {
-      forbidden.add(channel);
-      requested.delete(channel);
-      active.delete(channel);
-      liveOnly.delete(channel);
-      picker.setState(channel, 'forbidden');
-      picker.say('Not authorised to follow #' + channel + '.', 'error');
+      saveResumePoints();
     }
 
     /** Access refused for good: show why, and what to do about it. */
@@ -1089,21 +642,59 @@
       picker.channels().forEach(function (ch) { picker.setState(ch, 'forbidden'); });
     }
 
-    function onMessage(msg) {
-      if (msg.kind === 'notice') {
-        onNotice(msg);
-        return;
+    client.on('event', function (evt) {
+      feed.add(evt);
+      saveResumePoints();
+    });
+    client.on('open', function (info) {
+      info.channels.forEach(function (ch) { picker.setState(ch, 'live'); });
+      // Channels with no resume point (nothing seen on any channel yet): events sent
+      // meanwhile cannot be replayed.
+      if (info.blind.length && feed.hasEvents()) {
+        feed.addNotice('gap', 'Connection lost at ' + formatTime(info.lostAt) +
+          ' · events on ' + channelTags(info.blind) + ' sent before reconnecting may be missing');
       }
-      if (msg.channel !== null && !active.has(msg.channel)) {
-        stats.ignored += 1;
-        return;
+    });
+    client.on('close', function (info) {
+      if (info.wasOpen) picker.channels().forEach(function (ch) { picker.setState(ch, 'pending'); });
+    });
+    client.on('subscribed', function (n) { picker.setState(n.channel, 'live'); });
+    client.on('reset', function (n) {
+      var at = n.since ? Number(n.since.split('-')[0]) : NaN;
+      var when = isFinite(at) ? ' since ' + formatTime(new Date(at)) : '';
+      feed.addNotice('reset',
+        'History not available' + when + (n.channel ? ' on #' + n.channel : '') + ': some events may be missing',
+        n.reason ? 'Server: ' + n.reason : '');
+      saveResumePoints();
+    });
+    client.on('forbidden', function (n) {
+      picker.setState(n.channel, 'forbidden');
+      picker.say('Not authorised to follow #' + n.channel + '.', 'error');
+    });
+    client.on('error', function (n) {
+      picker.say('Server: ' + (n.error || 'request refused'), 'error');
+    });
+    client.on('denied', function (refusal) {
+      statusPill.title = refusal.error || '';
+      window.__heraldDenied = refusal;
+      showDenied(refusal);
+    });
+    client.on('state', function (change) {
+      statusText.textContent = STATUS_TEXT[change.state];
+      statusPill.dataset.state = change.state;
+      if (change.state === 'reconnecting' && change.delay !== undefined) {
+        statusPill.title = 'Next attempt in ' + (change.delay / 1000).toFixed(1) + ' s';
+      } else if (change.state !== 'denied') {
+        statusPill.title = '';
       }
-      if (!resume.accept(msg, liveOnly)) return;
-      stats.events += 1;
-      feed.add(msg);
-    }
+      if (change.state === 'open' && change.reconnected) {
+        // The server may have restarted with other settings (e.g. a token).
+        refreshHealth();
+      }
+    });
+    statusText.textContent = STATUS_TEXT[client.state];
+    statusPill.dataset.state = client.state;
 
-    var authOn = null; // from /health: null until known
     function refreshHealth() {
       loadHealth().then(function (health) {
         var info = byId('server-info');
@@ -1120,63 +711,6 @@
           (health.auth === true && !config.token));
       });
     }
-
-    var conn = connectFeed({
-      url: wsUrl,
-      // Test and debugging hook: the current socket (tests close it to simulate a drop).
-      onSocket: function (socket) { window.__heraldSocket = socket; },
-      onOpen: function (info) {
-        var opened = nextUrl || { channels: [], since: {} };
-        requested = new Set(opened.channels);
-        active = new Set(opened.channels);
-        liveOnly = new Set(opened.channels.filter(function (ch) { return !(ch in opened.since); }));
-        opened.channels.forEach(function (ch) { picker.setState(ch, 'live'); });
-        if (info.reconnected) {
-          stats.reconnects += 1;
-          if (Object.keys(opened.since).length) stats.resumed += 1;
-          // Channels with no resume point (nothing seen on any channel yet):
-          // events sent meanwhile cannot be replayed.
-          var blind = opened.channels.filter(function (ch) { return !(ch in opened.since); });
-          if (blind.length && feed.hasEvents()) {
-            feed.addNotice('gap', 'Connection lost at ' + formatTime(info.lostAt) +
-              ' · events on ' + channelTags(blind) + ' sent before reconnecting may be missing');
-          }
-        }
-        syncSubscriptions();
-      },
-      onClose: function () {
-        requested = new Set();
-        active = new Set();
-        liveOnly = new Set();
-        picker.channels().forEach(function (ch) { picker.setState(ch, 'pending'); });
-      },
-      onMessage: onMessage,
-      // Only where a refusal is possible: a probe while a server without auth is down would
-      // only add a failed request to each attempt.
-      probe: function (url) {
-        return config.token || authOn !== false ? probeAccess(url) : Promise.resolve(null);
-      },
-      onDenied: function (refusal) {
-        statusText.textContent = STATUS_TEXT.denied;
-        statusPill.dataset.state = 'denied';
-        statusPill.title = refusal.error || '';
-        window.__heraldDenied = refusal;
-        showDenied(refusal);
-      },
-      onState: function (state, info) {
-        statusText.textContent = STATUS_TEXT[state];
-        statusPill.dataset.state = state;
-        if (state === 'reconnecting' && info.delay !== undefined) {
-          statusPill.title = 'Next attempt in ' + (info.delay / 1000).toFixed(1) + ' s';
-        } else {
-          statusPill.title = '';
-        }
-        if (state === 'open' && info.reconnected) {
-          // The server may have restarted with other settings (e.g. a token).
-          refreshHealth();
-        }
-      }
-    });
     refreshHealth();
   }
 

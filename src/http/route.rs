@@ -65,6 +65,7 @@ pub fn route(req: &Request<'_>, config: &Config, statics: &StaticFiles) -> Actio
         (Method::Get | Method::Head, _) if path.starts_with("/static/") => {
             page(statics, &path["/static/".len()..])
         }
+        (Method::Get | Method::Head, "/herald.js") => client_library(statics),
         (Method::Get | Method::Head, "/health") => Action::Health,
         // Liveness: any answer proves the reactor turns; stays 200 while draining.
         (Method::Get | Method::Head, "/livez") => Action::Reply(
@@ -84,7 +85,7 @@ pub fn route(req: &Request<'_>, config: &Config, statics: &StaticFiles) -> Actio
         (Method::Get | Method::Head, "/ws") => upgrade(req, config, false),
         (Method::Get | Method::Head, "/sse") => sse(req, config),
         (Method::Get | Method::Head, _) if is_echo => upgrade(req, config, true),
-        (_, "/" | "/health" | "/livez" | "/metrics") => not_allowed("GET, HEAD"),
+        (_, "/" | "/herald.js" | "/health" | "/livez" | "/metrics") => not_allowed("GET, HEAD"),
         (_, _) if path.starts_with("/static/") => not_allowed("GET, HEAD"),
         (_, "/events") => not_allowed("POST"),
         (_, _) if path.starts_with("/events/") => not_allowed("GET, HEAD, POST"),
@@ -109,6 +110,17 @@ fn page(statics: &StaticFiles, name: &str) -> Action {
         }
         Err(reply) => reply,
     })
+}
+
+/// `GET /herald.js`, the client library: served like the page's assets, and importable from
+/// pages of other origins (a module script from elsewhere is fetched with CORS).
+fn client_library(statics: &StaticFiles) -> Action {
+    match page(statics, "herald.js") {
+        Action::Reply(reply) if reply.status == 200 => {
+            Action::Reply(reply.header("Access-Control-Allow-Origin", "*"))
+        }
+        other => other,
+    }
 }
 
 fn not_allowed(allow: &'static str) -> Action {
