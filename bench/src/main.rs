@@ -7,7 +7,8 @@
 //! Redis publishing, [`reactor`] the mio loop, [`run`] phase orchestration,
 //! [`ramp`] load over time, [`worker`] multi-process split, [`load`] the
 //! generator's own load and
-//! saturation verdict, [`stats`] mergeable results, [`report`] output,
+//! saturation verdict, [`stats`] mergeable results, [`thresholds`] pass/fail limits for CI,
+//! [`report`] output,
 //! [`procfs`] process sampling, [`wire`] protocol parsing.
 
 mod channels;
@@ -22,6 +23,7 @@ mod reactor;
 mod report;
 mod run;
 mod stats;
+mod thresholds;
 mod wire;
 mod worker;
 

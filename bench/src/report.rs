@@ -10,6 +10,7 @@ use crate::churn::ResumeReport;
 use crate::load::GeneratorLoad;
 use crate::ramp::{PhaseReport, SecondReport};
 use crate::stats::LatencySummary;
+use crate::thresholds::Verdict;
 
 /// Server-side samples (present with `--pid`).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -79,6 +80,8 @@ pub struct FanoutReport {
     pub sched_latency_us: Option<LatencySummary>,
     /// `--churn` / `--storm-at`: drops, reconnects with resume, resets.
     pub resume: Option<ResumeReport>,
+    /// CI thresholds given, each with what was measured.
+    pub thresholds: Vec<Verdict>,
     /// Server CPU time in the publish phase per delivery, microseconds.
     pub server_cpu_per_delivery_us: Option<f64>,
     /// Generator CPU time (all processes) in the publish phase per delivery.
@@ -120,6 +123,8 @@ pub struct ThroughputReport {
     pub latency_us: Option<LatencySummary>,
     pub subscriber_deliveries: u64,
     pub deliveries_per_sec: f64,
+    /// CI thresholds given, each with what was measured.
+    pub thresholds: Vec<Verdict>,
     #[serde(flatten)]
     pub server: ServerFigures,
     pub gen_cpu_s: f64,
@@ -169,8 +174,12 @@ pub struct RampReport {
     pub latency_us: Option<LatencySummary>,
     pub sched_latency_us: Option<LatencySummary>,
     pub phases: Vec<PhaseReport>,
+    /// Deliveries over the ramp's duration.
+    pub deliveries_per_sec: f64,
     /// `--churn` / `--storm-at`: drops, reconnects with resume, resets.
     pub resume: Option<ResumeReport>,
+    /// CI thresholds given, each with what was measured.
+    pub thresholds: Vec<Verdict>,
     /// One entry per second since the ramp started.
     pub series: Vec<SecondReport>,
     pub server_cpu_per_delivery_us: Option<f64>,
@@ -479,6 +488,7 @@ impl FanoutReport {
         );
         t.row("cpu per delivery", us(self.gen_cpu_per_delivery_us));
         generator_rows(&mut t, &self.generator);
+        threshold_rows(&mut t, &self.thresholds);
         result_rows(&mut t, self.ok, &self.problems);
         banner(&mut t, &self.generator);
         t.0
@@ -584,6 +594,7 @@ impl RampReport {
         t.section(&format!("generator ({} client processes)", self.workers));
         t.row("cpu per delivery", us(self.gen_cpu_per_delivery_us));
         generator_rows(&mut t, &self.generator);
+        threshold_rows(&mut t, &self.thresholds);
         result_rows(&mut t, self.ok, &self.problems);
         banner(&mut t, &self.generator);
         t.0
@@ -634,9 +645,28 @@ impl ThroughputReport {
             ),
         );
         generator_rows(&mut t, &self.generator);
+        threshold_rows(&mut t, &self.thresholds);
         result_rows(&mut t, self.ok, &self.problems);
         banner(&mut t, &self.generator);
         t.0
+    }
+}
+
+fn threshold_rows(t: &mut Table, verdicts: &[Verdict]) {
+    if verdicts.is_empty() {
+        return;
+    }
+    t.section("thresholds");
+    for v in verdicts {
+        t.row(
+            v.threshold,
+            format!(
+                "{}: measured {}: {}",
+                v.limit,
+                v.measured,
+                if v.passed { "ok" } else { "FAILED" }
+            ),
+        );
     }
 }
 

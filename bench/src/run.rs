@@ -16,6 +16,7 @@ use crate::ramp::{self, Ramp};
 use crate::reactor::{PUB_BASE, Reactor};
 use crate::report::{FanoutReport, RampReport, ServerFigures, ThroughputReport};
 use crate::stats::PoolStats;
+use crate::thresholds::{self, Measured, Verdict};
 use crate::worker::{Progress, WorkerConfig, WorkerSet};
 
 /// Where the clients live.
@@ -486,8 +487,18 @@ fn resume_report(
     problems: &mut Vec<String>,
 ) -> Option<ResumeReport> {
     let r = ResumeReport::new(&args.disruption()?, &stats.resume);
-    problems.extend(r.problems());
+    problems.extend(r.problems(args.max_loss.is_some(), args.max_connect_failures.is_some()));
     Some(r)
+}
+
+/// Judges the CI thresholds; each failed one becomes a problem naming the
+/// limit and the figure.
+fn judge_thresholds(args: &Args, m: &Measured, problems: &mut Vec<String>) -> Vec<Verdict> {
+    let verdicts = thresholds::judge(&args.limits(), m);
+    for v in verdicts.iter().filter(|v| !v.passed) {
+        problems.push(format!("threshold failed: {}", v.describe()));
+    }
+    verdicts
 }
 
 /// Runs `--mode fanout`.
@@ -583,13 +594,13 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
     // Per connected client, its channel's event count (all events when off).
     let expected_deliveries = stats.expected_deliveries;
 
-    if stats.failed > 0 {
+    if stats.failed > 0 && args.max_connect_failures.is_none() {
         problems.push(format!("{} client(s) failed to connect", stats.failed));
     }
     if stats.closed_early > 0 {
         problems.push(format!("{} client(s) closed early", stats.closed_early));
     }
-    if stats.lost > 0 {
+    if stats.lost > 0 && args.max_loss.is_none() {
         problems.push(format!(
             "{} deliveries missing ({} of {} clients incomplete)",
             stats.lost,
@@ -625,6 +636,24 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
         problems.push(format!("only {issued} of {events} events published"));
     }
     let resume = resume_report(args, &stats, &mut problems);
+    let deliveries_per_sec = rate_per_sec(stats.deliveries, delivery_seconds);
+    let thresholds = judge_thresholds(
+        args,
+        &Measured {
+            p99_us: if args.rate.is_some() {
+                &stats.sched_latency
+            } else {
+                &stats.latency
+            }
+            .summary()
+            .map(|l| l.p99),
+            loss: Some(stats.lost + stats.resume.counts.reset_gap_events),
+            expected: expected_deliveries,
+            deliveries_per_sec: Some(deliveries_per_sec),
+            connect_failures: stats.failed + stats.resume.counts.resume_failed,
+        },
+        &mut problems,
+    );
 
     let server = ServerFigures {
         server_pid: args.pid,
@@ -686,10 +715,11 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
         wrong_channel: stats.wrong_channel,
         complete_clients: stats.complete_clients,
         delivery_seconds,
-        deliveries_per_sec: rate_per_sec(stats.deliveries, delivery_seconds),
+        deliveries_per_sec,
         latency_us: stats.latency.summary(),
         sched_latency_us: stats.sched_latency.summary(),
         resume,
+        thresholds,
         server_cpu_per_delivery_us: server.server_cpu_publish_s.and_then(per_delivery_us),
         gen_cpu_per_delivery_us: generator.as_ref().and_then(|g| per_delivery_us(g.cpu_s)),
         server,
@@ -775,7 +805,7 @@ pub fn ramp(args: &Args, ramp: &Ramp) -> Res<RampReport> {
     let pb = b.reactor.publisher.as_ref();
     let issued = pb.map_or(0, |p| p.issued);
     let publish_errors = pb.map_or(0, |p| p.errors);
-    if stats.failed > 0 {
+    if stats.failed > 0 && args.max_connect_failures.is_none() {
         problems.push(format!("{} client(s) failed to connect", stats.failed));
     }
     if stats.closed_early > 0 {
@@ -784,7 +814,7 @@ pub fn ramp(args: &Args, ramp: &Ramp) -> Res<RampReport> {
             stats.closed_early
         ));
     }
-    if order_guaranteed && stats.gaps > 0 {
+    if order_guaranteed && stats.gaps > 0 && args.max_loss.is_none() {
         problems.push(format!(
             "{} events missing between events clients received",
             stats.gaps
@@ -803,6 +833,19 @@ pub fn ramp(args: &Args, ramp: &Ramp) -> Res<RampReport> {
         problems.push("no event was delivered".into());
     }
     let resume = resume_report(args, &stats, &mut problems);
+    let deliveries_per_sec = rate_per_sec(stats.deliveries, duration_s);
+    let loss = stats.gaps + stats.resume.counts.reset_gap_events;
+    let thresholds = judge_thresholds(
+        args,
+        &Measured {
+            p99_us: stats.sched_latency.summary().map(|l| l.p99),
+            loss: order_guaranteed.then_some(loss),
+            expected: stats.deliveries + loss,
+            deliveries_per_sec: Some(deliveries_per_sec),
+            connect_failures: stats.failed + stats.resume.counts.resume_failed,
+        },
+        &mut problems,
+    );
     let server_cpu_s = delta(s_start.cpu_s, s_end.cpu_s);
     let per_delivery_us =
         |cpu_s: f64| (stats.deliveries > 0).then(|| cpu_s / stats.deliveries as f64 * 1e6);
@@ -839,6 +882,8 @@ pub fn ramp(args: &Args, ramp: &Ramp) -> Res<RampReport> {
         phases: ramp::phase_reports(ramp, &stats.series),
         series: ramp::series_report(ramp, &stats.series),
         resume,
+        deliveries_per_sec,
+        thresholds,
         server_cpu_per_delivery_us: server_cpu_s.and_then(per_delivery_us),
         gen_cpu_per_delivery_us: generator.as_ref().and_then(|g| per_delivery_us(g.cpu_s)),
         server: ServerFigures {
@@ -930,7 +975,7 @@ pub fn throughput(args: &Args) -> Res<ThroughputReport> {
     if errors > 0 {
         problems.push(format!("{errors} request errors"));
     }
-    if stats.failed > 0 {
+    if stats.failed > 0 && args.max_connect_failures.is_none() {
         problems.push(format!("{} subscriber(s) failed to connect", stats.failed));
     }
     if stats.closed_early > 0 {
@@ -941,6 +986,18 @@ pub fn throughput(args: &Args) -> Res<ThroughputReport> {
         _ => 0.0,
     };
     let gen_cpu = generator.as_ref().map_or(0.0, |g| g.cpu_s);
+    let deliveries_per_sec = rate_per_sec(stats.deliveries, delivery_s);
+    let thresholds = judge_thresholds(
+        args,
+        &Measured {
+            p99_us: pb.and_then(|p| p.rtt.summary()).map(|l| l.p99),
+            loss: None,
+            expected: 0,
+            deliveries_per_sec: (subscribers > 0).then_some(deliveries_per_sec),
+            connect_failures: stats.failed,
+        },
+        &mut problems,
+    );
     Ok(ThroughputReport {
         mode: "throughput",
         target: format!("{}:{}", args.host, args.port),
@@ -957,7 +1014,8 @@ pub fn throughput(args: &Args) -> Res<ThroughputReport> {
         requests_per_sec: rate_per_sec(ok_n, duration_s),
         latency_us: pb.and_then(|p| p.rtt.summary()),
         subscriber_deliveries: stats.deliveries,
-        deliveries_per_sec: rate_per_sec(stats.deliveries, delivery_s),
+        deliveries_per_sec,
+        thresholds,
         server: ServerFigures {
             server_pid: args.pid,
             server_rss_before_bytes: s_before.rss_bytes,
