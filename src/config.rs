@@ -167,6 +167,11 @@ pub struct Cli {
     #[arg(long, env = "MAX_BATCH_EVENTS", default_value_t = 1000)]
     pub max_batch_events: usize,
 
+    /// Redis mode: how often each replica writes its subscriber counts to Redis, in ms; they
+    /// expire after three times this, so a dead replica's clients drop out by then.
+    #[arg(long, env = "OCCUPANCY_REFRESH_MS", default_value_t = 2000)]
+    pub occupancy_refresh_ms: u64,
+
     /// Embedded: most idempotency keys remembered (over it, the oldest are forgotten first).
     #[arg(long, env = "IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000)]
     pub idempotency_max_keys: usize,
@@ -418,6 +423,8 @@ pub struct Config {
     pub idempotency: IdempotencyLimits,
     /// Most events in one `POST /events/batch`.
     pub max_batch_events: usize,
+    /// Redis mode: how often subscriber counts are written to Redis (`OCCUPANCY_REFRESH_MS`).
+    pub occupancy_refresh: Duration,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -525,6 +532,8 @@ impl Config {
             compression: cli.compression == Switch::On,
             compress_min_bytes: cli.compress_min_bytes,
             max_batch_events: positive("MAX_BATCH_EVENTS", cli.max_batch_events)?,
+            // Below 100 ms the flushes would cost Redis more than fresher counts are worth.
+            occupancy_refresh: Duration::from_millis(cli.occupancy_refresh_ms.max(100)),
             auth: Auth::from_settings(&AuthSettings {
                 secret: cli.auth_jwt_secret,
                 public_key: cli.auth_jwt_public_key,
@@ -567,6 +576,7 @@ impl Config {
                 max_bytes: 32 * 1024 * 1024,
             },
             max_batch_events: 1000,
+            occupancy_refresh: Duration::from_secs(2),
         }
     }
 }

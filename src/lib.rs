@@ -29,6 +29,8 @@
 //!   age); pages of it
 //! - `replay`       a resuming subscriber: which page next, what to do with live events meanwhile
 //! - `fanout`       channel -> subscribers; delivery of one shared frame to each
+//! - `occupancy`    subscribers per channel (here and, with Redis, on every replica), who
+//!   watches them, when each watcher is due an update (no sockets)
 //! - `sse`          Server-Sent Events records
 //! - `outq`         per-connection queue of shared buffers, written with writev
 //! - `event`        the event and its one JSON encoding
@@ -48,6 +50,7 @@ pub mod http;
 pub mod hub;
 pub mod idempotency;
 pub mod metrics;
+pub mod occupancy;
 pub mod outq;
 pub mod ratelog;
 pub mod reactor;

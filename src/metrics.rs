@@ -78,6 +78,9 @@ pub mod limit {
     /// Embedded: an idempotency key forgotten before its window ended, over
     /// `IDEMPOTENCY_MAX_KEYS` or `IDEMPOTENCY_MAX_BYTES` (a retry with it would publish again).
     pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
+    /// An occupancy watch refused: the connection's cap (subscriptions and watches
+    /// together), or `MAX_SUBSCRIBED_CHANNELS` channels watched.
+    pub const OCCUPANCY_WATCHES: &str = "occupancy_watches";
 }
 
 /// Why a connection closed: the `reason` label of `herald_connections_closed_total`.

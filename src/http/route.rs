@@ -11,6 +11,7 @@ use crate::auth::{Denial, Grant};
 use crate::channel::{self, Wanted};
 use crate::config::Config;
 use crate::event::EventId;
+use crate::occupancy;
 use crate::static_files::StaticFiles;
 use crate::ws::deflate::Agreement;
 use crate::ws::handshake;
@@ -45,6 +46,17 @@ pub enum Action {
     Refused {
         denial: Denial,
         reply: Reply,
+    },
+    /// `GET /channels`: channels with subscribers and their counts, a page at a time, those
+    /// the asker may read only (`grant`: its token's, when auth is on).
+    Channels {
+        after: Option<String>,
+        limit: usize,
+        grant: Option<Grant>,
+    },
+    /// `GET /channels/<channel>`: its subscriber count (access already checked).
+    Occupancy {
+        channel: String,
     },
     /// `GET /events/<channel>`: the channel's history as JSON.
     History {
@@ -82,6 +94,10 @@ pub fn route(req: &Request<'_>, config: &Config, statics: &StaticFiles) -> Actio
         (Method::Get | Method::Head, _) if path.starts_with("/events/") => {
             history(req, config, &path["/events/".len()..])
         }
+        (Method::Get | Method::Head, "/channels") => channels(req, config),
+        (Method::Get | Method::Head, _) if path.starts_with("/channels/") => {
+            occupancy(req, config, &path["/channels/".len()..])
+        }
         (Method::Get | Method::Head, "/ws") => upgrade(req, config, false),
         (Method::Get | Method::Head, "/sse") => sse(req, config),
         (Method::Get | Method::Head, _) if is_echo => upgrade(req, config, true),
@@ -89,7 +105,8 @@ pub fn route(req: &Request<'_>, config: &Config, statics: &StaticFiles) -> Actio
         (_, _) if path.starts_with("/static/") => not_allowed("GET, HEAD"),
         (_, "/events") => not_allowed("POST"),
         (_, _) if path.starts_with("/events/") => not_allowed("GET, HEAD, POST"),
-        (_, "/ws" | "/sse") => not_allowed("GET, HEAD"),
+        (_, "/ws" | "/sse" | "/channels") => not_allowed("GET, HEAD"),
+        (_, _) if path.starts_with("/channels/") => not_allowed("GET, HEAD"),
         (_, _) if is_echo => not_allowed("GET, HEAD"),
         _ => Action::Reply(Reply::error(404, "not found")),
     }
@@ -272,6 +289,53 @@ fn wanted(req: &Request<'_>, last_event_id: Option<&str>) -> Result<Wanted, Repl
     channel::parse_wanted(channels.as_deref(), since).map_err(bad)
 }
 
+/// `GET /channels?after=<name>&limit=N`. Who may list: anyone, but with auth on only the
+/// channels the asker could subscribe to are listed (public ones without a token), so the
+/// list reveals no channel it may not read; a bad token is refused as for subscribing.
+fn channels(req: &Request<'_>, config: &Config) -> Action {
+    let grant = match access::subscriber(req, config, []) {
+        Ok(grant) => grant,
+        Err(denial) => return refused(denial),
+    };
+    let query = req.query.as_bytes();
+    let param = |key| form::get(query, key).ok().flatten();
+    let after = match param("after") {
+        None => None,
+        Some(name) => match channel::validate(&name) {
+            Ok(()) => Some(name.into_owned()),
+            Err(e) => return Action::Reply(Reply::error(400, &format!("invalid after: {e}"))),
+        },
+    };
+    let limit = match param("limit") {
+        None => occupancy::DEFAULT_LIST_LIMIT,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=occupancy::MAX_LIST_LIMIT).contains(&n) => n,
+            _ => {
+                let why = format!("invalid limit: 1 to {}", occupancy::MAX_LIST_LIMIT);
+                return Action::Reply(Reply::error(400, &why));
+            }
+        },
+    };
+    Action::Channels {
+        after,
+        limit,
+        grant,
+    }
+}
+
+/// `GET /channels/<channel>`: the same right as subscribing to it.
+fn occupancy(req: &Request<'_>, config: &Config, name: &str) -> Action {
+    if let Err(e) = channel::validate(name) {
+        return Action::Reply(Reply::error(400, &e));
+    }
+    match access::subscriber(req, config, [name]) {
+        Ok(_) => Action::Occupancy {
+            channel: name.to_string(),
+        },
+        Err(denial) => refused(denial),
+    }
+}
+
 fn history(req: &Request<'_>, config: &Config, name: &str) -> Action {
     if let Err(e) = channel::validate(name) {
         return Action::Reply(Reply::error(400, &e));
@@ -374,6 +438,35 @@ mod tests {
             status(act("GET /sse?channels=a*b HTTP/1.1\r\n\r\n", &c)),
             400
         );
+        assert_eq!(
+            act("GET /channels?after=b&limit=5 HTTP/1.1\r\n\r\n", &c),
+            Action::Channels {
+                after: Some("b".into()),
+                limit: 5,
+                grant: None
+            }
+        );
+        assert_eq!(
+            act("GET /channels HTTP/1.1\r\n\r\n", &c),
+            Action::Channels {
+                after: None,
+                limit: occupancy::DEFAULT_LIST_LIMIT,
+                grant: None
+            }
+        );
+        for bad in ["limit=0", "limit=1001", "limit=x", "after=a*b"] {
+            let raw = format!("GET /channels?{bad} HTTP/1.1\r\n\r\n");
+            assert_eq!(status(act(&raw, &c)), 400, "{bad}");
+        }
+        assert_eq!(
+            act("GET /channels/orders HTTP/1.1\r\n\r\n", &c),
+            Action::Occupancy {
+                channel: "orders".into()
+            }
+        );
+        assert_eq!(status(act("GET /channels/a%20b HTTP/1.1\r\n\r\n", &c)), 400);
+        assert_eq!(status(act("POST /channels HTTP/1.1\r\n\r\n", &c)), 405);
+        assert_eq!(status(act("DELETE /channels/a HTTP/1.1\r\n\r\n", &c)), 405);
     }
 
     #[test]

@@ -103,6 +103,16 @@ impl Reactor {
                 );
             }
         }
+        // Occupancy of a channel it may no longer read is no longer its business either.
+        for name in self.occupancy.watched_by(key) {
+            if !self.may_subscribe(key, &name) {
+                self.occupancy.unwatch(key, &name);
+                self.send_notice(
+                    key,
+                    json!({ "op": "occupancy", "channel": name, "watching": false, "reason": "forbidden" }),
+                );
+            }
+        }
     }
 
     fn refuse_refresh(&mut self, key: usize, denial: &Denial) {

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use serde_json::json;
 
-use super::pending::{HistoryRequest, Pending};
+use super::pending::{HistoryRequest, HttpWaiter, Pending};
 use super::process::Report;
 use super::{CLOSE_TIMEOUT_SECS, Reactor};
 use crate::broker::{self, Broker, Read};
@@ -107,6 +107,18 @@ impl Reactor {
                         limit,
                     };
                     self.read_history(request);
+                }
+                Action::Channels {
+                    after,
+                    limit,
+                    grant,
+                } => {
+                    let waiter = self.http_waiter(key, keep_alive, head_only);
+                    self.answer_channels(waiter, after, limit, grant);
+                }
+                Action::Occupancy { channel } => {
+                    let waiter = self.http_waiter(key, keep_alive, head_only);
+                    self.answer_occupancy(waiter, channel);
                 }
                 Action::Refused { denial, reply } => {
                     self.record_denial(key, &denial);
@@ -236,6 +248,15 @@ impl Reactor {
         };
         let reply = reply.for_head(request.head_only);
         self.answer_waiting(request.key, request.serial, reply, request.keep_alive);
+    }
+
+    fn http_waiter(&self, key: usize, keep_alive: bool, head_only: bool) -> HttpWaiter {
+        HttpWaiter {
+            key,
+            serial: self.conns[key].serial,
+            keep_alive,
+            head_only,
+        }
     }
 
     /// Queues a reply; closes after it when asked to or when the request was not keep-alive.

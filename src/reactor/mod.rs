@@ -19,6 +19,7 @@
 
 mod auth;
 mod http;
+mod occupancy;
 mod outcome;
 mod pending;
 mod per_ip;
@@ -124,6 +125,8 @@ pub struct Reactor {
     groups: Slab<outcome::Group>,
     /// Channels reading what they missed while the Redis subscription was down.
     catch_ups: CatchUps,
+    /// Subscribers per channel (here and, with Redis, elsewhere), and who watches them.
+    occupancy: crate::occupancy::Occupancy,
     metrics: Metrics,
     /// Warnings a peer can cause repeatedly, logged once per interval with a count.
     warnings: RateLog,
@@ -190,6 +193,7 @@ impl Reactor {
         let statics = StaticFiles::new(config.static_dir.as_deref())?;
         let broker = Broker::for_reactor(&config, process.hub(), index);
         let outbox = Outbox::new(config.limits.max_queued_bytes);
+        let occupancy = new_occupancy(&config);
         let mut reactor = Reactor {
             index,
             process,
@@ -209,6 +213,7 @@ impl Reactor {
             catch_ups: CatchUps::default(),
             parked: ParkedPublishes::default(),
             inbox: Vec::new(),
+            occupancy,
             groups: Slab::new(),
             metrics: Metrics::default(),
             warnings: RateLog::default(),
@@ -299,6 +304,7 @@ impl Reactor {
             }
             let now = Instant::now();
             self.on_timers(now);
+            self.on_occupancy_timers(now);
             if self.drain_until.is_some_and(|until| now >= until) {
                 self.process.close();
                 self.start_closing();
@@ -332,6 +338,9 @@ impl Reactor {
                 .min(redis.publisher.next_deadline());
         }
         if let Some(at) = self.redis_work_deadline() {
+            deadline = deadline.min(at);
+        }
+        if let Some(at) = self.occupancy_deadline() {
             deadline = deadline.min(at);
         }
         if let Some(at) = self.shutdown_deadline.or(self.drain_until) {
@@ -1009,6 +1018,23 @@ impl Reactor {
             .and_then(|c| c.stream.peer_addr().ok())
             .map_or_else(|| "?".to_string(), |a| a.to_string());
         log::log!(level, "conn {key} {peer}: {message}");
+    }
+}
+
+/// Occupancy of this reactor: alone (embedded), or a replica of its own in Redis (a random
+/// id per reactor, so several reactors of one process count as several replicas).
+fn new_occupancy(config: &Config) -> crate::occupancy::Occupancy {
+    use crate::occupancy::{Occupancy, OccupancyLimits, RedisKeys};
+    let limits = OccupancyLimits {
+        per_connection: crate::channel::MAX_PER_CONNECTION,
+        max_watched_channels: config.max_subscribed_channels,
+    };
+    match &config.redis {
+        None => Occupancy::new(limits),
+        Some(_) => {
+            let keys = RedisKeys::new(&config.channel_prefix, RedisKeys::random_id());
+            Occupancy::shared(limits, config.occupancy_refresh, keys, Instant::now())
+        }
     }
 }
 

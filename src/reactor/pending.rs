@@ -31,6 +31,47 @@ pub(super) enum Pending {
         channel: String,
         since: EventId,
     },
+    /// Subscriber counts written to or read from Redis (`reactor/occupancy.rs`).
+    Occupancy(OccupancyWork),
+}
+
+/// What an occupancy script call is for.
+#[derive(Debug)]
+pub(super) enum OccupancyWork {
+    /// This replica's counts written (and its expiry renewed).
+    Flush,
+    /// Counts elsewhere of channels watched here: a round of the reactor's clock, or the
+    /// first read of a newly watched channel (asked for by a client).
+    Watched {
+        channels: Vec<Box<str>>,
+        round: bool,
+    },
+    /// `GET /channels/<channel>`.
+    Count(HttpWaiter, String),
+    /// `GET /channels`: the page, for a reader who may see `grant`'s channels.
+    List(HttpWaiter, Option<crate::auth::Grant>),
+}
+
+impl OccupancyWork {
+    /// Asked for by a client (counted against `MAX_PENDING_READS`), not by the reactor's
+    /// own clock (bounded by it: one flush round and one read out at a time).
+    pub(super) fn is_request(&self) -> bool {
+        matches!(
+            self,
+            OccupancyWork::Count(..)
+                | OccupancyWork::List(..)
+                | OccupancyWork::Watched { round: false, .. }
+        )
+    }
+}
+
+/// An HTTP request waiting for Redis, to answer when it replies.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HttpWaiter {
+    pub(super) key: usize,
+    pub(super) serial: u32,
+    pub(super) keep_alive: bool,
+    pub(super) head_only: bool,
 }
 
 /// Which member of which group (a slab key of the reactor's publish groups) a publish is.

@@ -879,6 +879,7 @@ impl Reactor {
                 self.on_replay_page(page_read, result);
                 self.continue_replay(key);
             }
+            Pending::Occupancy(work) => self.on_occupancy_reply(work, reply),
             Pending::CatchUp { channel, since } => {
                 if reply.is_err() {
                     // The read was lost with the link, not refused by Redis: read again once

@@ -63,8 +63,12 @@ impl Reactor {
                 }
                 LinkEvent::Subscribed(_) => self.on_redis_progress(),
                 LinkEvent::Reply(reply) => self.on_redis_reply(reply),
-                LinkEvent::Up(_) => {
+                LinkEvent::Up(role) => {
                     self.metrics.redis_reconnects += 1;
+                    if role == Role::Publisher {
+                        // Redis may have restarted empty: our counts are written again.
+                        self.occupancy.redis_reconnected(Instant::now());
+                    }
                     self.on_redis_progress();
                 }
                 LinkEvent::Down(Role::Subscriber) => {
@@ -100,6 +104,7 @@ impl PendingQueue {
             Pending::HttpHistory { .. } | Pending::Replay(_) | Pending::CatchUp { .. } => {
                 self.reads += 1
             }
+            Pending::Occupancy(work) => self.reads += usize::from(work.is_request()),
         }
         self.queue.push_back(pending);
     }
@@ -114,6 +119,7 @@ impl PendingQueue {
             Pending::HttpHistory { .. } | Pending::Replay(_) | Pending::CatchUp { .. } => {
                 self.reads -= 1
             }
+            Pending::Occupancy(work) => self.reads -= usize::from(work.is_request()),
         }
         Some(pending)
     }

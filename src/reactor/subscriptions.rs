@@ -1,7 +1,10 @@
 //! Subscriptions, the reactor's side: opening WebSocket and SSE subscribers, the JSON control
-//! messages that change their channels, and Redis subscriptions counted by local interest. A
+//! messages that change their channels (and ask for occupancy), and Redis subscriptions
+//! counted by local interest. Each join and leave tells occupancy the channel's new count. A
 //! subscriber that resumes from an event id joins the channel first, then its replay starts
 //! (`resume.rs`).
+
+use std::time::Instant;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -25,6 +28,8 @@ struct Control {
     since: Option<String>,
     /// `refresh`: the new token.
     token: Option<String>,
+    /// `occupancy`: false stops the updates (default true).
+    watch: Option<bool>,
 }
 
 impl Reactor {
@@ -104,6 +109,7 @@ impl Reactor {
         let Some((_, first)) = self.fanout.subscribe(&mut self.conns, key, name) else {
             return false;
         };
+        self.note_subscribers(name, Instant::now());
         match &mut self.broker {
             Broker::Embedded(embedded) => embedded.hub.count_subscriber(name, true),
             Broker::Redis(redis) if first => {
@@ -134,24 +140,36 @@ impl Reactor {
                 if let Some(name) = emptied {
                     self.forget_channel(&name);
                 }
+                self.note_subscribers(name, Instant::now());
                 true
             }
         }
     }
 
-    /// Leaves every channel (the connection is going away).
+    /// Leaves every channel and ends every occupancy watch (the connection is going away).
     pub(super) fn unsubscribe_all(&mut self, key: usize) {
+        self.occupancy.forget_watcher(key);
         if let Broker::Embedded(embedded) = &self.broker {
             for subscription in &self.conns[key].subs {
                 let name = self.fanout.name(subscription.channel);
                 embedded.hub.count_subscriber(name, false);
             }
         }
-        let mut emptied = Vec::new();
-        self.fanout
-            .unsubscribe_all(&mut self.conns, key, &mut emptied);
-        for name in emptied {
-            self.forget_channel(&name);
+        let now = Instant::now();
+        while let Some(sub) = self.conns[key].subs.last().copied() {
+            match self.fanout.unsubscribe(&mut self.conns, key, sub.channel) {
+                Some(Some(name)) => {
+                    self.forget_channel(&name);
+                    self.occupancy.set_local(&name, 0, now);
+                }
+                Some(None) => {
+                    let left = self.fanout.subscribers(sub.channel).len();
+                    let name = self.fanout.name(sub.channel);
+                    let left = u32::try_from(left).unwrap_or(u32::MAX);
+                    self.occupancy.set_local(name, left, now);
+                }
+                None => break,
+            }
         }
     }
 
@@ -201,9 +219,11 @@ impl Reactor {
                         return self.send_notice(key, json!({ "op": "error", "error": error }));
                     }
                 };
-                if self.conns[key].subs.len() >= channel::MAX_PER_CONNECTION {
+                // Occupancy watches count against the same cap.
+                let held = self.conns[key].subs.len() + self.occupancy.watches(key);
+                if held >= channel::MAX_PER_CONNECTION {
                     let error = format!(
-                        "at most {} channels per connection",
+                        "at most {} channels and occupancy watches per connection",
                         channel::MAX_PER_CONNECTION
                     );
                     return self.send_notice(key, json!({ "op": "error", "error": error }));
@@ -221,8 +241,11 @@ impl Reactor {
                 self.unsubscribe_from(key, &name);
                 self.send_notice(key, json!({ "op": "unsubscribed", "channel": name }));
             }
+            "occupancy" => self.on_occupancy_op(key, &name, control.watch.unwrap_or(true)),
             other => {
-                let error = format!("unknown op {other:?}: use subscribe, unsubscribe or refresh");
+                let error = format!(
+                    "unknown op {other:?}: use subscribe, unsubscribe, occupancy or refresh"
+                );
                 self.send_notice(key, json!({ "op": "error", "error": error }));
             }
         }

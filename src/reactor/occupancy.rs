@@ -1,0 +1,402 @@
+//! Occupancy, the reactor's side: tells `Occupancy` each channel's local subscriber count as
+//! the fan-out changes, answers `GET /channels` and `GET /channels/<ch>` and the `occupancy`
+//! op, queues the updates that come due (each one text, framed once, the same bytes for every
+//! watcher), and sends Redis the flushes and reads `Occupancy` asks for, pipelined on the
+//! command link, their replies matched through the pending FIFO. The decisions are in
+//! `crate::occupancy`; this file only applies them.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::Reactor;
+use super::pending::{HttpWaiter, OccupancyWork, Pending};
+use crate::auth::Grant;
+use crate::broker::Broker;
+use crate::http::reply::Reply;
+use crate::metrics::limit;
+use crate::occupancy::{self, Update, WatchRefused, Watching};
+use crate::resp::cmd;
+use crate::resp::link::LinkFailure;
+use crate::ws::frame;
+
+impl Reactor {
+    /// The fan-out's subscriber count of `name` may have changed (a join or a leave).
+    pub(super) fn note_subscribers(&mut self, name: &str, now: Instant) {
+        let count = self
+            .fanout
+            .lookup(name)
+            .map_or(0, |channel| self.fanout.subscribers(channel).len());
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        self.occupancy.set_local(name, count, now);
+    }
+
+    /// Every turn: updates whose time has come go out; with Redis, a flush or a read that is
+    /// due is sent. Cheap when nothing is due (a heap peek and two comparisons).
+    pub(super) fn on_occupancy_timers(&mut self, now: Instant) {
+        if self
+            .occupancy
+            .next_deadline()
+            .is_none_or(|deadline| deadline > now)
+        {
+            return;
+        }
+        self.send_occupancy_work(now);
+        for update in self.occupancy.take_due(now) {
+            self.send_occupancy_update(&update);
+        }
+    }
+
+    /// The moment `on_occupancy_timers` has something to do.
+    pub(super) fn occupancy_deadline(&self) -> Option<Instant> {
+        self.occupancy.next_deadline()
+    }
+
+    fn send_occupancy_work(&mut self, now: Instant) {
+        let Broker::Redis(redis) = &mut self.broker else {
+            return;
+        };
+        let ready = redis.publisher.is_ready();
+        let work = self.occupancy.redis_work(now, ready);
+        let (Some(keys), Some(ttl)) = (self.occupancy.redis_keys(), self.occupancy.ttl()) else {
+            return;
+        };
+        let mut flushes = 0;
+        if let Some(flush) = work.flush {
+            let mut resync = flush.resync;
+            let mut batches = flush.counts.chunks(occupancy::FLUSH_BATCH).peekable();
+            if batches.peek().is_none() {
+                // Nothing changed: the flush still renews this replica's expiry.
+                let args = keys.flush_command(ttl, resync, &[]);
+                send(&mut redis.publisher, &args);
+                flushes += 1;
+            }
+            for batch in batches {
+                let args = keys.flush_command(ttl, resync, batch);
+                send(&mut redis.publisher, &args);
+                flushes += 1;
+                resync = false;
+            }
+        }
+        let read = (!work.read.is_empty()).then(|| {
+            let args = keys.count_command(work.read.iter().map(|c| &**c));
+            send(&mut redis.publisher, &args);
+            work.read
+        });
+        for _ in 0..flushes {
+            self.pending
+                .push_back(Pending::Occupancy(OccupancyWork::Flush));
+        }
+        self.occupancy.flush_sent(flushes);
+        if let Some(channels) = read {
+            self.occupancy.read_sent();
+            self.pending
+                .push_back(Pending::Occupancy(OccupancyWork::Watched {
+                    channels,
+                    round: true,
+                }));
+        }
+    }
+
+    /// One update, framed once and queued on each watcher still open.
+    fn send_occupancy_update(&mut self, update: &Update) {
+        let text = json!({
+            "op": "occupancy",
+            "channel": update.channel,
+            "subscribers": update.subscribers,
+        })
+        .to_string();
+        let frame: crate::outq::Chunk = frame::text(text.as_bytes()).into();
+        for &key in &update.watchers {
+            if let Some(conn) = self.conns.get_mut(key)
+                && conn.phase == crate::conn::Phase::WebSocket
+            {
+                conn.queue(key, frame.clone(), &mut self.outbox);
+            }
+        }
+    }
+
+    /// `{"op":"occupancy","channel":...}`: the total now (or, with Redis, as soon as the other
+    /// replicas' count is read), then its changes, at most one a second. `"watch":false`
+    /// stops them.
+    pub(super) fn on_occupancy_op(&mut self, key: usize, name: &str, watch: bool) {
+        if !watch {
+            self.occupancy.unwatch(key, name);
+            let notice = json!({ "op": "occupancy", "channel": name, "watching": false });
+            return self.send_notice(key, notice);
+        }
+        // A client must not learn of channels it may not read.
+        if !self.may_subscribe(key, name) {
+            return self.refuse_subscription(key, name);
+        }
+        let now = Instant::now();
+        let subscriptions = self.conns[key].subs.len();
+        match self.occupancy.watch(key, name, subscriptions, now) {
+            Ok(Watching::Now(subscribers)) => {
+                let notice =
+                    json!({ "op": "occupancy", "channel": name, "subscribers": subscribers });
+                self.send_notice(key, notice);
+            }
+            Ok(Watching::Soon { read: false }) => {}
+            Ok(Watching::Soon { read: true }) => self.read_elsewhere(name, now),
+            Err(refused) => {
+                let (error, warning) = match refused {
+                    WatchRefused::PerConnection(max) => (
+                        format!("at most {max} channels and occupancy watches per connection"),
+                        format!(
+                            "occupancy watch of {name:?} refused: {max} subscriptions and watches on one connection"
+                        ),
+                    ),
+                    WatchRefused::WatchedChannels(max) => (
+                        "server at its limit of watched channels (MAX_SUBSCRIBED_CHANNELS)".into(),
+                        format!(
+                            "occupancy watch of {name:?} refused: {max} channels watched (MAX_SUBSCRIBED_CHANNELS)"
+                        ),
+                    ),
+                };
+                self.metrics.limit_hit(limit::OCCUPANCY_WATCHES);
+                self.warn_peer(key, limit::OCCUPANCY_WATCHES, &warning);
+                self.send_notice(
+                    key,
+                    json!({ "op": "error", "channel": name, "error": error }),
+                );
+            }
+        }
+    }
+
+    /// A newly watched channel: read its count on the other replicas now rather than at the
+    /// next round. Without Redis to ask (down, or too many reads waiting), its watchers get
+    /// the local count, corrected by a later round.
+    fn read_elsewhere(&mut self, name: &str, now: Instant) {
+        let busy = self.refuse_read().is_some();
+        let ready = matches!(&self.broker, Broker::Redis(redis) if redis.publisher.is_ready());
+        if busy || !ready {
+            return self.occupancy.elsewhere_unavailable(name, now);
+        }
+        let (Broker::Redis(redis), Some(keys)) = (&mut self.broker, self.occupancy.redis_keys())
+        else {
+            return;
+        };
+        send(&mut redis.publisher, &keys.count_command([name]));
+        self.pending
+            .push_back(Pending::Occupancy(OccupancyWork::Watched {
+                channels: vec![name.into()],
+                round: false,
+            }));
+    }
+
+    /// `GET /channels/<channel>`: local subscribers, plus the other replicas' with Redis.
+    pub(super) fn answer_occupancy(&mut self, waiter: HttpWaiter, channel: String) {
+        let Broker::Redis(redis) = &mut self.broker else {
+            let reply = count_reply(&channel, self.occupancy.local(&channel));
+            return self.send_http(waiter, reply);
+        };
+        if !redis.publisher.is_ready() {
+            let reply = Reply::error(503, "Redis unavailable: counts of other replicas unknown");
+            return self.send_http(waiter, reply);
+        }
+        if let Some(busy) = self.refuse_read() {
+            return self.send_http(waiter, Reply::error(503, &busy));
+        }
+        let Broker::Redis(redis) = &mut self.broker else {
+            return;
+        };
+        let keys = self
+            .occupancy
+            .redis_keys()
+            .expect("bug: Redis without keys");
+        send(
+            &mut redis.publisher,
+            &keys.count_command([channel.as_str()]),
+        );
+        self.conns[waiter.key].phase = crate::conn::Phase::AwaitingBroker;
+        self.pending
+            .push_back(Pending::Occupancy(OccupancyWork::Count(waiter, channel)));
+    }
+
+    /// `GET /channels?after=&limit=`: a page of channels in name order, those the asker may
+    /// read.
+    pub(super) fn answer_channels(
+        &mut self,
+        waiter: HttpWaiter,
+        after: Option<String>,
+        limit: usize,
+        grant: Option<Grant>,
+    ) {
+        let Broker::Redis(redis) = &mut self.broker else {
+            let (page, next) = self.occupancy.local_page(after.as_deref(), limit);
+            let entries = page.into_iter().map(|(name, n)| (name.to_string(), n));
+            let reply = self.list_reply(entries, next.map(str::to_string), grant.as_ref());
+            return self.send_http(waiter, reply);
+        };
+        if !redis.publisher.is_ready() {
+            let reply = Reply::error(503, "Redis unavailable: counts of other replicas unknown");
+            return self.send_http(waiter, reply);
+        }
+        if let Some(busy) = self.refuse_read() {
+            return self.send_http(waiter, Reply::error(503, &busy));
+        }
+        let Broker::Redis(redis) = &mut self.broker else {
+            return;
+        };
+        let keys = self
+            .occupancy
+            .redis_keys()
+            .expect("bug: Redis without keys");
+        send(
+            &mut redis.publisher,
+            &keys.list_command(after.as_deref(), limit),
+        );
+        self.conns[waiter.key].phase = crate::conn::Phase::AwaitingBroker;
+        self.pending
+            .push_back(Pending::Occupancy(OccupancyWork::List(waiter, grant)));
+    }
+
+    /// `{"channels":[{"channel":..,"subscribers":N}..],"next":..}` with this replica's live
+    /// counts added, channels at 0 and those the reader may not see left out.
+    fn list_reply(
+        &self,
+        entries: impl Iterator<Item = (String, u32)>,
+        next: Option<String>,
+        grant: Option<&Grant>,
+    ) -> Reply {
+        let listed: Vec<serde_json::Value> = entries
+            .filter(|(name, _)| self.may_read(grant, name))
+            .map(|(name, elsewhere)| {
+                let total = elsewhere.saturating_add(self.local_unless_embedded(&name));
+                (name, total)
+            })
+            .filter(|(_, total)| *total > 0)
+            .map(|(name, total)| json!({ "channel": name, "subscribers": total }))
+            .collect();
+        let mut body = json!({ "channels": listed });
+        if let Some(next) = next {
+            body["next"] = json!(next);
+        }
+        Reply::json(200, &body).header("Cache-Control", "no-store")
+    }
+
+    /// With Redis, a listing's counts are the other replicas'; ours are added live. Embedded,
+    /// the listing's counts are already ours.
+    fn local_unless_embedded(&self, name: &str) -> u32 {
+        match self.broker {
+            Broker::Redis(_) => self.occupancy.local(name),
+            Broker::Embedded(_) => 0,
+        }
+    }
+
+    /// Auth off: everything. On: public channels, and those `grant` may subscribe to.
+    fn may_read(&self, grant: Option<&Grant>, channel: &str) -> bool {
+        match &self.config.auth {
+            None => true,
+            Some(auth) => {
+                auth.is_public(channel) || grant.is_some_and(|g| g.may_subscribe(channel))
+            }
+        }
+    }
+
+    fn send_http(&mut self, waiter: HttpWaiter, reply: Reply) {
+        self.send_reply(waiter.key, reply, waiter.keep_alive, waiter.head_only);
+    }
+
+    /// Redis answered an occupancy script (or will not).
+    pub(super) fn on_occupancy_reply(
+        &mut self,
+        work: OccupancyWork,
+        reply: Result<cmd::Reply, LinkFailure>,
+    ) {
+        let now = Instant::now();
+        match work {
+            OccupancyWork::Flush => {
+                let failed = match &reply {
+                    Ok(cmd::Reply::Error(e)) => Some(e.clone()),
+                    Ok(_) => None,
+                    Err(failure) => Some(failure.reason.clone()),
+                };
+                if let Some(why) = &failed {
+                    self.warnings.warn(
+                        "occupancy flush failed",
+                        &format!(
+                            "subscriber counts not written to Redis (written again later): {why}"
+                        ),
+                    );
+                }
+                self.occupancy.flush_answered(failed.is_none());
+            }
+            OccupancyWork::Watched { channels, round } => {
+                if round {
+                    self.occupancy.read_answered();
+                }
+                let counts = reply
+                    .map_err(|failure| failure.reason)
+                    .and_then(|r| occupancy::parse_counts(r, channels.len()));
+                match counts {
+                    Ok(counts) => {
+                        for (channel, count) in channels.iter().zip(counts) {
+                            self.occupancy.set_elsewhere(channel, count, now);
+                        }
+                    }
+                    Err(why) => {
+                        self.warnings.warn(
+                            "occupancy read failed",
+                            &format!("subscriber counts of other replicas not read: {why}"),
+                        );
+                        for channel in &channels {
+                            self.occupancy.elsewhere_unavailable(channel, now);
+                        }
+                    }
+                }
+            }
+            OccupancyWork::Count(waiter, channel) => {
+                let reply = match reply {
+                    Err(failure) if failure.timed_out => Reply::error(504, "redis timeout"),
+                    reply => match reply
+                        .map_err(|failure| failure.reason)
+                        .and_then(|r| occupancy::parse_counts(r, 1))
+                    {
+                        Ok(counts) => {
+                            let total = counts[0].saturating_add(self.occupancy.local(&channel));
+                            count_reply(&channel, total)
+                        }
+                        Err(why) => Reply::error(503, &why),
+                    },
+                };
+                self.answer_http(waiter, reply);
+            }
+            OccupancyWork::List(waiter, grant) => {
+                let reply = match reply {
+                    Err(failure) if failure.timed_out => Reply::error(504, "redis timeout"),
+                    reply => match reply
+                        .map_err(|failure| failure.reason)
+                        .and_then(occupancy::parse_list)
+                    {
+                        Ok(page) => {
+                            self.list_reply(page.entries.into_iter(), page.next, grant.as_ref())
+                        }
+                        Err(why) => Reply::error(503, &why),
+                    },
+                };
+                self.answer_http(waiter, reply);
+            }
+        }
+    }
+
+    fn answer_http(&mut self, waiter: HttpWaiter, reply: Reply) {
+        let reply = reply.for_head(waiter.head_only);
+        self.answer_waiting(waiter.key, waiter.serial, reply, waiter.keep_alive);
+    }
+}
+
+fn count_reply(channel: &str, subscribers: u32) -> Reply {
+    Reply::json(
+        200,
+        &json!({ "channel": channel, "subscribers": subscribers }),
+    )
+    .header("Cache-Control", "no-store")
+}
+
+/// One command on the command link, its arguments as built by `occupancy::RedisKeys`.
+fn send(link: &mut crate::resp::link::RedisLink, args: &[Vec<u8>]) {
+    let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+    link.command(&args);
+}
