@@ -38,6 +38,7 @@ use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame as F;
 use smallvec::SmallVec;
 
+use crate::ratelog::truncate_error;
 use crate::resp::cmd::Reply;
 
 /// At most one update per channel per this long.
@@ -146,6 +147,9 @@ struct SharedClock {
     flushes_out: usize,
     read_out: bool,
     resync: bool,
+    /// Redis holds no count of ours (none written yet, or the last flush left none): a
+    /// replica without subscribers then sends nothing at all.
+    holds_nothing: bool,
     /// Where the next round-robin read of watched channels starts.
     read_from: Option<Box<str>>,
 }
@@ -180,6 +184,7 @@ impl Occupancy {
                 flushes_out: 0,
                 read_out: false,
                 resync: true,
+                holds_nothing: true,
                 read_from: None,
             }),
             ..Occupancy::new(limits)
@@ -486,7 +491,7 @@ impl Occupancy {
         }
         if now >= clock.next_flush && clock.flushes_out == 0 {
             clock.next_flush = now + clock.refresh;
-            let counts = if clock.resync {
+            let counts: Vec<(Box<str>, u32)> = if clock.resync {
                 self.unflushed.clear();
                 self.local
                     .iter()
@@ -501,10 +506,12 @@ impl Occupancy {
                     })
                     .collect()
             };
-            work.flush = Some(Flush {
-                resync: std::mem::take(&mut clock.resync),
-                counts,
-            });
+            let resync = std::mem::take(&mut clock.resync);
+            let leaves_nothing = self.local.is_empty();
+            if !(counts.is_empty() && leaves_nothing && clock.holds_nothing) {
+                clock.holds_nothing = leaves_nothing;
+                work.flush = Some(Flush { resync, counts });
+            }
         }
         if now >= clock.next_read && !clock.read_out && !self.watched.is_empty() {
             clock.next_read = now + UPDATE_EVERY;
@@ -526,6 +533,7 @@ impl Occupancy {
         if let Some(clock) = self.shared.as_mut() {
             clock.flushes_out = clock.flushes_out.saturating_sub(1);
             clock.resync |= !ok;
+            clock.holds_nothing &= ok;
         }
     }
 
@@ -761,8 +769,12 @@ return {out, next}"#
 pub fn parse_counts(reply: Reply, expected: usize) -> Result<Vec<u32>, String> {
     let parts = match reply {
         Reply::Other(F::Array(parts)) => parts,
-        Reply::Error(e) => return Err(crate::ratelog::truncate_error(&format!("Redis: {e}"))),
-        other => return Err(format!("unexpected occupancy reply {other:?}")),
+        Reply::Error(e) => return Err(truncate_error(&format!("Redis: {e}"))),
+        other => {
+            return Err(truncate_error(&format!(
+                "unexpected occupancy reply {other:?}"
+            )));
+        }
     };
     if parts.len() != expected {
         return Err(format!(
@@ -786,8 +798,12 @@ pub struct ListPage {
 pub fn parse_list(reply: Reply) -> Result<ListPage, String> {
     let parts = match reply {
         Reply::Other(F::Array(parts)) => parts,
-        Reply::Error(e) => return Err(crate::ratelog::truncate_error(&format!("Redis: {e}"))),
-        other => return Err(format!("unexpected channel list reply {other:?}")),
+        Reply::Error(e) => return Err(truncate_error(&format!("Redis: {e}"))),
+        other => {
+            return Err(truncate_error(&format!(
+                "unexpected channel list reply {other:?}"
+            )));
+        }
     };
     let [F::Array(pairs), next] = &parts[..] else {
         return Err("unexpected channel list reply".into());
@@ -1025,6 +1041,16 @@ mod tests {
         o.redis_reconnected(t6 + secs(2.5));
         assert!(o.redis_work(t6 + secs(2.5), true).flush.unwrap().resync);
         assert_eq!(o.ttl(), Some(secs(6.0)));
+        // A replica without subscribers, whose last flush left Redis nothing, sends nothing.
+        let mut idle = shared(t0);
+        assert_eq!(idle.redis_work(t0, true).flush, None);
+        idle.set_local("a", 1, t0);
+        idle.set_local("a", 0, t0);
+        let flush = idle.redis_work(t0 + secs(2.0), true).flush.unwrap();
+        assert_eq!(flush.counts, vec![("a".into(), 0)]);
+        idle.flush_sent(1);
+        idle.flush_answered(true);
+        assert_eq!(idle.redis_work(t0 + secs(4.0), true).flush, None);
         // Embedded: nothing to flush, ever.
         let mut embedded = alone(t0);
         embedded.set_local("a", 1, t0);

@@ -16,6 +16,7 @@ use crate::broker::Broker;
 use crate::http::reply::Reply;
 use crate::metrics::limit;
 use crate::occupancy::{self, Update, WatchRefused, Watching};
+use crate::ratelog::truncate_error;
 use crate::resp::cmd;
 use crate::resp::link::LinkFailure;
 use crate::ws::frame;
@@ -337,6 +338,7 @@ impl Reactor {
                         }
                     }
                     Err(why) => {
+                        let why = truncate_error(&why);
                         self.warnings.warn(
                             "occupancy read failed",
                             &format!("subscriber counts of other replicas not read: {why}"),
