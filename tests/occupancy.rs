@@ -347,3 +347,23 @@ fn replicas_on_one_redis_count_every_replica_and_a_killed_one_drops_out() {
         pairs(&[("elsewhere", 1), ("room", 1)])
     );
 }
+
+/// With `--threads 2` each reactor is a replica of its own: clients land on either (the
+/// kernel spreads connections over the two listeners), and a count asked of either reactor
+/// covers both.
+#[test]
+fn with_two_reactors_on_redis_each_is_a_replica_and_counts_cover_both() {
+    let redis = Redis::start();
+    let herald = Herald::with(&["--threads", "2"], &[("PUBSUB_CACHE_URL", &redis.url())]);
+    wait_redis_connected(&herald);
+    let _clients: Vec<Client> = (0..16)
+        .map(|_| ws_connect(herald.port, "/ws?channels=room"))
+        .collect();
+    // Every request below may reach either reactor: all must see all 16 (16 clients all on
+    // one reactor would be a 1 in 32,768 chance; the replica count below would say so).
+    wait_until("both reactors to count all 16", || {
+        (0..6).all(|_| subscribers(herald.port, "room") == 16)
+    });
+    let replicas = redis.command_array(&["ZRANGE", "events:occupancy:replicas", "0", "-1"]);
+    assert_eq!(replicas.len(), 2, "one replica per reactor: {replicas:?}");
+}
