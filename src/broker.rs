@@ -113,11 +113,22 @@ pub struct RedisBroker {
     newest_confirmed: EventId,
 }
 
-/// The embedded broker as one reactor sees it: the process's hub, and which reactor it is.
+/// The embedded broker as one reactor sees it: the process's hub, and whether this reactor
+/// handed events to the others this turn (they are woken once, before it flushes).
 #[derive(Debug)]
 pub struct EmbeddedBroker {
     pub hub: Arc<Hub>,
     reactor: usize,
+    handed_over: bool,
+}
+
+impl EmbeddedBroker {
+    /// Wakes the other reactors if this one published since the last call.
+    pub fn wake_others(&mut self) {
+        if std::mem::take(&mut self.handed_over) {
+            self.hub.wake_others(self.reactor);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -168,7 +179,11 @@ impl Broker {
                     };
                     Arc::new(Hub::new(1, limits, config.idempotency, now_ms()))
                 });
-                Broker::Embedded(EmbeddedBroker { hub, reactor })
+                Broker::Embedded(EmbeddedBroker {
+                    hub,
+                    reactor,
+                    handed_over: false,
+                })
             }
         }
     }
@@ -189,11 +204,11 @@ impl Broker {
     ) -> Publish {
         match self {
             Broker::Embedded(embedded) => {
-                match embedded
-                    .hub
-                    .publish(embedded.reactor, event, idempotency_key, now_ms())
-                {
-                    Accepted::Sequenced { id, receivers } => Publish::Sequenced { id, receivers },
+                match embedded.hub.publish(event, idempotency_key, now_ms()) {
+                    Accepted::Sequenced { id, receivers } => {
+                        embedded.handed_over = true;
+                        Publish::Sequenced { id, receivers }
+                    }
                     Accepted::Duplicate(id) => Publish::Duplicate(id),
                 }
             }

@@ -10,7 +10,10 @@
 //!
 //! Nothing here is on the per-delivery path: a reactor takes its whole inbox at once, and
 //! each delivery inside a reactor is the same cheap non-atomic handle as with one reactor.
-//! A reactor is woken (its `mio::Waker`) only when its inbox was empty: one wake per batch.
+//! The others are woken (their `mio::Waker`) by the publishing reactor once per turn, before
+//! it flushes (`wake_others`), not once per event: a reactor woken per event would take its
+//! inbox one event at a time and write each subscriber once per event, where one reactor
+//! writes a turn's events together (measured: 1.6x the CPU per delivery in a burst).
 //!
 //! With one reactor this is the same broker as before, behind a lock nobody else takes.
 
@@ -77,8 +80,15 @@ pub enum Accepted {
 /// One reactor's mailbox.
 #[derive(Debug, Default)]
 struct Inbox {
-    events: Mutex<Vec<Arc<SharedEvent>>>,
+    mail: Mutex<Mail>,
     waker: OnceLock<Arc<Waker>>,
+}
+
+#[derive(Debug, Default)]
+struct Mail {
+    events: Vec<Arc<SharedEvent>>,
+    /// A wake-up is on its way and the events are not taken yet: no need for another.
+    woken: bool,
 }
 
 #[derive(Debug)]
@@ -93,6 +103,12 @@ struct State {
 pub struct Hub {
     state: Mutex<State>,
     inboxes: Box<[Inbox]>,
+}
+
+impl Inbox {
+    fn mail(&self) -> MutexGuard<'_, Mail> {
+        self.mail.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Hub {
@@ -117,15 +133,10 @@ impl Hub {
         let _ = self.inboxes[index].waker.set(waker);
     }
 
-    /// Publishes `event` from reactor `from`: the id, the history, the idempotency key, and
-    /// every reactor's inbox, all under one lock, so that ids and inboxes agree on one order.
-    pub fn publish(
-        &self,
-        from: usize,
-        event: &Event,
-        idempotency_key: Option<&str>,
-        now_ms: u64,
-    ) -> Accepted {
+    /// Publishes `event`: the id, the history, the idempotency key, and every reactor's
+    /// inbox, all under one lock, so that ids and inboxes agree on one order. The publishing
+    /// reactor takes its own inbox at once and wakes the others with `wake_others`.
+    pub fn publish(&self, event: &Event, idempotency_key: Option<&str>, now_ms: u64) -> Accepted {
         let mut state = self.lock();
         if let Some(key) = idempotency_key
             && let Some(id) = state.idempotency.lookup(&event.channel, key, now_ms)
@@ -147,31 +158,36 @@ impl Hub {
             .copied()
             .unwrap_or(0);
         let shared = Arc::new(SharedEvent::new(&event.channel, id, json));
+        for inbox in self.inboxes.iter() {
+            inbox.mail().events.push(shared.clone());
+        }
+        Accepted::Sequenced { id, receivers }
+    }
+
+    /// Wakes every reactor but `from` that has events waiting and no wake-up on its way.
+    pub fn wake_others(&self, from: usize) {
         for (index, inbox) in self.inboxes.iter().enumerate() {
-            let mut events = inbox.events.lock().unwrap_or_else(|e| e.into_inner());
-            let was_empty = events.is_empty();
-            events.push(shared.clone());
-            drop(events);
-            // The publishing reactor takes its inbox right after; others are woken once per
-            // batch (a non-empty inbox already has a wake-up on its way).
-            if was_empty
-                && index != from
-                && let Some(waker) = inbox.waker.get()
-            {
+            if index == from {
+                continue;
+            }
+            let mut mail = inbox.mail();
+            if mail.events.is_empty() || mail.woken {
+                continue;
+            }
+            mail.woken = true;
+            drop(mail);
+            if let Some(waker) = inbox.waker.get() {
                 let _ = waker.wake();
             }
         }
-        Accepted::Sequenced { id, receivers }
     }
 
     /// Everything published since the last call, for reactor `index`, oldest first. `spare`
     /// (emptied) becomes the new inbox, so neither side reallocates turn after turn.
     pub fn take_inbox(&self, index: usize, spare: Vec<Arc<SharedEvent>>) -> Vec<Arc<SharedEvent>> {
-        let mut events = self.inboxes[index]
-            .events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        std::mem::replace(&mut *events, spare)
+        let mut mail = self.inboxes[index].mail();
+        mail.woken = false;
+        std::mem::replace(&mut mail.events, spare)
     }
 
     /// A page of `channel`'s history after `since` (see `History::read`).
@@ -230,6 +246,12 @@ impl Hub {
         self.lock().idempotency.is_on()
     }
 
+    /// Whether reactor `index` has events waiting (it is told by a wake-up; this is for tests).
+    #[cfg(test)]
+    fn has_mail(&self, index: usize) -> bool {
+        !self.inboxes[index].mail().events.is_empty()
+    }
+
     /// A reactor that panicked while holding the lock left the state as its last complete
     /// step made it (every step is a few plain assignments): serve on with it.
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -272,13 +294,15 @@ mod tests {
     fn should_hand_every_reactor_every_event_in_one_order() {
         let hub = hub(3);
         let mut published = Vec::new();
-        for (n, from) in [0, 2, 1, 2].into_iter().enumerate() {
-            match hub.publish(from, &event(["a", "b"][n % 2], "m"), None, 2_000) {
+        for n in 0..4 {
+            match hub.publish(&event(["a", "b"][n % 2], "m"), None, 2_000) {
                 Accepted::Sequenced { id, .. } => published.push(id),
                 other => panic!("unexpected {other:?}"),
             }
         }
         assert!(published.windows(2).all(|w| w[0] < w[1]));
+        hub.wake_others(0); // no wakers attached: marks, wakes nothing
+        assert!(hub.has_mail(1) && hub.has_mail(2));
         for reactor in 0..3 {
             assert_eq!(ids(&hub.take_inbox(reactor, Vec::new())), published);
             assert!(hub.take_inbox(reactor, Vec::new()).is_empty());
@@ -291,12 +315,11 @@ mod tests {
     #[test]
     fn should_answer_a_retried_key_with_the_first_id_and_send_nothing() {
         let hub = hub(2);
-        let Accepted::Sequenced { id, .. } = hub.publish(0, &event("a", "x"), Some("k"), 2_000)
-        else {
+        let Accepted::Sequenced { id, .. } = hub.publish(&event("a", "x"), Some("k"), 2_000) else {
             panic!("first publish");
         };
         assert_eq!(
-            hub.publish(1, &event("a", "x"), Some("k"), 2_001),
+            hub.publish(&event("a", "x"), Some("k"), 2_001),
             Accepted::Duplicate(id)
         );
         assert_eq!(hub.take_inbox(1, Vec::new()).len(), 1);
@@ -307,7 +330,7 @@ mod tests {
         let hub = hub(2);
         hub.count_subscriber("a", true);
         hub.count_subscriber("a", true);
-        let Accepted::Sequenced { receivers, .. } = hub.publish(1, &event("a", "x"), None, 2_000)
+        let Accepted::Sequenced { receivers, .. } = hub.publish(&event("a", "x"), None, 2_000)
         else {
             panic!("publish");
         };

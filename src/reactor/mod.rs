@@ -310,6 +310,10 @@ impl Reactor {
                 self.start_closing();
             }
             self.flush_links();
+            if let Broker::Embedded(embedded) = &mut self.broker {
+                // Before this reactor's own flush, so the others write meanwhile.
+                embedded.wake_others();
+            }
             self.close_over_cap();
             self.flush_dirty();
             self.reap();
