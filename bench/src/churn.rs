@@ -134,7 +134,7 @@ pub struct ResumeCounts {
 }
 
 impl ResumeCounts {
-    fn add(&mut self, o: &ResumeCounts) {
+    pub fn add(&mut self, o: &ResumeCounts) {
         self.churned += o.churned;
         self.churn_missed += o.churn_missed;
         self.resumed += o.resumed;

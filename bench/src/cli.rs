@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::churn::{Disruption, Storm};
 use crate::ramp::Ramp;
-use crate::thresholds::{Limits, LossLimit};
+use crate::thresholds::Limits;
 
 /// Load generator for WebSocket fan-out servers with Herald's API.
 ///
@@ -124,30 +124,10 @@ pub struct Args {
     #[arg(long, default_value = "0", value_parser = parse_secs)]
     pub reconnect_delay: Duration,
 
-    /// CI threshold: fail (exit 1) if the p99 delivery latency is above this
-    /// many milliseconds: from the scheduled send time in paced runs (so a
-    /// stalled server cannot hide behind a stalled publisher), from the send
-    /// time otherwise; in --mode throughput, the p99 request round trip.
-    #[arg(long, value_name = "MS", value_parser = parse_non_negative)]
-    pub max_p99_ms: Option<f64>,
-
-    /// CI threshold: deliveries that may be missing (lost silently, gaps,
-    /// or skipped by a server's reset), as a count `N` or a share of the
-    /// expected deliveries `P%`. Replaces the default check (any loss
-    /// fails the run).
-    #[arg(long, value_name = "N|P%", value_parser = LossLimit::parse)]
-    pub max_loss: Option<LossLimit>,
-
-    /// CI threshold: fail if fewer deliveries per second than this were
-    /// measured (fan-out: first publish to last delivery; ramp: over the
-    /// ramp; throughput: the idle subscribers' deliveries).
-    #[arg(long, value_name = "N", value_parser = parse_non_negative)]
-    pub min_deliveries_per_sec: Option<f64>,
-
-    /// CI threshold: connects and reconnects that may fail. Replaces the
-    /// default check (any failed connect fails the run).
-    #[arg(long, value_name = "N")]
-    pub max_connect_failures: Option<u64>,
+    /// CI thresholds (`--max-p99-ms`, `--max-loss`,
+    /// `--min-deliveries-per-sec`, `--max-connect-failures`).
+    #[command(flatten)]
+    pub limits: Limits,
 
     /// Fan-out: publish requests in flight (HTTP: this many keep-alive
     /// connections with one request each; Redis: pipelined commands on one
@@ -347,26 +327,7 @@ pub fn parse_fraction(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// Parses a finite number of at least 0.
-pub fn parse_non_negative(s: &str) -> Result<f64, String> {
-    let v: f64 = s.trim().parse().map_err(|e| format!("{s}: {e}"))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(format!("{s}: must be a number of at least 0"));
-    }
-    Ok(v)
-}
-
 impl Args {
-    /// The CI thresholds given.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_p99_ms: self.max_p99_ms,
-            max_loss: self.max_loss,
-            min_deliveries_per_sec: self.min_deliveries_per_sec,
-            max_connect_failures: self.max_connect_failures,
-        }
-    }
-
     /// The churn and storm asked for, if any (the whole run's; each process
     /// takes its share, see [`Disruption::share`]).
     pub fn disruption(&self) -> Option<Disruption> {

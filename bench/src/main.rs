@@ -8,13 +8,14 @@
 //! [`ramp`] load over time, [`worker`] multi-process split, [`load`] the
 //! generator's own load and
 //! saturation verdict, [`stats`] mergeable results, [`thresholds`] pass/fail limits for CI,
-//! [`report`] output,
+//! [`report`] output, [`merge`] reports of several hosts into one,
 //! [`procfs`] process sampling, [`wire`] protocol parsing.
 
 mod channels;
 mod churn;
 mod cli;
 mod load;
+mod merge;
 mod pool;
 mod procfs;
 mod publisher;
@@ -30,6 +31,10 @@ mod worker;
 use clap::Parser;
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("merge") {
+        std::process::exit(merge::main_with(&argv[1..]));
+    }
     let args = cli::Args::parse();
     let code = match &args.worker {
         Some(json) => worker::worker_main(json),

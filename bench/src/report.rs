@@ -8,8 +8,9 @@ use serde::Serialize;
 
 use crate::churn::ResumeReport;
 use crate::load::GeneratorLoad;
+use crate::merge::MergedReport;
 use crate::ramp::{PhaseReport, SecondReport};
-use crate::stats::LatencySummary;
+use crate::stats::{Histograms, LatencySummary};
 use crate::thresholds::Verdict;
 
 /// Server-side samples (present with `--pid`).
@@ -82,6 +83,12 @@ pub struct FanoutReport {
     pub resume: Option<ResumeReport>,
     /// CI thresholds given, each with what was measured.
     pub thresholds: Vec<Verdict>,
+    /// Unix time of the first and last delivery, nanoseconds (for merging
+    /// the runs of several hosts).
+    pub first_delivery_ns: Option<u64>,
+    pub last_delivery_ns: Option<u64>,
+    /// The full latency histograms (for `herald-bench merge`).
+    pub histograms: Histograms,
     /// Server CPU time in the publish phase per delivery, microseconds.
     pub server_cpu_per_delivery_us: Option<f64>,
     /// Generator CPU time (all processes) in the publish phase per delivery.
@@ -180,6 +187,12 @@ pub struct RampReport {
     pub resume: Option<ResumeReport>,
     /// CI thresholds given, each with what was measured.
     pub thresholds: Vec<Verdict>,
+    /// Unix time of the first and last delivery, nanoseconds (for merging
+    /// the runs of several hosts).
+    pub first_delivery_ns: Option<u64>,
+    pub last_delivery_ns: Option<u64>,
+    /// The full latency histograms (for `herald-bench merge`).
+    pub histograms: Histograms,
     /// One entry per second since the ramp started.
     pub series: Vec<SecondReport>,
     pub server_cpu_per_delivery_us: Option<f64>,
@@ -674,5 +687,78 @@ fn result_rows(t: &mut Table, ok: bool, problems: &[String]) {
     t.section(if ok { "result: OK" } else { "result: FAILED" });
     for p in problems {
         t.row("-", p);
+    }
+}
+
+impl MergedReport {
+    pub fn table(&self) -> String {
+        let mut t = Table(String::new());
+        t.section(&format!(
+            "herald-bench merge ({} reports)",
+            self.inputs.len()
+        ));
+        for p in &self.inputs {
+            t.row(
+                &p.file,
+                format!(
+                    "{} -> {}: {} clients, {} deliveries, {}{}",
+                    p.mode,
+                    p.target,
+                    p.clients,
+                    p.deliveries,
+                    if p.ok { "ok" } else { "FAILED" },
+                    if p.generator_saturated {
+                        ", GENERATOR SATURATED"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        t.section("all hosts together");
+        t.row(
+            "clients",
+            format!(
+                "{} connected / {} ({} failed, {} closed early)",
+                self.connected, self.clients, self.connect_failed, self.closed_early
+            ),
+        );
+        t.row(
+            "deliveries",
+            format!(
+                "{} / {} expected; {:.0}/s over {:.3} s",
+                self.deliveries,
+                self.expected_deliveries,
+                self.deliveries_per_sec,
+                self.delivery_seconds
+            ),
+        );
+        t.row(
+            "lost / gaps / dup / late",
+            format!(
+                "{} / {} / {} / {}",
+                self.lost, self.gaps, self.duplicates, self.out_of_order
+            ),
+        );
+        if let Some(r) = &self.resume {
+            t.row(
+                "churn / reconnects",
+                format!(
+                    "{} churned, {} reconnected ({} failed), {} resets skipping {} deliveries",
+                    r.churned, r.resumed, r.resume_failed, r.resets, r.reset_gap_events
+                ),
+            );
+        }
+        t.row("latency from send", lat(&self.latency_us));
+        if self.sched_latency_us.is_some() {
+            t.row("latency from schedule", lat(&self.sched_latency_us));
+        }
+        t.row("handshake", lat(&self.handshake_us));
+        if self.generator_saturated {
+            t.row("generator", "SATURATED on at least one host");
+        }
+        threshold_rows(&mut t, &self.thresholds);
+        result_rows(&mut t, self.ok, &self.problems);
+        t.0
     }
 }

@@ -15,7 +15,7 @@ use crate::publisher::{Plan, Protocol, Publisher};
 use crate::ramp::{self, Ramp};
 use crate::reactor::{PUB_BASE, Reactor};
 use crate::report::{FanoutReport, RampReport, ServerFigures, ThroughputReport};
-use crate::stats::PoolStats;
+use crate::stats::{Histograms, PoolStats};
 use crate::thresholds::{self, Measured, Verdict};
 use crate::worker::{Progress, WorkerConfig, WorkerSet};
 
@@ -487,14 +487,17 @@ fn resume_report(
     problems: &mut Vec<String>,
 ) -> Option<ResumeReport> {
     let r = ResumeReport::new(&args.disruption()?, &stats.resume);
-    problems.extend(r.problems(args.max_loss.is_some(), args.max_connect_failures.is_some()));
+    problems.extend(r.problems(
+        args.limits.max_loss.is_some(),
+        args.limits.max_connect_failures.is_some(),
+    ));
     Some(r)
 }
 
 /// Judges the CI thresholds; each failed one becomes a problem naming the
 /// limit and the figure.
 fn judge_thresholds(args: &Args, m: &Measured, problems: &mut Vec<String>) -> Vec<Verdict> {
-    let verdicts = thresholds::judge(&args.limits(), m);
+    let verdicts = thresholds::judge(&args.limits, m);
     for v in verdicts.iter().filter(|v| !v.passed) {
         problems.push(format!("threshold failed: {}", v.describe()));
     }
@@ -594,13 +597,13 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
     // Per connected client, its channel's event count (all events when off).
     let expected_deliveries = stats.expected_deliveries;
 
-    if stats.failed > 0 && args.max_connect_failures.is_none() {
+    if stats.failed > 0 && args.limits.max_connect_failures.is_none() {
         problems.push(format!("{} client(s) failed to connect", stats.failed));
     }
     if stats.closed_early > 0 {
         problems.push(format!("{} client(s) closed early", stats.closed_early));
     }
-    if stats.lost > 0 && args.max_loss.is_none() {
+    if stats.lost > 0 && args.limits.max_loss.is_none() {
         problems.push(format!(
             "{} deliveries missing ({} of {} clients incomplete)",
             stats.lost,
@@ -720,6 +723,9 @@ pub fn fanout(args: &Args) -> Res<FanoutReport> {
         sched_latency_us: stats.sched_latency.summary(),
         resume,
         thresholds,
+        first_delivery_ns: stats.first_delivery_ns,
+        last_delivery_ns: stats.last_delivery_ns,
+        histograms: Histograms::of(&stats),
         server_cpu_per_delivery_us: server.server_cpu_publish_s.and_then(per_delivery_us),
         gen_cpu_per_delivery_us: generator.as_ref().and_then(|g| per_delivery_us(g.cpu_s)),
         server,
@@ -805,7 +811,7 @@ pub fn ramp(args: &Args, ramp: &Ramp) -> Res<RampReport> {
     let pb = b.reactor.publisher.as_ref();
     let issued = pb.map_or(0, |p| p.issued);
     let publish_errors = pb.map_or(0, |p| p.errors);
-    if stats.failed > 0 && args.max_connect_failures.is_none() {
+    if stats.failed > 0 && args.limits.max_connect_failures.is_none() {
         problems.push(format!("{} client(s) failed to connect", stats.failed));
     }
     if stats.closed_early > 0 {
@@ -814,7 +820,7 @@ pub fn ramp(args: &Args, ramp: &Ramp) -> Res<RampReport> {
             stats.closed_early
         ));
     }
-    if order_guaranteed && stats.gaps > 0 && args.max_loss.is_none() {
+    if order_guaranteed && stats.gaps > 0 && args.limits.max_loss.is_none() {
         problems.push(format!(
             "{} events missing between events clients received",
             stats.gaps
@@ -884,6 +890,9 @@ pub fn ramp(args: &Args, ramp: &Ramp) -> Res<RampReport> {
         resume,
         deliveries_per_sec,
         thresholds,
+        first_delivery_ns: stats.first_delivery_ns,
+        last_delivery_ns: stats.last_delivery_ns,
+        histograms: Histograms::of(&stats),
         server_cpu_per_delivery_us: server_cpu_s.and_then(per_delivery_us),
         gen_cpu_per_delivery_us: generator.as_ref().and_then(|g| per_delivery_us(g.cpu_s)),
         server: ServerFigures {
@@ -975,7 +984,7 @@ pub fn throughput(args: &Args) -> Res<ThroughputReport> {
     if errors > 0 {
         problems.push(format!("{errors} request errors"));
     }
-    if stats.failed > 0 && args.max_connect_failures.is_none() {
+    if stats.failed > 0 && args.limits.max_connect_failures.is_none() {
         problems.push(format!("{} subscriber(s) failed to connect", stats.failed));
     }
     if stats.closed_early > 0 {

@@ -122,6 +122,46 @@ impl TryFrom<Vec<(u64, u64)>> for Latency {
     }
 }
 
+/// The HDR histograms behind a report's percentiles, serialized in full
+/// (value, count pairs) so that the runs of several generator hosts can be
+/// merged into one report (`herald-bench merge`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Histograms {
+    /// Send time to receipt.
+    pub latency: Latency,
+    /// Scheduled send time to receipt (paced runs).
+    pub sched_latency: Latency,
+    pub handshake: Latency,
+    /// Ramp: connects from their due time.
+    pub connect_from_due: Latency,
+    /// Churn reconnects from their scheduled time.
+    pub reconnect: Latency,
+    pub storm_reconnect: Latency,
+}
+
+impl Histograms {
+    pub fn of(s: &PoolStats) -> Histograms {
+        Histograms {
+            latency: s.latency.clone(),
+            sched_latency: s.sched_latency.clone(),
+            handshake: s.handshake.clone(),
+            connect_from_due: s.connect_from_due.clone(),
+            reconnect: s.resume.reconnect.clone(),
+            storm_reconnect: s.resume.storm_reconnect.clone(),
+        }
+    }
+
+    pub fn merge(&mut self, o: &Histograms) {
+        self.latency.merge(&o.latency);
+        self.sched_latency.merge(&o.sched_latency);
+        self.handshake.merge(&o.handshake);
+        self.connect_from_due.merge(&o.connect_from_due);
+        self.reconnect.merge(&o.reconnect);
+        self.storm_reconnect.merge(&o.storm_reconnect);
+    }
+}
+
 /// What one process's client pool observed. Counters add up across workers.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PoolStats {

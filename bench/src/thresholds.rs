@@ -51,13 +51,43 @@ impl fmt::Display for LossLimit {
     }
 }
 
-/// The limits given on the command line.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// The limits given on the command line (a run's, or `merge`'s for all
+/// hosts together).
+#[derive(clap::Args, Debug, Clone, Copy, Default, PartialEq)]
 pub struct Limits {
+    /// CI threshold: fail (exit 1) if the p99 delivery latency is above this
+    /// many milliseconds: from the scheduled send time in paced runs (so a
+    /// stalled server cannot hide behind a stalled publisher), from the send
+    /// time otherwise; in --mode throughput, the p99 request round trip.
+    #[arg(long, value_name = "MS", value_parser = parse_non_negative)]
     pub max_p99_ms: Option<f64>,
+
+    /// CI threshold: deliveries that may be missing (lost silently, gaps,
+    /// or skipped by a server's reset), as a count `N` or a share of the
+    /// expected deliveries `P%`. Replaces the default check (any loss
+    /// fails the run).
+    #[arg(long, value_name = "N|P%", value_parser = LossLimit::parse)]
     pub max_loss: Option<LossLimit>,
+
+    /// CI threshold: fail if fewer deliveries per second than this were
+    /// measured (fan-out: first publish to last delivery; ramp: over the
+    /// ramp; throughput: the idle subscribers' deliveries).
+    #[arg(long, value_name = "N", value_parser = parse_non_negative)]
     pub min_deliveries_per_sec: Option<f64>,
+
+    /// CI threshold: connects and reconnects that may fail. Replaces the
+    /// default check (any failed connect fails the run).
+    #[arg(long, value_name = "N")]
     pub max_connect_failures: Option<u64>,
+}
+
+/// Parses a finite number of at least 0.
+pub fn parse_non_negative(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{s}: {e}"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("{s}: must be a number of at least 0"));
+    }
+    Ok(v)
 }
 
 /// What a run measured, for the limits (`None`: not measured in this mode).
