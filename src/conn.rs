@@ -12,6 +12,10 @@
 //! any --socket error or EOF--> Closed
 //! ```
 //!
+//! Its phase and what it became are private: each arrow above is a method (`open_websocket`,
+//! `await_broker`, `begin_closing`, `close`, ...), so the diagram is the whole story, and a
+//! transition from the wrong phase trips a debug assertion in tests.
+//!
 //! A Conn owns no read buffer: the reactor reads into one scratch buffer and a Conn keeps only
 //! `tail`, the bytes of an incomplete request or frame. Its output queue allocates only while
 //! there is output. Timers are one `deadline` field, swept once a second by the reactor.
@@ -75,7 +79,8 @@ pub struct Conn {
     pub serial: u32,
     /// Reactor clock (seconds) at which the current phase times out.
     pub deadline: u32,
-    pub phase: Phase,
+    /// Changed only by the transitions below (`phase()` reads it).
+    phase: Phase,
     /// In the reactor's dirty list: has output to flush this turn.
     pub dirty: bool,
     /// Registered for WRITABLE because the socket refused part of the output.
@@ -96,7 +101,7 @@ pub struct Conn {
     /// arrived. A closing connection then ends as soon as its output is flushed.
     pub peer_done: bool,
     /// What the connection became, if anything: it stays counted as that until it is freed.
-    pub became: Became,
+    became: Became,
     /// permessage-deflate was negotiated (a WebSocket), with the window the client lets us
     /// use. Set at the upgrade, never changed after (fan-out counts it per channel). One
     /// byte: no compression state lives in a connection.
@@ -126,6 +131,74 @@ impl Conn {
             became: Became::Http,
             deflate: None,
         }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn became(&self) -> Became {
+        self.became
+    }
+
+    // ---- transitions (the diagram above) ----------------------------------------------------
+
+    /// ReadingRequest -> WebSocket (or Echo): the upgrade was answered. `deflate` is set
+    /// before any subscription (fan-out counts a channel's deflate subscribers).
+    pub fn open_websocket(&mut self, echo: bool, deflate: Option<WindowBits>, deadline: u32) {
+        debug_assert_eq!(self.phase, Phase::ReadingRequest);
+        self.deflate = deflate;
+        self.phase = if echo { Phase::Echo } else { Phase::WebSocket };
+        self.became = Became::WebSocket;
+        self.deadline = deadline;
+    }
+
+    /// ReadingRequest -> Sse: the stream's head was queued.
+    pub fn open_sse(&mut self, deadline: u32) {
+        debug_assert_eq!(self.phase, Phase::ReadingRequest);
+        self.phase = Phase::Sse;
+        self.became = Became::Sse;
+        self.deadline = deadline;
+    }
+
+    /// ReadingRequest -> AwaitingBroker: the request's answer waits for Redis; input waits in
+    /// the kernel meanwhile.
+    pub fn await_broker(&mut self) {
+        debug_assert_eq!(self.phase, Phase::ReadingRequest);
+        self.phase = Phase::AwaitingBroker;
+    }
+
+    /// Whether the connection still waits for the broker's answer.
+    pub fn is_awaiting_broker(&self) -> bool {
+        self.phase == Phase::AwaitingBroker
+    }
+
+    /// AwaitingBroker -> ReadingRequest: the answer came and is being queued.
+    pub fn broker_answered(&mut self) {
+        debug_assert_eq!(self.phase, Phase::AwaitingBroker);
+        self.phase = Phase::ReadingRequest;
+    }
+
+    /// -> Closing: the last bytes are queued; wait for them to go and for the peer to close,
+    /// until `deadline`. A half-assembled message is dropped.
+    pub fn begin_closing(&mut self, deadline: u32) {
+        self.phase = Phase::Closing;
+        self.deadline = deadline;
+        self.partial = None;
+    }
+
+    /// The peer sent EOF (or its close frame) with output still queued for it: Closing, and
+    /// done as soon as the queue is flushed.
+    pub fn peer_finished(&mut self, deadline: u32) {
+        self.begin_closing(deadline);
+        self.peer_done = true;
+    }
+
+    /// -> Closed (the reactor frees the slot at the end of the turn). False if it already was.
+    pub fn close(&mut self) -> bool {
+        let was_open = self.phase != Phase::Closed;
+        self.phase = Phase::Closed;
+        was_open
     }
 
     pub fn is_websocket(&self) -> bool {

@@ -143,7 +143,7 @@ impl Fanout {
         let entry = &mut self.channels[channel as usize];
         let slot = u32::try_from(entry.subscribers.len()).expect("bug: over 4 billion subscribers");
         entry.subscribers.push(key);
-        if conn.phase == Phase::Sse {
+        if conn.phase() == Phase::Sse {
             entry.sse_subscribers += 1;
         }
         if conn.deflate.is_some() {
@@ -164,7 +164,7 @@ impl Fanout {
         let conn = &mut conns[key];
         let index = conn.subs.iter().position(|s| s.channel == channel)?;
         let slot = conn.subs.swap_remove(index).slot as usize;
-        let is_sse = conn.phase == Phase::Sse;
+        let is_sse = conn.phase() == Phase::Sse;
         let is_deflate = conn.deflate.is_some();
         let entry = &mut self.channels[channel as usize];
         entry.subscribers.swap_remove(slot);
@@ -219,7 +219,7 @@ impl Fanout {
         let mut queued = 0;
         for &key in &self.channels[channel as usize].subscribers {
             let conn = &mut conns[key];
-            let bytes = match conn.phase {
+            let bytes = match conn.phase() {
                 Phase::WebSocket => frames.ws_for(conn.deflate),
                 Phase::Sse => match &frames.sse {
                     Some(sse) => sse,
@@ -256,7 +256,7 @@ mod tests {
             let (server, _) = listener.accept().unwrap();
             server.set_nonblocking(true).unwrap();
             let mut conn = Conn::new(mio::net::TcpStream::from_std(server), i as u32, 0);
-            conn.phase = Phase::WebSocket;
+            conn.open_websocket(false, None, 0);
             slab.insert(conn);
             peers.push(client);
         }

@@ -139,7 +139,7 @@ impl Reactor {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            match conn.phase {
+            match conn.phase() {
                 Phase::WebSocket => {
                     let close = frame::close(close_code::POLICY_VIOLATION, EXPIRED_CLOSE_REASON);
                     conn.queue(key, close, &mut self.outbox);

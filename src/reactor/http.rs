@@ -33,7 +33,7 @@ impl Reactor {
         let head_by = self.clock() + self.config.limits.head_timeout_secs;
         loop {
             let conn = &mut self.conns[key];
-            if conn.phase != Phase::ReadingRequest {
+            if conn.phase() != Phase::ReadingRequest {
                 return used;
             }
             if conn.out.queued_bytes() > self.config.limits.max_queued_bytes {
@@ -217,7 +217,7 @@ impl Reactor {
                 self.send_reply(request.key, reply, request.keep_alive, request.head_only);
             }
             Read::Pending => {
-                self.conns[request.key].phase = Phase::AwaitingBroker;
+                self.conns[request.key].await_broker();
                 self.pending.push_back(Pending::HttpHistory(request));
             }
         }
@@ -277,8 +277,7 @@ impl Reactor {
             conn.queue(key, body, &mut self.outbox);
         }
         if close {
-            conn.phase = Phase::Closing;
-            conn.deadline = now + CLOSE_TIMEOUT_SECS;
+            conn.begin_closing(now + CLOSE_TIMEOUT_SECS);
         } else {
             conn.deadline = now + self.config.limits.idle_timeout_secs;
         }
@@ -377,7 +376,7 @@ impl Reactor {
     /// a connection may go on: its Redis answer came, or its queue drained after parsing had
     /// stopped at the cap (the requests already buffered must not wait for new bytes).
     pub(super) fn resume_reading(&mut self, key: usize) {
-        if self.conns[key].phase == Phase::ReadingRequest {
+        if self.conns[key].phase() == Phase::ReadingRequest {
             self.resume_input(key);
         }
     }

@@ -451,7 +451,7 @@ impl Reactor {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut reads = 0;
         while let Some(conn) = self.conns.get_mut(key) {
-            match conn.phase {
+            match conn.phase() {
                 Phase::Closed => break,
                 // Input waits in the kernel until the publish verdict is in (back-pressure).
                 Phase::AwaitingBroker => {
@@ -505,14 +505,10 @@ impl Reactor {
     fn on_peer_done(&mut self, key: usize) {
         let close_by = self.clock() + CLOSE_TIMEOUT_SECS;
         let conn = &mut self.conns[key];
-        match conn.phase {
+        match conn.phase() {
             Phase::Closing => self.close_now(key, reason::DONE, "peer closed"),
             // The peer is done sending; let it have what is queued for it.
-            _ if !conn.out.is_empty() => {
-                conn.phase = Phase::Closing;
-                conn.peer_done = true;
-                conn.deadline = close_by;
-            }
+            _ if !conn.out.is_empty() => conn.peer_finished(close_by),
             _ => self.close_now(key, reason::PEER_CLOSED, "peer closed"),
         }
     }
@@ -524,7 +520,7 @@ impl Reactor {
             let used = self.process(key, data);
             if let Some(conn) = self.conns.get_mut(key)
                 && used < data.len()
-                && !matches!(conn.phase, Phase::Closing | Phase::Closed)
+                && !matches!(conn.phase(), Phase::Closing | Phase::Closed)
             {
                 conn.tail.extend_from_slice(&data[used..]);
             }
@@ -539,7 +535,7 @@ impl Reactor {
     fn process_tail(&mut self, key: usize, mut buf: Vec<u8>) {
         let used = self.process(key, &mut buf);
         if let Some(conn) = self.conns.get_mut(key)
-            && !matches!(conn.phase, Phase::Closing | Phase::Closed)
+            && !matches!(conn.phase(), Phase::Closing | Phase::Closed)
         {
             buf.drain(..used);
             conn.tail = buf;
@@ -548,14 +544,14 @@ impl Reactor {
 
     /// Consumes what it can of `buf` for the connection's phase; returns the bytes used.
     fn process(&mut self, key: usize, buf: &mut [u8]) -> usize {
-        match self.conns[key].phase {
+        match self.conns[key].phase() {
             Phase::ReadingRequest => self.process_http(key, buf),
             Phase::WebSocket | Phase::Echo => self.process_frames(key, buf),
             // A stream only sends; whatever the client says is read and dropped.
             Phase::Sse => buf.len(),
             Phase::AwaitingBroker => 0,
             // We sent a close frame: wait for the peer's, so the handshake completes.
-            Phase::Closing if self.conns[key].became == Became::WebSocket => {
+            Phase::Closing if self.conns[key].became() == Became::WebSocket => {
                 self.await_close_frame(key, buf)
             }
             // Lingering: input after our last word is read and dropped.
@@ -565,10 +561,7 @@ impl Reactor {
 
     fn begin_closing(&mut self, key: usize) {
         let deadline = self.clock() + CLOSE_TIMEOUT_SECS;
-        let conn = &mut self.conns[key];
-        conn.phase = Phase::Closing;
-        conn.deadline = deadline;
-        conn.partial = None;
+        self.conns[key].begin_closing(deadline);
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -625,7 +618,7 @@ impl Reactor {
                 }
                 flushed += 1;
                 conn.dirty = false;
-                if conn.phase != Phase::Closed {
+                if conn.phase() != Phase::Closed {
                     self.flush(key);
                 }
             }
@@ -685,7 +678,7 @@ impl Reactor {
             let registry = self.poll.registry();
             let _ = registry.reregister(&mut conn.stream, Token(key), Interest::READABLE);
         }
-        match conn.phase {
+        match conn.phase() {
             // The peer finished sending and has everything we had to say: done.
             Phase::Closing if conn.peer_done => self.close_now(key, reason::DONE, "closed"),
             Phase::Closing if !conn.write_shut => {
@@ -770,10 +763,9 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.phase == Phase::Closed {
+        if !conn.close() {
             return;
         }
-        conn.phase = Phase::Closed;
         self.closed.push(key);
         if why != reason::DONE {
             self.metrics.closed(why);
@@ -783,7 +775,11 @@ impl Reactor {
 
     fn reap(&mut self) {
         for key in std::mem::take(&mut self.closed) {
-            if self.conns.get(key).is_none_or(|c| c.phase != Phase::Closed) {
+            if self
+                .conns
+                .get(key)
+                .is_none_or(|c| c.phase() != Phase::Closed)
+            {
                 continue;
             }
             self.unsubscribe_all(key);
@@ -791,7 +787,7 @@ impl Reactor {
             self.awaiting_redis.retain(|waiting| waiting.key != key);
             let mut conn = self.conns.remove(key);
             self.process.release(self.index, key);
-            match conn.became {
+            match conn.became() {
                 Became::WebSocket => self.websockets -= 1,
                 Became::Sse => self.sse_streams -= 1,
                 Became::Http => {}
@@ -822,7 +818,7 @@ impl Reactor {
             if conn.deadline > now {
                 continue;
             }
-            match conn.phase {
+            match conn.phase() {
                 Phase::ReadingRequest if conn.tail.is_empty() => {
                     expired.push((key, reason::IDLE_TIMEOUT))
                 }
@@ -959,7 +955,7 @@ impl Reactor {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             let conn = &mut self.conns[key];
-            match conn.phase {
+            match conn.phase() {
                 Phase::WebSocket | Phase::Echo => {
                     conn.queue(
                         key,

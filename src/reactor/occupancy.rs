@@ -110,7 +110,7 @@ impl Reactor {
         let frame: crate::outq::Chunk = frame::text(text.as_bytes()).into();
         for &key in &update.watchers {
             if let Some(conn) = self.conns.get_mut(key)
-                && conn.phase == crate::conn::Phase::WebSocket
+                && conn.phase() == crate::conn::Phase::WebSocket
             {
                 conn.queue(key, frame.clone(), &mut self.outbox);
             }
@@ -210,7 +210,7 @@ impl Reactor {
             &mut redis.publisher,
             &keys.count_command([channel.as_str()]),
         );
-        self.conns[waiter.key].phase = crate::conn::Phase::AwaitingBroker;
+        self.conns[waiter.key].await_broker();
         self.pending
             .push_back(Pending::Occupancy(OccupancyWork::Count(waiter, channel)));
     }
@@ -248,7 +248,7 @@ impl Reactor {
             &mut redis.publisher,
             &keys.list_command(after.as_deref(), limit),
         );
-        self.conns[waiter.key].phase = crate::conn::Phase::AwaitingBroker;
+        self.conns[waiter.key].await_broker();
         self.pending
             .push_back(Pending::Occupancy(OccupancyWork::List(waiter, grant)));
     }

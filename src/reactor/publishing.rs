@@ -149,7 +149,7 @@ impl Reactor {
                     let reply = single_reply(&event.kind, &event.channel, outcome);
                     self.send_reply(key, reply, keep_alive, false);
                 }
-                None => self.conns[key].phase = Phase::AwaitingBroker,
+                None => self.conns[key].await_broker(),
             }
             return;
         };
@@ -221,7 +221,7 @@ impl Reactor {
             let reply = self.groups.remove(group).reply();
             self.send_reply(key, reply, keep_alive, false);
         } else {
-            self.conns[key].phase = Phase::AwaitingBroker;
+            self.conns[key].await_broker();
         }
     }
 
@@ -403,7 +403,7 @@ impl Reactor {
             let alive = self
                 .conns
                 .get(parked.key)
-                .is_some_and(|c| c.serial == parked.serial && c.phase == Phase::AwaitingBroker);
+                .is_some_and(|c| c.serial == parked.serial && c.phase() == Phase::AwaitingBroker);
             if !alive && parked.slot.is_none() {
                 continue;
             }
@@ -920,11 +920,11 @@ impl Reactor {
         let alive = self
             .conns
             .get(key)
-            .is_some_and(|c| c.serial == serial && c.phase == Phase::AwaitingBroker);
+            .is_some_and(|c| c.serial == serial && c.is_awaiting_broker());
         if !alive {
             return;
         }
-        self.conns[key].phase = Phase::ReadingRequest;
+        self.conns[key].broker_answered();
         self.send_reply(key, reply, keep_alive, false);
         self.resume_reading(key);
     }

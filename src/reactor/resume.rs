@@ -172,7 +172,7 @@ impl Reactor {
         });
         let released = match result {
             Ok(page) => {
-                let sse = conn.phase == Phase::Sse;
+                let sse = conn.phase() == Phase::Sse;
                 for stored in &page.events {
                     let bytes = if sse {
                         sse::event_record(&stored.json)

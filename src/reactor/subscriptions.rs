@@ -12,7 +12,7 @@ use serde_json::json;
 use super::Reactor;
 use crate::broker::Broker;
 use crate::channel::{self, Wanted};
-use crate::conn::{Became, Phase};
+use crate::conn::Phase;
 use crate::event::EventId;
 use crate::metrics::limit;
 use crate::sse;
@@ -48,11 +48,8 @@ impl Reactor {
             handshake::switching_protocols(accept_key, deflate),
             &mut self.outbox,
         );
-        // Before any subscription: fan-out counts the channel's deflate subscribers.
-        conn.deflate = deflate.map(Agreement::window_bits);
-        conn.phase = if echo { Phase::Echo } else { Phase::WebSocket };
-        conn.deadline = now + self.config.limits.ping_interval_secs;
-        conn.became = Became::WebSocket;
+        let deadline = now + self.config.limits.ping_interval_secs;
+        conn.open_websocket(echo, deflate.map(Agreement::window_bits), deadline);
         self.websockets += 1;
         self.metrics.websockets_opened += 1;
         self.metrics.responded(101);
@@ -65,10 +62,8 @@ impl Reactor {
         let now = self.clock();
         let conn = &mut self.conns[key];
         conn.queue(key, sse::head(), &mut self.outbox);
-        conn.phase = Phase::Sse;
-        conn.became = Became::Sse;
+        conn.open_sse(now + self.config.limits.ping_interval_secs);
         self.sse_streams += 1;
-        conn.deadline = now + self.config.limits.ping_interval_secs;
         self.metrics.responded(200);
         self.subscribe_wanted(key, wanted);
     }
@@ -277,7 +272,7 @@ impl Reactor {
     pub(super) fn send_notice(&mut self, key: usize, notice: serde_json::Value) {
         let body = notice.to_string();
         let conn = &mut self.conns[key];
-        let bytes = match conn.phase {
+        let bytes = match conn.phase() {
             Phase::WebSocket => frame::text(body.as_bytes()),
             Phase::Sse => {
                 let op = notice["op"].as_str().unwrap_or("notice");

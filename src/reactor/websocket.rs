@@ -130,7 +130,7 @@ impl Reactor {
 
     pub(super) fn on_message(&mut self, key: usize, message: Message<'_>) {
         let conn = &mut self.conns[key];
-        let echo = conn.phase == Phase::Echo;
+        let echo = conn.phase() == Phase::Echo;
         match message {
             Message::Ping(data) => conn.queue(key, frame::pong(data), &mut self.outbox),
             Message::Pong => {}
@@ -194,7 +194,7 @@ impl Reactor {
     /// started receiving, tell it why, and let everyone else go on.
     pub(super) fn close_slow_consumer(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        if !conn.is_subscriber() && conn.phase != Phase::Echo {
+        if !conn.is_subscriber() && conn.phase() != Phase::Echo {
             return;
         }
         let queued = conn.backlog_bytes();
