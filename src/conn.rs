@@ -55,6 +55,47 @@ pub enum Phase {
     Closed,
 }
 
+/// Why a connection ended: the `reason` label of `herald_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// EOF or the peer's close frame, with nothing of ours pending.
+    PeerClosed,
+    IoError,
+    /// A malformed HTTP request (4xx, then close).
+    BadRequest,
+    /// A WebSocket protocol violation (close 1002/1007/1009).
+    ProtocolError,
+    /// Its backlog passed `MAX_QUEUED_BYTES`, or it stopped reading (close 1008).
+    SlowConsumer,
+    HeadTimeout,
+    IdleTimeout,
+    PingTimeout,
+    Shutdown,
+    /// The subscriber's token reached its `exp` (WebSocket: 1008).
+    TokenExpired,
+    /// A close that went as planned (our last bytes out, the peer answered our close): it
+    /// was counted under its cause when it began, not again.
+    Done,
+}
+
+impl CloseReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::IoError => "io_error",
+            CloseReason::BadRequest => "bad_request",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::HeadTimeout => "head_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::Done => "done",
+        }
+    }
+}
+
 /// What a connection was upgraded to (it keeps this through `Closing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Became {

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
+use crate::conn::CloseReason;
+
 pub mod names {
     pub const CONNECTIONS: &str = "herald_connections";
     pub const REACTOR_CONNECTIONS: &str = "herald_reactor_connections";
@@ -81,22 +83,6 @@ pub mod limit {
     /// An occupancy watch refused: the connection's cap (subscriptions and watches
     /// together), or `MAX_SUBSCRIBED_CHANNELS` channels watched.
     pub const OCCUPANCY_WATCHES: &str = "occupancy_watches";
-}
-
-/// Why a connection closed: the `reason` label of `herald_connections_closed_total`.
-pub mod reason {
-    pub const PEER_CLOSED: &str = "peer_closed";
-    pub const IO_ERROR: &str = "io_error";
-    pub const BAD_REQUEST: &str = "bad_request";
-    pub const PROTOCOL_ERROR: &str = "protocol_error";
-    pub const SLOW_CONSUMER: &str = "slow_consumer";
-    pub const HEAD_TIMEOUT: &str = "head_timeout";
-    pub const IDLE_TIMEOUT: &str = "idle_timeout";
-    pub const PING_TIMEOUT: &str = "ping_timeout";
-    pub const SHUTDOWN: &str = "shutdown";
-    /// The subscriber's token reached its `exp` (WebSocket: 1008).
-    pub const TOKEN_EXPIRED: &str = "token_expired";
-    pub const DONE: &str = "done";
 }
 
 fn add_all<K: Ord + Copy>(mine: &mut BTreeMap<K, u64>, theirs: &BTreeMap<K, u64>) {
@@ -214,8 +200,8 @@ impl Metrics {
         add_all(&mut self.auth_refusals, &other.auth_refusals);
     }
 
-    pub fn closed(&mut self, reason: &'static str) {
-        *self.closes.entry(reason).or_default() += 1;
+    pub fn closed(&mut self, reason: CloseReason) {
+        *self.closes.entry(reason.label()).or_default() += 1;
     }
 
     /// A cap was hit (a refusal, a drop, an eviction): see `limit`.
@@ -434,7 +420,7 @@ mod tests {
     fn should_render_counters_and_a_cumulative_histogram() {
         let mut m = Metrics::default();
         m.responded(200);
-        m.closed(reason::SLOW_CONSUMER);
+        m.closed(CloseReason::SlowConsumer);
         m.limit_hit(limit::QUEUED_BYTES);
         m.auth_refused("signature");
         m.publish_latency.observe(Duration::from_micros(300));

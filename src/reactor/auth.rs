@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::Reactor;
 use crate::auth::{Denial, Grant, Refusal, unix_now};
-use crate::conn::Phase;
-use crate::metrics::reason;
+use crate::conn::{CloseReason, Phase};
+
 use crate::ws::frame::{self, close_code};
 
 /// What an expired WebSocket is told in its close frame (1008, policy violation).
@@ -148,13 +148,16 @@ impl Reactor {
                 _ => continue,
             }
             self.begin_closing(key);
-            self.metrics.closed(reason::TOKEN_EXPIRED);
+            self.metrics.closed(CloseReason::TokenExpired);
             let message = format!(
                 "token of sub {:?} expired: closed",
                 sub.as_deref().unwrap_or("-")
             );
-            self.warnings
-                .log(log::Level::Info, reason::TOKEN_EXPIRED, &message);
+            self.warnings.log(
+                log::Level::Info,
+                CloseReason::TokenExpired.label(),
+                &message,
+            );
         }
     }
 }

@@ -14,13 +14,13 @@ use super::pending::{HistoryRequest, HttpWaiter, Pending};
 use super::process::Report;
 use super::{CLOSE_TIMEOUT_SECS, Reactor};
 use crate::broker::{self, Broker, Read};
-use crate::conn::Phase;
+use crate::conn::{CloseReason, Phase};
 use crate::history::{Page, PageSize, TooOld};
 use crate::http::parse::{Method, Parsed, Request, parse};
 use crate::http::publish::largest_frame_bytes;
 use crate::http::reply::Reply;
 use crate::http::route::{self, Action, route};
-use crate::metrics::{Gauges, Metrics, limit, reason};
+use crate::metrics::{Gauges, Metrics, limit};
 use crate::resp::cmd;
 use crate::resp::link::LinkFailure;
 
@@ -59,7 +59,7 @@ impl Reactor {
                 Err(e) => {
                     let sample = printable_sample(&buf[used..]);
                     self.log_peer(key, log::Level::Info, &format!("{e}; input {sample}"));
-                    self.metrics.closed(reason::BAD_REQUEST);
+                    self.metrics.closed(CloseReason::BadRequest);
                     self.send_reply(key, e.reply(), false, false);
                     return buf.len();
                 }

@@ -44,11 +44,11 @@ use slab::Slab;
 use crate::auth::GrantTable;
 use crate::broker::{Broker, REDIS_PUB, REDIS_SUB};
 use crate::config::Config;
-use crate::conn::{Became, Conn, Outbox, Phase};
+use crate::conn::{Became, CloseReason, Conn, Outbox, Phase};
 use crate::fanout::Fanout;
 use crate::http::reply::Reply;
 use crate::hub::SharedEvent;
-use crate::metrics::{Metrics, reason};
+use crate::metrics::Metrics;
 use crate::ratelog::RateLog;
 use crate::resp::link::LinkEvent;
 use crate::sse;
@@ -494,7 +494,7 @@ impl Reactor {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.close_now(key, reason::IO_ERROR, &format!("read: {e}"));
+                    self.close_now(key, CloseReason::IoError, &format!("read: {e}"));
                     break;
                 }
             }
@@ -506,10 +506,10 @@ impl Reactor {
         let close_by = self.clock() + CLOSE_TIMEOUT_SECS;
         let conn = &mut self.conns[key];
         match conn.phase() {
-            Phase::Closing => self.close_now(key, reason::DONE, "peer closed"),
+            Phase::Closing => self.close_now(key, CloseReason::Done, "peer closed"),
             // The peer is done sending; let it have what is queued for it.
             _ if !conn.out.is_empty() => conn.peer_finished(close_by),
-            _ => self.close_now(key, reason::PEER_CLOSED, "peer closed"),
+            _ => self.close_now(key, CloseReason::PeerClosed, "peer closed"),
         }
     }
 
@@ -655,7 +655,7 @@ impl Reactor {
                         {
                             return self.close_now(
                                 key,
-                                reason::IO_ERROR,
+                                CloseReason::IoError,
                                 &format!("reregister: {e}"),
                             );
                         }
@@ -663,7 +663,7 @@ impl Reactor {
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.close_now(key, reason::IO_ERROR, &format!("write: {e}")),
+                Err(e) => return self.close_now(key, CloseReason::IoError, &format!("write: {e}")),
             }
         }
         if written > 0 {
@@ -680,7 +680,7 @@ impl Reactor {
         }
         match conn.phase() {
             // The peer finished sending and has everything we had to say: done.
-            Phase::Closing if conn.peer_done => self.close_now(key, reason::DONE, "closed"),
+            Phase::Closing if conn.peer_done => self.close_now(key, CloseReason::Done, "closed"),
             Phase::Closing if !conn.write_shut => {
                 // Our last bytes are out. Half-close and linger briefly, reading and dropping,
                 // so that closing with unread input does not reset the connection and destroy
@@ -691,7 +691,7 @@ impl Reactor {
                 if self.shutdown_deadline.is_some() {
                     // Shutting down: the kernel delivers what is queued after we close; do
                     // not hold the exit for peers slow to answer our close.
-                    self.close_now(key, reason::DONE, "closed at shutdown");
+                    self.close_now(key, CloseReason::Done, "closed at shutdown");
                 }
             }
             // Parsing stopped at the cap (or a request waits half-read): the requests already
@@ -759,7 +759,7 @@ impl Reactor {
     // ---- closing and timers -----------------------------------------------------------------
 
     /// Marks a connection closed; it is freed at the end of the turn.
-    fn close_now(&mut self, key: usize, why: &'static str, detail: &str) {
+    fn close_now(&mut self, key: usize, why: CloseReason, detail: &str) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -767,9 +767,13 @@ impl Reactor {
             return;
         }
         self.closed.push(key);
-        if why != reason::DONE {
+        if why != CloseReason::Done {
             self.metrics.closed(why);
-            self.log_peer(key, log::Level::Debug, &format!("closed ({why}): {detail}"));
+            self.log_peer(
+                key,
+                log::Level::Debug,
+                &format!("closed ({}): {detail}", why.label()),
+            );
         }
     }
 
@@ -810,7 +814,7 @@ impl Reactor {
         self.close_expired_grants();
         let now = self.clock();
         let limits = &self.config.limits;
-        let mut expired: Vec<(usize, &'static str)> = Vec::new();
+        let mut expired: Vec<(usize, CloseReason)> = Vec::new();
         for (key, conn) in self.conns.iter_mut() {
             if conn.out.is_empty() && !conn.dirty {
                 conn.release_memory();
@@ -820,21 +824,21 @@ impl Reactor {
             }
             match conn.phase() {
                 Phase::ReadingRequest if conn.tail.is_empty() => {
-                    expired.push((key, reason::IDLE_TIMEOUT))
+                    expired.push((key, CloseReason::IdleTimeout))
                 }
                 // Input paused for a backlog that made no progress for a pong timeout: the
                 // client floods and does not read.
                 Phase::WebSocket | Phase::Echo if conn.read_paused => {
-                    expired.push((key, reason::SLOW_CONSUMER))
+                    expired.push((key, CloseReason::SlowConsumer))
                 }
-                Phase::ReadingRequest => expired.push((key, reason::HEAD_TIMEOUT)),
+                Phase::ReadingRequest => expired.push((key, CloseReason::HeadTimeout)),
                 // The ping may still sit behind a backlog the client has not read yet: the
                 // backlog cap deals with that client; the pong clock starts once it is out.
                 Phase::WebSocket | Phase::Echo if conn.awaiting_pong && !conn.out.is_empty() => {
                     conn.deadline = now + limits.pong_timeout_secs;
                 }
                 Phase::WebSocket | Phase::Echo if conn.awaiting_pong => {
-                    expired.push((key, reason::PING_TIMEOUT))
+                    expired.push((key, CloseReason::PingTimeout))
                 }
                 Phase::WebSocket | Phase::Echo => {
                     conn.queue(key, frame::ping(b""), &mut self.outbox);
@@ -845,13 +849,13 @@ impl Reactor {
                     conn.queue(key, Bytes::from_static(sse::HEARTBEAT), &mut self.outbox);
                     conn.deadline = now + limits.ping_interval_secs;
                 }
-                Phase::Closing => expired.push((key, reason::DONE)),
+                Phase::Closing => expired.push((key, CloseReason::Done)),
                 Phase::AwaitingBroker | Phase::Closed => {}
             }
         }
         for (key, why) in expired {
             match why {
-                reason::HEAD_TIMEOUT => {
+                CloseReason::HeadTimeout => {
                     self.log_peer(
                         key,
                         log::Level::Info,
@@ -861,11 +865,11 @@ impl Reactor {
                     let reply = Reply::error(408, "request not completed in time").closing();
                     self.send_reply(key, reply, false, false);
                 }
-                reason::PING_TIMEOUT => {
+                CloseReason::PingTimeout => {
                     self.log_peer(key, log::Level::Info, "no pong within the timeout; closing");
                     self.close_now(key, why, "ping timeout");
                 }
-                reason::SLOW_CONSUMER => self.close_slow_consumer(key),
+                CloseReason::SlowConsumer => self.close_slow_consumer(key),
                 _ => self.close_now(key, why, "timeout"),
             }
         }
@@ -963,15 +967,15 @@ impl Reactor {
                         &mut self.outbox,
                     );
                     self.begin_closing(key);
-                    self.metrics.closed(reason::SHUTDOWN);
+                    self.metrics.closed(CloseReason::Shutdown);
                 }
                 Phase::Sse => {
                     // EventSource reconnects by itself, with Last-Event-ID.
                     self.begin_closing(key);
-                    self.metrics.closed(reason::SHUTDOWN);
+                    self.metrics.closed(CloseReason::Shutdown);
                 }
                 Phase::ReadingRequest if conn.tail.is_empty() && conn.out.is_empty() => {
-                    self.close_now(key, reason::SHUTDOWN, "idle at shutdown");
+                    self.close_now(key, CloseReason::Shutdown, "idle at shutdown");
                 }
                 _ => {}
             }

@@ -6,9 +6,9 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::Reactor;
 use crate::channel::ChannelId;
-use crate::conn::Phase;
+use crate::conn::{CloseReason, Phase};
 use crate::fanout::Deflated;
-use crate::metrics::{limit, reason};
+use crate::metrics::limit;
 use crate::ws::deflate::InflateError;
 use crate::ws::frame::{self, Message, close_code};
 
@@ -124,7 +124,7 @@ impl Reactor {
         let conn = &mut self.conns[key];
         conn.peer_done = true;
         if conn.out.is_empty() {
-            self.close_now(key, reason::DONE, "closed");
+            self.close_now(key, CloseReason::Done, "closed");
         }
     }
 
@@ -141,7 +141,7 @@ impl Reactor {
                 // RFC 6455 7.1.1: the server closes the TCP connection first, right after.
                 conn.peer_done = true;
                 self.begin_closing(key);
-                self.metrics.closed(reason::PEER_CLOSED);
+                self.metrics.closed(CloseReason::PeerClosed);
             }
             Message::Text(text) if echo => {
                 self.echo(key, OpCode::Data(Data::Text), text.as_bytes())
@@ -180,7 +180,7 @@ impl Reactor {
             log::Level::Info,
             &format!("closing WebSocket: {error}"),
         );
-        self.metrics.closed(reason::PROTOCOL_ERROR);
+        self.metrics.closed(CloseReason::ProtocolError);
         let conn = &mut self.conns[key];
         conn.queue(
             key,
@@ -209,7 +209,7 @@ impl Reactor {
         self.begin_closing(key);
         self.metrics.slow_consumers += 1;
         self.metrics.limit_hit(crate::metrics::limit::QUEUED_BYTES);
-        self.metrics.closed(reason::SLOW_CONSUMER);
+        self.metrics.closed(CloseReason::SlowConsumer);
         self.warn_peer(
             key,
             "slow consumer",
