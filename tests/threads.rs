@@ -275,3 +275,19 @@ fn with_redis_each_reactor_is_a_replica_and_every_client_gets_every_event() {
         assert_eq!(message_ids(client, 30), first);
     }
 }
+
+#[test]
+fn threads_auto_runs_one_reactor_per_available_core_and_nonsense_is_refused() {
+    let herald = Herald::with(&[], &[("THREADS", "auto")]);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(get(herald.port, "/health").json()["reactors"], cores);
+    for bad in ["0", "257", "many"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["--threads", bad, "--port", "0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--threads {bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("auto"), "{stderr}");
+    }
+}
