@@ -17,7 +17,7 @@
 //!
 //! With one reactor this is the same broker as before, behind a lock nobody else takes.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
@@ -95,8 +95,9 @@ struct Mail {
 struct State {
     history: History,
     idempotency: IdempotencyStore,
-    /// Clients subscribed per channel, over every reactor (a channel leaves at zero).
-    subscribers: HashMap<Box<str>, usize>,
+    /// Clients subscribed per channel, over every reactor (a channel leaves at zero); in
+    /// name order, for `GET /channels` pages.
+    subscribers: BTreeMap<Box<str>, usize>,
 }
 
 #[derive(Debug)]
@@ -122,7 +123,7 @@ impl Hub {
             state: Mutex::new(State {
                 history: History::with_limits(history, now_ms),
                 idempotency: IdempotencyStore::new(idempotency),
-                subscribers: HashMap::new(),
+                subscribers: BTreeMap::new(),
             }),
             inboxes: (0..reactors.max(1)).map(|_| Inbox::default()).collect(),
         }
@@ -216,6 +217,36 @@ impl Hub {
     /// Clients subscribed to `channel`, over every reactor.
     pub fn subscribers(&self, channel: &str) -> usize {
         self.lock().subscribers.get(channel).copied().unwrap_or(0)
+    }
+
+    /// Clients subscribed to each of `channels`, over every reactor, under one lock.
+    pub fn subscribers_of<'a>(&self, channels: impl Iterator<Item = &'a str>) -> Vec<usize> {
+        let state = self.lock();
+        channels
+            .map(|c| state.subscribers.get(c).copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// Up to `limit` channels with subscribers after `after`, in name order, with their
+    /// counts over every reactor, and the name to continue after if more may follow.
+    pub fn subscriber_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<(String, usize)>, Option<String>) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let state = self.lock();
+        let lower = after.map_or(Unbounded, Excluded);
+        let mut range = state.subscribers.range::<str, _>((lower, Unbounded));
+        let page: Vec<(String, usize)> = range
+            .by_ref()
+            .take(limit)
+            .map(|(name, &n)| (name.to_string(), n))
+            .collect();
+        let next = range
+            .next()
+            .and_then(|_| page.last().map(|(name, _)| name.clone()));
+        (page, next)
     }
 
     /// The once-a-second expiry of history and idempotency keys (one reactor does it).
@@ -335,8 +366,17 @@ mod tests {
             panic!("publish");
         };
         assert_eq!(receivers, 2);
-        hub.count_subscriber("a", false);
-        hub.count_subscriber("a", false);
+        hub.count_subscriber("b", true);
+        hub.count_subscriber("c", true);
+        let (page, next) = hub.subscriber_page(None, 2);
+        assert_eq!(page, vec![("a".to_string(), 2), ("b".to_string(), 1)]);
+        assert_eq!(next.as_deref(), Some("b"));
+        let (page, next) = hub.subscriber_page(next.as_deref(), 2);
+        assert_eq!((page, next), (vec![("c".to_string(), 1)], None));
+        assert_eq!(hub.subscribers_of(["a", "x"].into_iter()), vec![2, 0]);
+        for channel in ["a", "a", "b", "c"] {
+            hub.count_subscriber(channel, false);
+        }
         assert_eq!(hub.subscribers("a"), 0);
         assert!(hub.lock().subscribers.is_empty());
     }

@@ -258,8 +258,8 @@ impl Occupancy {
         self.schedule(channel, now);
     }
 
-    /// Subscribers of a watched channel elsewhere (other replicas). Ignored for channels no
-    /// one here watches.
+    /// Subscribers of a watched channel elsewhere (other replicas, or embedded the other
+    /// reactors of the process). Ignored for channels no one here watches.
     pub fn set_elsewhere(&mut self, channel: &str, count: u32, now: Instant) {
         let Some(watched) = self.watched.get_mut(channel) else {
             return;
@@ -286,7 +286,8 @@ impl Occupancy {
     /// Local plus elsewhere, if known.
     fn total(&self, channel: &str) -> Option<u32> {
         let elsewhere = match (&self.shared, self.watched.get(channel)) {
-            (None, _) => 0,
+            // Embedded: the other reactors' subscribers, if there are any (`set_elsewhere`).
+            (None, watched) => watched.and_then(|w| w.elsewhere).unwrap_or(0),
             (Some(_), Some(watched)) => watched.elsewhere?,
             (Some(_), None) => return None,
         };
@@ -304,6 +305,22 @@ impl Occupancy {
         subscriptions: usize,
         now: Instant,
     ) -> Result<Watching, WatchRefused> {
+        self.watch_knowing(key, channel, subscriptions, None, now)
+    }
+
+    /// `watch`, with the count elsewhere already known (embedded with several reactors: the
+    /// process's hub counts every reactor's subscribers), so the first answer is the total.
+    pub fn watch_knowing(
+        &mut self,
+        key: usize,
+        channel: &str,
+        subscriptions: usize,
+        elsewhere: Option<u32>,
+        now: Instant,
+    ) -> Result<Watching, WatchRefused> {
+        if let Some(count) = elsewhere {
+            self.set_elsewhere(channel, count, now);
+        }
         let mine = self.by_watcher.get(&key);
         if mine.is_some_and(|list| list.iter().any(|c| &**c == channel)) {
             return Ok(self
@@ -326,7 +343,7 @@ impl Occupancy {
             .entry(channel.into())
             .or_insert_with(|| Watched {
                 watchers: Vec::new(),
-                elsewhere: None,
+                elsewhere,
                 sent: None,
                 last_sent: None,
                 scheduled: false,
@@ -396,6 +413,11 @@ impl Occupancy {
     }
 
     /// Distinct channels watched.
+    /// The channels someone here watches, in name order.
+    pub fn watched_names(&self) -> impl Iterator<Item = &str> {
+        self.watched.keys().map(|name| &**name)
+    }
+
     pub fn watched_channels(&self) -> usize {
         self.watched.len()
     }

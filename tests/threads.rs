@@ -291,3 +291,61 @@ fn threads_auto_runs_one_reactor_per_available_core_and_nonsense_is_refused() {
         assert!(stderr.contains("auto"), "{stderr}");
     }
 }
+
+/// The next occupancy message (other notices skipped).
+fn next_occupancy(ws: &mut Client) -> Value {
+    loop {
+        let message = next_event(ws);
+        if message["op"] == "occupancy" {
+            return message;
+        }
+    }
+}
+
+#[test]
+fn occupancy_counts_every_reactors_subscribers() {
+    let herald = Herald::with(&["--threads", THREADS], &[]);
+    let mut room = clients_on_several_reactors(&herald, "/ws?channels=room", 12);
+    let count = get(herald.port, "/channels/room").json();
+    assert_eq!(count["subscribers"], 12, "{count}");
+    let listing = get(herald.port, "/channels").json();
+    assert_eq!(
+        listing["channels"],
+        serde_json::json!([{"channel": "room", "subscribers": 12}])
+    );
+    // A watcher on some reactor hears the total at once, then joins and leaves on any
+    // reactor (at most a second later, coalesced).
+    let mut watcher = ws_connect_from(herald.port, "/ws", [127, 0, 0, 30]);
+    watcher
+        .send(tungstenite::Message::text(
+            r#"{"op":"occupancy","channel":"room"}"#,
+        ))
+        .unwrap();
+    assert_eq!(next_occupancy(&mut watcher)["subscribers"], 12);
+    let more: Vec<Client> = (0..8u8)
+        .map(|i| ws_connect_from(herald.port, "/ws?channels=room", [127, 0, 0, 40 + i]))
+        .collect();
+    let mut last = 0;
+    for _ in 0..20 {
+        last = next_occupancy(&mut watcher)["subscribers"]
+            .as_u64()
+            .unwrap();
+        if last == 20 {
+            break;
+        }
+    }
+    assert_eq!(last, 20, "the watcher heard of every join");
+    drop(more);
+    for client in &mut room[..4] {
+        let _ = client.close(None);
+    }
+    for _ in 0..20 {
+        last = next_occupancy(&mut watcher)["subscribers"]
+            .as_u64()
+            .unwrap();
+        if last == 8 {
+            break;
+        }
+    }
+    assert_eq!(last, 8, "and of every leave");
+}

@@ -802,7 +802,7 @@ impl Reactor {
 
     /// The once-a-second pass over every connection: head and idle timeouts, heartbeats,
     /// lingering closes, and memory an idle connection no longer needs.
-    fn sweep(&mut self, _now: Instant) {
+    fn sweep(&mut self, at: Instant) {
         if let Broker::Embedded(embedded) = &self.broker
             && self.index == 0
         {
@@ -811,6 +811,7 @@ impl Reactor {
             self.count_hub_evictions();
         }
         self.report();
+        self.refresh_other_reactors(at);
         self.close_expired_grants();
         let now = self.clock();
         let limits = &self.config.limits;

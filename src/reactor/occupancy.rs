@@ -132,7 +132,11 @@ impl Reactor {
         }
         let now = Instant::now();
         let subscriptions = self.conns[key].subs.len();
-        match self.occupancy.watch(key, name, subscriptions, now) {
+        let elsewhere = self.other_reactors(name);
+        match self
+            .occupancy
+            .watch_knowing(key, name, subscriptions, elsewhere, now)
+        {
             Ok(Watching::Now(subscribers)) => {
                 let notice =
                     json!({ "op": "occupancy", "channel": name, "subscribers": subscribers });
@@ -165,6 +169,44 @@ impl Reactor {
         }
     }
 
+    /// Embedded: subscribers of `name` on every reactor (the hub's count).
+    fn embedded_total(&self, name: &str) -> u32 {
+        match &self.broker {
+            Broker::Embedded(embedded) => saturate(embedded.hub.subscribers(name)),
+            Broker::Redis(_) => self.occupancy.local(name),
+        }
+    }
+
+    /// Embedded with several reactors: subscribers of `name` on the other reactors. `None`
+    /// with one reactor (nothing elsewhere) and with Redis (read from Redis instead).
+    fn other_reactors(&self, name: &str) -> Option<u32> {
+        if self.process.reactors() == 1 || !matches!(self.broker, Broker::Embedded(_)) {
+            return None;
+        }
+        let total = self.embedded_total(name);
+        Some(total.saturating_sub(self.occupancy.local(name)))
+    }
+
+    /// Embedded with several reactors, once a second: every watched channel's count on the
+    /// other reactors, from the hub, so watchers here hear of joins and leaves there (at most
+    /// a second late; coalesced like every update).
+    pub(super) fn refresh_other_reactors(&mut self, now: Instant) {
+        let Broker::Embedded(embedded) = &self.broker else {
+            return;
+        };
+        if self.process.reactors() == 1 || self.occupancy.watched_channels() == 0 {
+            return;
+        }
+        let names: Vec<String> = self.occupancy.watched_names().map(str::to_string).collect();
+        let totals = embedded
+            .hub
+            .subscribers_of(names.iter().map(String::as_str));
+        for (name, total) in names.iter().zip(totals) {
+            let others = saturate(total).saturating_sub(self.occupancy.local(name));
+            self.occupancy.set_elsewhere(name, others, now);
+        }
+    }
+
     /// A newly watched channel: read its count on the other replicas now rather than at the
     /// next round. Without Redis to ask (down, or too many reads waiting), its watchers get
     /// the local count, corrected by a later round.
@@ -189,7 +231,8 @@ impl Reactor {
     /// `GET /channels/<channel>`: local subscribers, plus the other replicas' with Redis.
     pub(super) fn answer_occupancy(&mut self, waiter: HttpWaiter, channel: String) {
         let Broker::Redis(redis) = &mut self.broker else {
-            let reply = count_reply(&channel, self.occupancy.local(&channel));
+            let count = self.embedded_total(&channel);
+            let reply = count_reply(&channel, count);
             return self.send_http(waiter, reply);
         };
         if !redis.publisher.is_ready() {
@@ -225,9 +268,13 @@ impl Reactor {
         grant: Option<Grant>,
     ) {
         let Broker::Redis(redis) = &mut self.broker else {
-            let (page, next) = self.occupancy.local_page(after.as_deref(), limit);
-            let entries = page.into_iter().map(|(name, n)| (name.to_string(), n));
-            let reply = self.list_reply(entries, next.map(str::to_string), grant.as_ref());
+            // Embedded: the hub counts every reactor's subscribers.
+            let Broker::Embedded(embedded) = &self.broker else {
+                return;
+            };
+            let (page, next) = embedded.hub.subscriber_page(after.as_deref(), limit);
+            let entries = page.into_iter().map(|(name, n)| (name, saturate(n)));
+            let reply = self.list_reply(entries, next, grant.as_ref());
             return self.send_http(waiter, reply);
         };
         if !redis.publisher.is_ready() {
@@ -401,4 +448,8 @@ fn count_reply(channel: &str, subscribers: u32) -> Reply {
 fn send(link: &mut crate::resp::link::RedisLink, args: &[Vec<u8>]) {
     let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
     link.command(&args);
+}
+
+fn saturate(count: usize) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
 }
