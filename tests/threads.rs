@@ -222,7 +222,8 @@ fn the_connection_limits_hold_for_the_whole_process() {
     drop(others);
 }
 
-/// What the server answers a connection from `source` that it refuses (a 503, then close).
+/// What the server answers `GET /health` from `source` (a refused connection: a 503, then
+/// close).
 fn refused_from(port: u16, source: [u8; 4]) -> String {
     use socket2::{Domain, Socket, Type};
     use std::io::{Read, Write};
@@ -348,4 +349,41 @@ fn occupancy_counts_every_reactors_subscribers() {
         }
     }
     assert_eq!(last, 8, "and of every leave");
+}
+
+#[test]
+fn sigterm_drains_every_reactor_then_closes_them_all() {
+    const DRAIN: Duration = Duration::from_secs(3);
+    let mut herald = Herald::with(&["--threads", THREADS], &[("DRAIN_SECS", "3")]);
+    let mut clients = clients_on_several_reactors(&herald, "/ws", 12);
+    let terminated = std::time::Instant::now();
+    signal(herald.pid(), "TERM");
+    // Every reactor answers 503 "draining": /health from sixteen source addresses (so on
+    // several reactors) all say so, and the clients are still served.
+    wait_until("/health to say draining", || {
+        get(herald.port, "/health").status == 503
+    });
+    for i in 0..16u8 {
+        let answer = refused_from(herald.port, [127, 0, 3, 1 + i]);
+        assert!(
+            answer.starts_with("HTTP/1.1 503") && answer.contains("draining"),
+            "{answer}"
+        );
+    }
+    publish(herald.port, "during", "drain");
+    for client in &mut clients {
+        assert_eq!(next_event(client)["type"], "during");
+    }
+    assert!(
+        terminated.elapsed() < DRAIN,
+        "the checks above ran after the drain: the machine is too slow for this test"
+    );
+    for client in &mut clients {
+        assert_eq!(close_code(client), Some(1001));
+    }
+    assert!(
+        terminated.elapsed() >= DRAIN,
+        "closed before the drain was over"
+    );
+    assert_eq!(herald.wait_exit(Duration::from_secs(10)), Some(0));
 }
