@@ -620,6 +620,7 @@ import { connect, isChannelName, DEFAULT_CHANNEL } from '/herald.js';
         }
       });
       followed = channels;
+      watchFirstChannel();
       updateAddress(channels);
       publish.refreshChannel(channels);
       saveResumePoints();
@@ -694,6 +695,27 @@ import { connect, isChannelName, DEFAULT_CHANNEL } from '/herald.js';
     });
     statusText.textContent = STATUS_TEXT[client.state];
     statusPill.dataset.state = client.state;
+
+    // "N watching": subscribers of the first followed channel (the one the publish form
+    // defaults to) on every replica, as the server's occupancy updates say (at most one a
+    // second). Other channels' updates, from an earlier first channel, are ignored.
+    var occupancy = byId('occupancy');
+    var watched = null;
+    function watchFirstChannel() {
+      var ch = picker.channels()[0];
+      if (!ch || ch === watched) return;
+      watched = ch;
+      occupancy.hidden = true;
+      client.watchOccupancy(ch);
+    }
+    client.on('occupancy', function (n) {
+      if (n.channel !== watched) return;
+      occupancy.textContent = n.subscribers + ' watching';
+      occupancy.title = n.subscribers + (n.subscribers === 1 ? ' subscriber' : ' subscribers') +
+        ' of #' + n.channel + ', this page included';
+      occupancy.hidden = false;
+    });
+    watchFirstChannel();
 
     function refreshHealth() {
       loadHealth().then(function (health) {
