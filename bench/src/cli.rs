@@ -8,6 +8,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::churn::{Disruption, Storm};
 use crate::ramp::Ramp;
+use crate::template::PublishTemplate;
 use crate::thresholds::Limits;
 
 /// Load generator for WebSocket fan-out servers with Herald's API.
@@ -138,6 +139,28 @@ pub struct Args {
     /// How events are published.
     #[arg(long, value_enum, default_value_t = PublishVia::Http)]
     pub publish: PublishVia,
+
+    /// Publish with this HTTP request instead of Herald's
+    /// `POST /events?event_type=..&message=..`, to drive a server with
+    /// another publish API: `METHOD /PATH[?QUERY] [BODY]`, with the event's
+    /// fields in braces: {type}, {message} (`<seq>:<sent_ns>[:<sched_ns>]`),
+    /// {marked} (`<type>:<message>`), {seq}, {channel}. Clients then also
+    /// find the event as any JSON string starting with `<type>:<digit>`
+    /// anywhere in a frame, so put {marked} where the server passes it
+    /// through, e.g.
+    /// `POST /api/publish {"channel":"{channel}","data":{"m":"{marked}"}}`.
+    /// A 2xx answer counts as published.
+    #[arg(long, value_parser = PublishTemplate::parse)]
+    pub publish_template: Option<PublishTemplate>,
+
+    /// Extra header line for every publish request, e.g.
+    /// `X-API-Key: secret` (repeatable).
+    #[arg(long, value_name = "NAME: VALUE")]
+    pub publish_header: Vec<String>,
+
+    /// {channel} of --publish-template without --channels.
+    #[arg(long, default_value = "events")]
+    pub template_channel: String,
 
     /// Redis URL for `--publish redis`: redis://[[user]:password@]host:port[/db].
     #[arg(long)]

@@ -4,7 +4,7 @@
 //!
 //! Modules: [`cli`] options, [`channels`] the many-channels case, [`churn`]
 //! churn and reconnect storms with resume, [`pool`] WebSocket clients, [`publisher`] HTTP /
-//! Redis publishing, [`reactor`] the mio loop, [`run`] phase orchestration,
+//! Redis publishing, [`template`] other servers' publish requests, [`reactor`] the mio loop, [`run`] phase orchestration,
 //! [`ramp`] load over time, [`worker`] multi-process split, [`load`] the
 //! generator's own load and
 //! saturation verdict, [`stats`] mergeable results, [`thresholds`] pass/fail limits for CI,
@@ -24,6 +24,7 @@ mod reactor;
 mod report;
 mod run;
 mod stats;
+mod template;
 mod thresholds;
 mod wire;
 mod worker;

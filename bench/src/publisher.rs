@@ -21,6 +21,7 @@ use crate::channels;
 use crate::pool::{open_socket, short_err};
 use crate::procfs::unix_ns;
 use crate::stats::Latency;
+use crate::template::{self, PublishTemplate};
 use crate::wire::{self, RespReply};
 
 /// Where and how events are published.
@@ -29,6 +30,9 @@ pub enum Protocol {
     Http {
         host_header: String,
         path: String,
+        /// `--publish-template` (instead of Herald's query form), its
+        /// `--publish-header` lines and `--template-channel`.
+        template: Option<(PublishTemplate, Vec<String>, String)>,
     },
     Redis {
         channel: String,
@@ -301,7 +305,24 @@ impl Publisher {
         let ch = channels::of_event(seq, self.plan.channels).map(channels::name);
         let c = &mut self.conns[i];
         match &self.proto {
-            Protocol::Http { host_header, path } => {
+            Protocol::Http {
+                host_header,
+                template: Some((t, headers, default_channel)),
+                ..
+            } => t.render(
+                &mut c.out,
+                host_header,
+                headers,
+                &template::EventFields {
+                    kind: &self.plan.event_type,
+                    message: &self.msg,
+                    seq,
+                    channel: ch.as_deref().unwrap_or(default_channel),
+                },
+            ),
+            Protocol::Http {
+                host_header, path, ..
+            } => {
                 let path = http_path(path, ch.as_deref());
                 let req = format!(
                     "POST {path}?event_type={}&message={} HTTP/1.1\r\nHost: {host_header}\r\n\

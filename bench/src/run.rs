@@ -83,7 +83,7 @@ impl Bench {
                 ramp: args.ramp.is_some(),
                 check_gaps,
                 disrupt: disruption.clone(),
-                marked_messages: false,
+                marked_messages: args.publish_template.is_some(),
             }));
             Side::Local
         } else {
@@ -117,7 +117,7 @@ impl Bench {
                         total_clients: clients,
                         check_gaps,
                         disrupt: disruption.as_ref().map(|d| d.share(n, clients)),
-                        marked_messages: false,
+                        marked_messages: args.publish_template.is_some(),
                     }
                 })
                 .collect();
@@ -440,9 +440,19 @@ fn publish_protocol(args: &Args) -> Res<(Protocol, std::net::SocketAddr)> {
             Protocol::Http {
                 host_header: format!("{}:{}", args.host, args.port),
                 path: args.events_path.clone(),
+                template: args.publish_template.clone().map(|t| {
+                    (
+                        t,
+                        args.publish_header.clone(),
+                        args.template_channel.clone(),
+                    )
+                }),
             },
             cli::resolve(&args.host, args.port)?,
         )),
+        PublishVia::Redis if args.publish_template.is_some() => {
+            Err("--publish-template is an HTTP request: not with --publish redis".into())
+        }
         PublishVia::Redis => {
             let url = args
                 .redis
