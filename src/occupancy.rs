@@ -150,6 +150,8 @@ struct SharedClock {
     /// Redis holds no count of ours (none written yet, or the last flush left none): a
     /// replica without subscribers then sends nothing at all.
     holds_nothing: bool,
+    /// Shutting down: this replica's counts were taken out of Redis; nothing more is sent.
+    left: bool,
     /// Where the next round-robin read of watched channels starts.
     read_from: Option<Box<str>>,
 }
@@ -185,6 +187,7 @@ impl Occupancy {
                 read_out: false,
                 resync: true,
                 holds_nothing: true,
+                left: false,
                 read_from: None,
             }),
             ..Occupancy::new(limits)
@@ -412,12 +415,12 @@ impl Occupancy {
         })
     }
 
-    /// Distinct channels watched.
     /// The channels someone here watches, in name order.
     pub fn watched_names(&self) -> impl Iterator<Item = &str> {
         self.watched.keys().map(|name| &**name)
     }
 
+    /// Distinct channels watched.
     pub fn watched_channels(&self) -> usize {
         self.watched.len()
     }
@@ -478,13 +481,17 @@ impl Occupancy {
     /// flush or read of Redis's copy.
     pub fn next_deadline(&self) -> Option<Instant> {
         let update = self.due.peek().map(|Reverse((at, _))| *at);
-        let redis = self.shared.as_ref().map(|clock| {
-            if self.watched.is_empty() {
-                clock.next_flush
-            } else {
-                clock.next_flush.min(clock.next_read)
-            }
-        });
+        let redis = self
+            .shared
+            .as_ref()
+            .filter(|clock| !clock.left)
+            .map(|clock| {
+                if self.watched.is_empty() {
+                    clock.next_flush
+                } else {
+                    clock.next_flush.min(clock.next_read)
+                }
+            });
         match (update, redis) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -498,7 +505,7 @@ impl Occupancy {
     /// down nothing is sent and the clocks move on; the reconnect writes everything.
     pub fn redis_work(&mut self, now: Instant, link_ready: bool) -> RedisWork {
         let mut work = RedisWork::default();
-        let Some(clock) = self.shared.as_mut() else {
+        let Some(clock) = self.shared.as_mut().filter(|clock| !clock.left) else {
             return work;
         };
         if !link_ready {
@@ -578,6 +585,19 @@ impl Occupancy {
     pub fn read_answered(&mut self) {
         if let Some(clock) = self.shared.as_mut() {
             clock.read_out = false;
+        }
+    }
+
+    /// Shutting down: from now on nothing is written (the clients about to be closed would
+    /// write their leaving). True if Redis may hold counts of ours, to be taken out now,
+    /// so that they do not linger until they expire while the clients reconnect elsewhere.
+    pub fn leave(&mut self) -> bool {
+        match self.shared.as_mut() {
+            Some(clock) if !clock.left => {
+                clock.left = true;
+                !clock.holds_nothing || clock.flushes_out > 0
+            }
+            _ => false,
         }
     }
 
@@ -687,6 +707,19 @@ impl RedisKeys {
         args
     }
 
+    /// The leaving script's arguments: this replica's hash and its entry in the replicas set
+    /// removed (a clean shutdown).
+    pub fn leave_command(&self) -> Vec<Vec<u8>> {
+        vec![
+            b"EVAL".to_vec(),
+            LEAVE_SCRIPT.as_bytes().to_vec(),
+            b"2".to_vec(),
+            self.replicas.as_bytes().to_vec(),
+            self.mine.as_bytes().to_vec(),
+            self.replica_id.as_bytes().to_vec(),
+        ]
+    }
+
     /// The listing script's arguments: up to `limit` channel names after `after`.
     pub fn list_command(&self, after: Option<&str>, limit: usize) -> Vec<Vec<u8>> {
         vec![
@@ -732,6 +765,11 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 return (#ARGV - 3) / 2"#
 );
+
+/// KEYS: replicas, this replica's hash. ARGV: this replica's id. (Names in the channels set
+/// that only this replica had are left for listings to remove.)
+const LEAVE_SCRIPT: &str = r#"redis.call('DEL', KEYS[2])
+return redis.call('ZREM', KEYS[1], ARGV[1])"#;
 
 /// KEYS: replicas. ARGV: hash prefix, this replica's id, then channel names. Returns each
 /// channel's count over the live replicas other than this one, in order.
@@ -1073,6 +1111,19 @@ mod tests {
         idle.flush_sent(1);
         idle.flush_answered(true);
         assert_eq!(idle.redis_work(t0 + secs(4.0), true).flush, None);
+        // Leaving: Redis may hold ours (the last flush wrote some), then nothing more is sent.
+        let mut leaving = shared(t0);
+        leaving.set_local("a", 1, t0);
+        assert!(leaving.redis_work(t0, true).flush.is_some());
+        assert!(leaving.leave());
+        assert!(!leaving.leave(), "once");
+        leaving.set_local("a", 0, t0 + secs(1.0));
+        assert_eq!(
+            leaving.redis_work(t0 + secs(9.0), true),
+            RedisWork::default()
+        );
+        assert_eq!(leaving.next_deadline(), None);
+        assert!(!idle.leave(), "nothing of an idle replica's to take out");
         // Embedded: nothing to flush, ever.
         let mut embedded = alone(t0);
         embedded.set_local("a", 1, t0);

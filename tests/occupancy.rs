@@ -367,3 +367,23 @@ fn with_two_reactors_on_redis_each_is_a_replica_and_counts_cover_both() {
     let replicas = redis.command_array(&["ZRANGE", "events:occupancy:replicas", "0", "-1"]);
     assert_eq!(replicas.len(), 2, "one replica per reactor: {replicas:?}");
 }
+
+/// A replica shutting down (SIGTERM) takes its counts out of Redis before it exits: its
+/// clients, reconnecting elsewhere, are not counted twice until the counts would expire.
+#[test]
+fn a_replica_shutting_down_takes_its_counts_out_at_once() {
+    let redis = Redis::start();
+    let a = herald_on_redis(&redis);
+    let mut b = herald_on_redis(&redis);
+    let _on_a = ws_connect(a.port, "/ws?channels=room");
+    let _on_b: Vec<Client> = (0..3)
+        .map(|_| ws_connect(b.port, "/ws?channels=room"))
+        .collect();
+    wait_count(a.port, "room", 4);
+    let replicas = || redis.command_array(&["ZRANGE", "events:occupancy:replicas", "0", "-1"]);
+    assert_eq!(replicas().len(), 2);
+    assert_eq!(b.terminate(), Some(0));
+    // No waiting: B answered its SIGTERM only after Redis confirmed the counts were out.
+    assert_eq!(replicas().len(), 1, "B's entry is gone");
+    assert_eq!(subscribers(a.port, "room"), 1);
+}

@@ -949,6 +949,7 @@ impl Reactor {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        self.leave_occupancy();
         info!(
             "reactor {}: shutting down: {} connections ({} WebSockets), {} publishes in flight; grace {:?}",
             self.index,

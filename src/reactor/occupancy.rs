@@ -99,6 +99,24 @@ impl Reactor {
         }
     }
 
+    /// Shutting down: with Redis, this replica's counts are taken out at once, so its clients
+    /// (closed now, reconnecting to other replicas) are not counted twice until they expire.
+    /// The process exits once Redis answered (or the grace ran out).
+    pub(super) fn leave_occupancy(&mut self) {
+        let Broker::Redis(redis) = &mut self.broker else {
+            return;
+        };
+        if !self.occupancy.leave() || !redis.publisher.is_ready() {
+            return;
+        }
+        let Some(keys) = self.occupancy.redis_keys() else {
+            return;
+        };
+        send(&mut redis.publisher, &keys.leave_command());
+        self.pending
+            .push_back(Pending::Occupancy(OccupancyWork::Leave));
+    }
+
     /// One update, framed once and queued on each watcher still open.
     fn send_occupancy_update(&mut self, update: &Update) {
         let text = json!({
@@ -370,6 +388,20 @@ impl Reactor {
                     );
                 }
                 self.occupancy.flush_answered(failed.is_none());
+            }
+            OccupancyWork::Leave => {
+                let failed = match &reply {
+                    Ok(cmd::Reply::Error(e)) => Some(e.as_str()),
+                    Ok(_) => None,
+                    Err(failure) => Some(failure.reason.as_str()),
+                };
+                if let Some(why) = failed {
+                    let why = truncate_error(why);
+                    self.warnings.warn(
+                        "occupancy leave failed",
+                        &format!("subscriber counts left in Redis until they expire: {why}"),
+                    );
+                }
             }
             OccupancyWork::Watched { channels, round } => {
                 if round {

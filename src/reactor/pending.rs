@@ -40,6 +40,8 @@ pub(super) enum Pending {
 pub(super) enum OccupancyWork {
     /// This replica's counts written (and its expiry renewed).
     Flush,
+    /// This replica's counts taken out of Redis (shutting down).
+    Leave,
     /// Counts elsewhere of channels watched here: a round of the reactor's clock, or the
     /// first read of a newly watched channel (asked for by a client).
     Watched {
