@@ -20,7 +20,8 @@
 //! - `auth`         JWT verification, channel patterns, grants and their expiry (no sockets)
 //! - `ws`           the upgrade handshake; frames in (validated) and out (built once)
 //! - `broker`       embedded or Redis: where a publish goes
-//! - `resp`         RESP commands and replies (redis-protocol, within limits); the Redis link
+//! - `resp`         RESP commands and replies (redis-protocol, within limits); the Redis link;
+//!   Redis Cluster slots, redirects and the slot map (`resp::cluster`, no sockets)
 //! - `channel`      channel names, lists, resume points, Redis names
 //! - `idempotency`  the embedded broker's recent `Idempotency-Key`s (capped in count, bytes,
 //!   age): a retried publish is answered, not delivered again

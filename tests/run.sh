@@ -10,6 +10,8 @@ step() { printf '\n==> %s\n' "$*"; }
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+# The cluster tests join nodes with `redis-cli --cluster create`.
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs npm)
 command -v prlimit >/dev/null || missing+=(util-linux)

@@ -3,6 +3,8 @@
 //! Every wait is a bounded loop.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -317,6 +319,11 @@ impl Redis {
     /// The server's PID, to stop it (SIGSTOP) and resume it (SIGCONT) with `signal`.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Started and not stopped (a cluster test kills some nodes).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn stop(&mut self) {
