@@ -23,18 +23,23 @@
 //! requests waiting for a reply and does the delivering.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
+use mio::{Registry, Token, Waker};
 
 use crate::channel::RedisNames;
-use crate::config::{Config, RedisUrl};
+
+use crate::config::{ClusterMode, Config, RedisUrl};
 use crate::event::{self, Event, EventId};
 use crate::history::{HistoryLimits, Page, PageSize, StoredEvent, TooOld};
 use crate::http::route::MAX_HISTORY_LIMIT;
 use crate::hub::{Accepted, Hub};
 use crate::ratelog::truncate_error;
+use crate::resp::cluster::{TopologyCounts, key_beside, key_slot};
 use crate::resp::cmd::{Reply, RespLimits};
-use crate::resp::link::{LinkSettings, RedisLink, Role};
+use crate::resp::link::{LinkEvent, LinkSettings, RedisLink, Role};
+use crate::resp::shards::{ShardLinks, ShardState};
 
 /// Tokens of the two Redis links, above any slab key.
 pub const REDIS_SUB: mio::Token = mio::Token(usize::MAX - 2);
@@ -46,8 +51,13 @@ pub const REDIS_PUB: mio::Token = mio::Token(usize::MAX - 3);
 /// when the idempotency key was already used within the window: nothing is appended or
 /// published then. The check and the `SET ... NX EX` are in the same script as the append,
 /// so two replicas racing with one key cannot both publish (Redis runs scripts one at a
-/// time). The id is spliced in front exactly as `event::with_id` does.
-const PUBLISH_SCRIPT: &str = r#"if KEYS[3] then
+/// time). The id is spliced in front exactly as `event::with_id` does. `$publish`: `PUBLISH`,
+/// or `SPUBLISH` on a Redis Cluster (a script may append to a key and publish to a shard
+/// channel of the same slot: `cluster::key_beside`).
+macro_rules! publish_script {
+    ($publish:literal) => {
+        concat!(
+            r#"if KEYS[3] then
   local seen = redis.call('GET', KEYS[3])
   if seen then return {seen, 0, 1} end
 end
@@ -55,7 +65,14 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1]
 if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 if KEYS[3] then redis.call('SET', KEYS[3], id, 'NX', 'EX', ARGV[4]) end
 local msg = '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2)
-return {id, redis.call('PUBLISH', KEYS[2], msg)}"#;
+return {id, redis.call('"#,
+            $publish,
+            r#"', KEYS[2], msg)}"#
+        )
+    };
+}
+const PUBLISH_SCRIPT: &str = publish_script!("PUBLISH");
+const SHARDED_PUBLISH_SCRIPT: &str = publish_script!("SPUBLISH");
 
 /// KEYS: stream. ARGV: the id to resume after ('' for the latest), the most entries, the
 /// most bytes of event JSON (at least one entry is returned, whatever its size).
@@ -98,8 +115,7 @@ pub const ID_CLOCK_SLACK_MS: i64 = 1000;
 
 #[derive(Debug)]
 pub struct RedisBroker {
-    pub subscriber: RedisLink,
-    pub publisher: RedisLink,
+    links: Links,
     pub names: RedisNames,
     history_len: usize,
     /// Most bytes of events one history read returns (the script's budget).
@@ -108,6 +124,9 @@ pub struct RedisBroker {
     ttl_secs: String,
     /// `IDEMPOTENCY_WINDOW_SECS` as text for the script; `None`: keys are ignored.
     idempotency_secs: Option<String>,
+    /// Every Redis URL given: a cluster's seed nodes, if the first one turns out to be one.
+    seeds: Vec<RedisUrl>,
+    settings: LinkSettings,
     /// The newest id Redis's own replies vouched for (publish replies, history reads): ids up
     /// to it are trusted even if Redis's clock was behind its stream.
     newest_confirmed: EventId,
@@ -129,6 +148,23 @@ impl EmbeddedBroker {
             self.hub.wake_others(self.reactor);
         }
     }
+}
+
+/// How Herald reaches Redis. (One per reactor, built once: the size difference between
+/// the variants costs nothing.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Links {
+    /// One Redis: a subscriber link and a command link. `deciding`: `REDIS_CLUSTER=auto`
+    /// and the command link's handshake has not yet said whether the node runs in cluster
+    /// mode; the subscriber waits unconnected meanwhile (its channels are remembered).
+    Single {
+        subscriber: RedisLink,
+        publisher: RedisLink,
+        deciding: bool,
+    },
+    /// A Redis Cluster: links per node (`resp::shards`).
+    Cluster(Box<ShardLinks>),
 }
 
 #[derive(Debug)]
@@ -214,47 +250,8 @@ impl Broker {
             }
             Broker::Redis(redis) => {
                 let channel = redis.names.channel(&event.channel);
-                // Acknowledge only what will also reach this replica's own clients: with
-                // their subscription down, a "success" would be a lie to them.
-                if !redis.publisher.is_ready() || !redis.subscriber.is_ready() {
-                    return Publish::Unavailable(redis.unavailable());
-                }
-                if needs_live_subscription && !redis.subscriber.is_subscribed(channel.as_bytes()) {
-                    return Publish::AwaitSubscription;
-                }
-                let stream = redis.names.stream_key(&event.channel);
-                let maxlen = redis.history_len.to_string();
-                let json = event.to_json(None);
-                match (idempotency_key, &redis.idempotency_secs) {
-                    (Some(key), Some(window)) => {
-                        // Next to the channel's stream, with the same prefix.
-                        let seen = format!("{channel}:idempotency:{key}");
-                        redis.publisher.command(&[
-                            b"EVAL",
-                            PUBLISH_SCRIPT.as_bytes(),
-                            b"3",
-                            stream.as_bytes(),
-                            channel.as_bytes(),
-                            seen.as_bytes(),
-                            &json,
-                            maxlen.as_bytes(),
-                            redis.ttl_secs.as_bytes(),
-                            window.as_bytes(),
-                        ]);
-                    }
-                    _ => redis.publisher.command(&[
-                        b"EVAL",
-                        PUBLISH_SCRIPT.as_bytes(),
-                        b"2",
-                        stream.as_bytes(),
-                        channel.as_bytes(),
-                        &json,
-                        maxlen.as_bytes(),
-                        redis.ttl_secs.as_bytes(),
-                        b"0",
-                    ]),
-                }
-                Publish::Pending
+                let json = Bytes::from(event.to_json(None));
+                redis.publish(&channel, json, needs_live_subscription, idempotency_key)
             }
         }
     }
@@ -265,54 +262,25 @@ impl Broker {
             Broker::Embedded(embedded) => {
                 Read::Done(embedded.hub.read_history(channel, since, size))
             }
-            Broker::Redis(redis) => {
-                if !redis.publisher.is_ready() {
-                    return Read::Unavailable(redis.unavailable());
-                }
-                let stream = redis.names.stream_key(channel);
-                let since = since.map(|id| id.to_string()).unwrap_or_default();
-                let events = size.events.to_string();
-                // Never more than the RESP limits were sized for (`RespLimits::for_pages`).
-                let bytes = size.bytes.min(redis.page_bytes).to_string();
-                redis.publisher.command(&[
-                    b"EVAL",
-                    HISTORY_SCRIPT.as_bytes(),
-                    b"1",
-                    stream.as_bytes(),
-                    since.as_bytes(),
-                    events.as_bytes(),
-                    bytes.as_bytes(),
-                ]);
-                Read::Pending
-            }
+            Broker::Redis(redis) => redis.read_history(channel, since, size),
         }
     }
 
     /// For `/health`: `embedded`, or the Redis link state: `connected`, `stalled` (Redis
     /// stopped answering: a command or a handshake timed out, and no new connection has been
-    /// answered since) or `disconnected`.
+    /// answered since), `disconnected`, or on a cluster `degraded` (some shards reachable,
+    /// not all).
     pub fn state(&self) -> &'static str {
         match self {
             Broker::Embedded(_) => "embedded",
-            Broker::Redis(redis) if redis.is_ready() && redis.subscriber.all_subscribed() => {
-                "connected"
-            }
-            Broker::Redis(redis)
-                if redis.publisher.is_stalled() || redis.subscriber.is_stalled() =>
-            {
-                "stalled"
-            }
-            Broker::Redis(_) => "disconnected",
+            Broker::Redis(redis) => redis.state(),
         }
     }
 
     pub fn last_error(&self) -> Option<&str> {
         match self {
             Broker::Embedded(_) => None,
-            Broker::Redis(redis) => redis
-                .publisher
-                .last_error()
-                .or(redis.subscriber.last_error()),
+            Broker::Redis(redis) => redis.last_error(),
         }
     }
 }
@@ -329,10 +297,30 @@ impl RedisBroker {
                 page_bytes,
             ),
             timeout: config.limits.redis_timeout,
+            sharded: false,
+            ask_cluster: config.redis_cluster == ClusterMode::Auto,
+        };
+        let seeds = if config.redis_seeds.is_empty() {
+            vec![url.clone()]
+        } else {
+            config.redis_seeds.clone()
+        };
+        let links = match config.redis_cluster {
+            ClusterMode::On => Links::Cluster(Box::new(ShardLinks::new(
+                &seeds,
+                settings,
+                std::iter::empty(),
+            ))),
+            ClusterMode::Auto | ClusterMode::Off => Links::Single {
+                subscriber: RedisLink::new(Role::Subscriber, REDIS_SUB, url.clone(), settings),
+                publisher: RedisLink::new(Role::Publisher, REDIS_PUB, url.clone(), settings),
+                deciding: config.redis_cluster == ClusterMode::Auto,
+            },
         };
         RedisBroker {
-            subscriber: RedisLink::new(Role::Subscriber, REDIS_SUB, url.clone(), settings),
-            publisher: RedisLink::new(Role::Publisher, REDIS_PUB, url.clone(), settings),
+            links,
+            seeds,
+            settings,
             names: RedisNames {
                 default_channel: config.channel.clone(),
                 prefix: config.channel_prefix.clone(),
@@ -357,7 +345,7 @@ impl RedisBroker {
         if id <= self.newest_confirmed {
             return true;
         }
-        let Some(offset) = self.publisher.clock_offset_ms() else {
+        let Some(offset) = self.clock_offset_ms() else {
             return false;
         };
         let redis_now = (now_ms as i64).saturating_add(offset);
@@ -366,7 +354,14 @@ impl RedisBroker {
 
     /// Whether Redis's clock has been read, so that `trusts_id` can judge an id.
     pub fn knows_clock(&self) -> bool {
-        self.publisher.clock_offset_ms().is_some()
+        self.clock_offset_ms().is_some()
+    }
+
+    fn clock_offset_ms(&self) -> Option<i64> {
+        match &self.links {
+            Links::Single { publisher, .. } => publisher.clock_offset_ms(),
+            Links::Cluster(cluster) => cluster.clock_offset_ms(),
+        }
     }
 
     /// An id Redis itself returned (a publish reply, a stream entry).
@@ -374,33 +369,394 @@ impl RedisBroker {
         self.newest_confirmed = self.newest_confirmed.max(id);
     }
 
+    /// Every link up (single Redis), or every shard's master reachable (cluster).
     pub fn is_ready(&self) -> bool {
-        self.subscriber.is_ready() && self.publisher.is_ready()
+        match &self.links {
+            Links::Single {
+                subscriber,
+                publisher,
+                deciding,
+            } => !deciding && subscriber.is_ready() && publisher.is_ready(),
+            Links::Cluster(cluster) => cluster.is_ready(),
+        }
     }
 
     /// A channel's history can be read and joined to its live events without a gap: the
-    /// command link is up and Redis confirmed the channel's subscription.
+    /// command link (to the channel's shard) is up and Redis confirmed the channel's
+    /// subscription.
     pub fn can_replay(&self, channel: &str) -> bool {
-        self.publisher.is_ready()
-            && self
-                .subscriber
-                .is_subscribed(self.names.channel(channel).as_bytes())
+        let channel = self.names.channel(channel);
+        match &self.links {
+            Links::Single {
+                subscriber,
+                publisher,
+                ..
+            } => publisher.is_ready() && subscriber.is_subscribed(channel.as_bytes()),
+            Links::Cluster(cluster) => {
+                cluster.can_send(key_slot(channel.as_bytes())).is_ok()
+                    && cluster.is_subscribed(channel.as_bytes())
+            }
+        }
+    }
+
+    fn state(&self) -> &'static str {
+        match &self.links {
+            Links::Single {
+                subscriber,
+                publisher,
+                ..
+            } => {
+                if self.is_ready() && subscriber.all_subscribed() {
+                    "connected"
+                } else if publisher.is_stalled() || subscriber.is_stalled() {
+                    "stalled"
+                } else {
+                    "disconnected"
+                }
+            }
+            Links::Cluster(cluster) => {
+                if cluster.is_ready() && cluster.all_subscribed() {
+                    "connected"
+                } else if cluster.is_stalled() {
+                    "stalled"
+                } else if cluster.shards().iter().any(|s| s.state == "connected") {
+                    "degraded"
+                } else {
+                    "disconnected"
+                }
+            }
+        }
+    }
+
+    fn last_error(&self) -> Option<&str> {
+        match &self.links {
+            Links::Single {
+                subscriber,
+                publisher,
+                ..
+            } => publisher.last_error().or(subscriber.last_error()),
+            Links::Cluster(cluster) => cluster.last_error(),
+        }
     }
 
     fn unavailable(&self) -> String {
-        let why = self
-            .publisher
-            .last_error()
-            .or(self.subscriber.last_error())
-            .unwrap_or("connecting");
+        let why = self.last_error().unwrap_or("connecting");
         format!("Redis unavailable: {why}")
     }
 
-    pub fn link_mut(&mut self, token: mio::Token) -> Option<&mut RedisLink> {
-        match token {
-            REDIS_SUB => Some(&mut self.subscriber),
-            REDIS_PUB => Some(&mut self.publisher),
-            _ => None,
+    /// On a cluster: each shard's master, slots and state (`/health`).
+    pub fn shards(&self) -> Option<Vec<ShardState>> {
+        match &self.links {
+            Links::Single { .. } => None,
+            Links::Cluster(cluster) => Some(cluster.shards()),
+        }
+    }
+
+    /// On a cluster: redirects followed, slot-map reads, failovers seen (`/metrics`).
+    pub fn cluster_counts(&self) -> Option<TopologyCounts> {
+        match &self.links {
+            Links::Single { .. } => None,
+            Links::Cluster(cluster) => Some(cluster.counts()),
+        }
+    }
+
+    fn publish(
+        &mut self,
+        channel: &str,
+        json: Bytes,
+        needs_live_subscription: bool,
+        idempotency_key: Option<&str>,
+    ) -> Publish {
+        let cluster = matches!(self.links, Links::Cluster(_));
+        // Single Redis: acknowledge only what will also reach this replica's own clients;
+        // with their subscription down, a "success" would be a lie to them. (A cluster: the
+        // channel's own subscription decides, below.)
+        if !cluster && !self.is_ready() {
+            return Publish::Unavailable(self.unavailable());
+        }
+        let slot = key_slot(channel.as_bytes());
+        if let Links::Cluster(links) = &self.links
+            && let Err(why) = links.can_send(slot)
+        {
+            return Publish::Unavailable(why);
+        }
+        if needs_live_subscription && !self.is_subscribed(channel) {
+            return Publish::AwaitSubscription;
+        }
+        let (script, stream) = if cluster {
+            let Some(stream) = key_beside(channel, "history") else {
+                return Publish::Unavailable(format!("channel {channel} cannot live in a cluster"));
+            };
+            (SHARDED_PUBLISH_SCRIPT, stream)
+        } else {
+            (PUBLISH_SCRIPT, format!("{channel}:history"))
+        };
+        let maxlen = self.history_len.to_string();
+        let text = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+        let mut args = vec![
+            Bytes::from_static(b"EVAL"),
+            Bytes::from_static(script.as_bytes()),
+        ];
+        match (idempotency_key, &self.idempotency_secs) {
+            (Some(key), Some(window)) => {
+                // Next to the channel's stream, with the same prefix (and slot).
+                let seen = if cluster {
+                    key_beside(channel, &format!("idempotency:{key}"))
+                        .expect("bug: the stream's key was placed")
+                } else {
+                    format!("{channel}:idempotency:{key}")
+                };
+                args.extend([
+                    Bytes::from_static(b"3"),
+                    text(&stream),
+                    text(channel),
+                    text(&seen),
+                    json,
+                    text(&maxlen),
+                    text(&self.ttl_secs),
+                    text(window),
+                ]);
+            }
+            _ => args.extend([
+                Bytes::from_static(b"2"),
+                text(&stream),
+                text(channel),
+                json,
+                text(&maxlen),
+                text(&self.ttl_secs),
+                Bytes::from_static(b"0"),
+            ]),
+        }
+        self.send(slot, args);
+        Publish::Pending
+    }
+
+    fn read_history(&mut self, channel: &str, since: Option<EventId>, size: PageSize) -> Read {
+        let redis_channel = self.names.channel(channel);
+        let slot = key_slot(redis_channel.as_bytes());
+        let stream = match &self.links {
+            Links::Single { publisher, .. } => {
+                if !publisher.is_ready() {
+                    return Read::Unavailable(self.unavailable());
+                }
+                self.names.stream_key(channel)
+            }
+            Links::Cluster(cluster) => {
+                if let Err(why) = cluster.can_send(slot) {
+                    return Read::Unavailable(why);
+                }
+                match key_beside(&redis_channel, "history") {
+                    Some(stream) => stream,
+                    None => return Read::Unavailable("no history in a cluster".into()),
+                }
+            }
+        };
+        let since = since.map(|id| id.to_string()).unwrap_or_default();
+        let events = size.events.to_string();
+        // Never more than the RESP limits were sized for (`RespLimits::for_pages`).
+        let bytes = size.bytes.min(self.page_bytes).to_string();
+        let text = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+        let args = vec![
+            Bytes::from_static(b"EVAL"),
+            Bytes::from_static(HISTORY_SCRIPT.as_bytes()),
+            Bytes::from_static(b"1"),
+            text(&stream),
+            text(&since),
+            text(&events),
+            text(&bytes),
+        ];
+        self.send(slot, args);
+        Read::Pending
+    }
+
+    /// Sends a command whose keys are in `slot` (a cluster routes by it).
+    fn send(&mut self, slot: u16, args: Vec<Bytes>) {
+        match &mut self.links {
+            Links::Single { publisher, .. } => {
+                let refs: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+                publisher.command(&refs);
+            }
+            Links::Cluster(cluster) => cluster.command(slot, args),
+        }
+    }
+
+    /// Whether Redis confirmed this replica's subscription to a (local) channel.
+    fn is_subscribed(&self, redis_channel: &str) -> bool {
+        match &self.links {
+            Links::Single { subscriber, .. } => subscriber.is_subscribed(redis_channel.as_bytes()),
+            Links::Cluster(cluster) => cluster.is_subscribed(redis_channel.as_bytes()),
+        }
+    }
+
+    /// A local channel got its first subscriber: receive it from Redis.
+    pub fn subscribe(&mut self, channel: &str) {
+        let redis_channel = self.names.channel(channel);
+        match &mut self.links {
+            Links::Single { subscriber, .. } => subscriber.subscribe(redis_channel.as_bytes()),
+            Links::Cluster(cluster) => cluster.subscribe(redis_channel.as_bytes()),
+        }
+    }
+
+    /// A local channel lost its last subscriber.
+    pub fn unsubscribe(&mut self, channel: &str) {
+        let redis_channel = self.names.channel(channel);
+        match &mut self.links {
+            Links::Single { subscriber, .. } => subscriber.unsubscribe(redis_channel.as_bytes()),
+            Links::Cluster(cluster) => cluster.unsubscribe(redis_channel.as_bytes()),
+        }
+    }
+
+    // ---- driving the links (the reactor's calls) ------------------------------------------
+
+    /// Whether a poll token is one of the Redis links'.
+    pub fn owns(&self, token: Token) -> bool {
+        match &self.links {
+            Links::Single { .. } => token == REDIS_SUB || token == REDIS_PUB,
+            Links::Cluster(cluster) => cluster.owns(token),
+        }
+    }
+
+    pub fn next_deadline(&self) -> Instant {
+        match &self.links {
+            Links::Single {
+                subscriber,
+                publisher,
+                deciding,
+            } if !deciding => subscriber.next_deadline().min(publisher.next_deadline()),
+            Links::Single { publisher, .. } => publisher.next_deadline(),
+            Links::Cluster(cluster) => cluster.next_deadline(),
+        }
+    }
+
+    pub fn on_ready(
+        &mut self,
+        token: Token,
+        registry: &Registry,
+        scratch: &mut [u8],
+        events: &mut Vec<LinkEvent>,
+    ) {
+        let from = events.len();
+        match &mut self.links {
+            Links::Single {
+                subscriber,
+                publisher,
+                ..
+            } => match token {
+                REDIS_SUB => subscriber.on_ready(registry, scratch, events),
+                REDIS_PUB => publisher.on_ready(registry, scratch, events),
+                _ => {}
+            },
+            Links::Cluster(cluster) => cluster.on_ready(token, registry, scratch, events),
+        }
+        self.settle_mode(registry, events, from);
+    }
+
+    pub fn on_wake(&mut self, registry: &Registry, events: &mut Vec<LinkEvent>) {
+        let from = events.len();
+        match &mut self.links {
+            Links::Single {
+                subscriber,
+                publisher,
+                ..
+            } => {
+                subscriber.on_wake(registry, events);
+                publisher.on_wake(registry, events);
+            }
+            Links::Cluster(cluster) => cluster.on_wake(registry, events),
+        }
+        self.settle_mode(registry, events, from);
+    }
+
+    pub fn on_timer(
+        &mut self,
+        now: Instant,
+        registry: &Registry,
+        waker: &Arc<Waker>,
+        events: &mut Vec<LinkEvent>,
+    ) {
+        let from = events.len();
+        match &mut self.links {
+            Links::Single {
+                subscriber,
+                publisher,
+                deciding,
+            } => {
+                if !*deciding {
+                    subscriber.on_timer(now, registry, waker, events);
+                }
+                publisher.on_timer(now, registry, waker, events);
+            }
+            Links::Cluster(cluster) => cluster.on_timer(now, registry, waker, events),
+        }
+        self.settle_mode(registry, events, from);
+    }
+
+    /// Writes what the links have queued.
+    pub fn flush(&mut self, registry: &Registry, events: &mut Vec<LinkEvent>) {
+        let from = events.len();
+        match &mut self.links {
+            Links::Single {
+                subscriber,
+                publisher,
+                ..
+            } => {
+                if publisher.has_output() {
+                    publisher.flush(registry, events);
+                }
+                if subscriber.has_output() {
+                    subscriber.flush(registry, events);
+                }
+            }
+            Links::Cluster(cluster) => cluster.flush(registry, events),
+        }
+        self.settle_mode(registry, events, from);
+    }
+
+    /// `REDIS_CLUSTER=auto`: once the command link's handshake has said what the node is,
+    /// stay on one Redis (the subscriber connects now), or become a cluster client seeded
+    /// with every URL given (the single links are closed; the channels wanted move over).
+    /// The link's `Up` is held back until then: nothing may be sent before the mode is known.
+    fn settle_mode(&mut self, registry: &Registry, events: &mut Vec<LinkEvent>, from: usize) {
+        let Links::Single {
+            subscriber,
+            publisher,
+            deciding: deciding @ true,
+        } = &mut self.links
+        else {
+            return;
+        };
+        let Some(position) = events[from..]
+            .iter()
+            .position(|e| *e == LinkEvent::Up(Role::Publisher))
+        else {
+            return;
+        };
+        match publisher.cluster_enabled() {
+            Some(true) => {
+                events.remove(from + position);
+                log::info!(
+                    "{} runs in cluster mode (REDIS_CLUSTER=auto): Redis Cluster client, seeds {}",
+                    publisher.url(),
+                    self.seeds
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let wanted: Vec<Bytes> = subscriber.wanted().cloned().collect();
+                let mut dropped = Vec::new();
+                publisher.close(registry, "switching to cluster mode", &mut dropped);
+                let settings = LinkSettings {
+                    ask_cluster: false,
+                    ..self.settings
+                };
+                self.links = Links::Cluster(Box::new(ShardLinks::new(
+                    &self.seeds,
+                    settings,
+                    wanted.into_iter(),
+                )));
+            }
+            Some(false) | None => *deciding = false,
         }
     }
 }

@@ -29,6 +29,7 @@ pub struct Cli {
 
     /// Redis URL (redis://[[user]:password@]host[:port][/db]). Also read from PUBSUB_CACHE_URL
     /// (what kindling injects) or REDIS_URL. Unset: an embedded in-process broker (one node).
+    /// Several URLs, comma-separated, name nodes of one Redis Cluster.
     #[arg(long, env = "PUBSUB_CACHE_URL", hide_env_values = true)]
     pub redis: Option<String>,
 
@@ -143,6 +144,11 @@ pub struct Cli {
     /// expiry).
     #[arg(long, env = "REDIS_HISTORY_TTL_SECS", default_value_t = 86_400)]
     pub redis_history_ttl_secs: u64,
+
+    /// Redis Cluster mode: `auto` asks the first node that answers (`INFO cluster`), `on`
+    /// or `off` say so.
+    #[arg(long, env = "REDIS_CLUSTER", value_enum, default_value_t = ClusterMode::Auto)]
+    pub redis_cluster: ClusterMode,
 
     /// Most publishes waiting on Redis at once (beyond it: 503).
     #[arg(long, env = "MAX_PENDING_PUBLISHES", default_value_t = 10_000)]
@@ -284,6 +290,15 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Whether the Redis URLs name a Redis Cluster (`REDIS_CLUSTER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClusterMode {
+    /// Ask the first node that answers (`INFO cluster`).
+    Auto,
+    On,
+    Off,
+}
+
 /// Where Redis is and how to log in, from `redis://[[user]:password@]host[:port][/db]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisUrl {
@@ -390,6 +405,9 @@ pub struct Config {
     pub bind: IpAddr,
     pub port: u16,
     pub redis: Option<RedisUrl>,
+    /// Every URL given (the first is `redis`): seed nodes of a Redis Cluster.
+    pub redis_seeds: Vec<RedisUrl>,
+    pub redis_cluster: ClusterMode,
     pub channel: String,
     pub channel_prefix: String,
     pub history_len: usize,
@@ -445,7 +463,31 @@ impl Config {
             .redis
             .or(redis_fallback)
             .filter(|s| !s.trim().is_empty());
-        let redis = redis_text.as_deref().map(RedisUrl::parse).transpose()?;
+        let redis_seeds = redis_text
+            .as_deref()
+            .map(|text| {
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|url| !url.is_empty())
+                    .map(RedisUrl::parse)
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let redis = redis_seeds.first().cloned();
+        if redis_seeds.len() > 1 && cli.redis_cluster == ClusterMode::Off {
+            return Err(ConfigError::Invalid(
+                "REDIS_CLUSTER",
+                "off, but several Redis URLs were given (nodes of a cluster)".into(),
+            ));
+        }
+        if redis.is_some() && cli.redis_cluster != ClusterMode::Off {
+            // In cluster mode a channel's history stream must share its slot.
+            for name in [&cli.channel, &cli.channel_prefix] {
+                crate::resp::cluster::check_shard_channel(name)
+                    .map_err(|why| ConfigError::Invalid("CHANNEL or CHANNEL_PREFIX", why))?;
+            }
+        }
         if cli.channel.is_empty() {
             return Err(ConfigError::Invalid("CHANNEL", "empty".into()));
         }
@@ -473,6 +515,8 @@ impl Config {
             bind: cli.bind,
             port: cli.port,
             redis,
+            redis_seeds,
+            redis_cluster: cli.redis_cluster,
             channel: cli.channel,
             channel_prefix: cli.channel_prefix,
             history_len: cli.history_len.max(1),
@@ -550,6 +594,8 @@ impl Config {
             bind: IpAddr::from([127, 0, 0, 1]),
             port,
             redis: None,
+            redis_seeds: Vec::new(),
+            redis_cluster: ClusterMode::Auto,
             channel: "events".into(),
             channel_prefix: "events".into(),
             history_len: 1000,

@@ -35,6 +35,9 @@ pub mod names {
     pub const PUBLISH_DUPLICATES: &str = "herald_publish_duplicates_total";
     pub const IDEMPOTENCY_KEYS: &str = "herald_idempotency_keys";
     pub const IDEMPOTENCY_BYTES: &str = "herald_idempotency_bytes";
+    pub const CLUSTER_REDIRECTS: &str = "herald_redis_cluster_redirects_total";
+    pub const CLUSTER_REFRESHES: &str = "herald_redis_cluster_refreshes_total";
+    pub const CLUSTER_FAILOVERS: &str = "herald_redis_cluster_failovers_total";
 }
 
 /// Which cap was hit: the `limit` label of `herald_limit_hits_total`. Every cap a peer can
@@ -153,6 +156,20 @@ pub struct Gauges {
     pub idempotency: Option<(usize, usize)>,
     /// Open connections per reactor, when there are several (to see an imbalance).
     pub per_reactor: Vec<usize>,
+    /// On a Redis Cluster: what the topologies counted (each reactor has its own links).
+    /// `None` otherwise.
+    pub cluster: Option<ClusterCounts>,
+}
+
+/// A Redis Cluster client's counts, kept by its topology (`resp::cluster`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterCounts {
+    /// `MOVED` and `ASK` answers followed.
+    pub redirects: u64,
+    /// Reads of the slot map (`CLUSTER SHARDS`).
+    pub refreshes: u64,
+    /// Masters whose slots went to their replica.
+    pub failovers: u64,
 }
 
 impl Gauges {
@@ -166,6 +183,12 @@ impl Gauges {
             (Some(a), Some(b)) => Some(a && b),
             (a, b) => a.or(b),
         };
+        if let Some(theirs) = other.cluster {
+            let mine = self.cluster.get_or_insert_with(ClusterCounts::default);
+            mine.redirects += theirs.redirects;
+            mine.refreshes += theirs.refreshes;
+            mine.failovers += theirs.failovers;
+        }
     }
 }
 
@@ -341,6 +364,30 @@ impl Metrics {
                 u8::from(up)
             );
         }
+        if let Some(cluster) = gauges.cluster {
+            for (name, help, value) in [
+                (
+                    CLUSTER_REDIRECTS,
+                    "MOVED and ASK redirects followed.",
+                    cluster.redirects,
+                ),
+                (
+                    CLUSTER_REFRESHES,
+                    "Reads of the Redis Cluster slot map.",
+                    cluster.refreshes,
+                ),
+                (
+                    CLUSTER_FAILOVERS,
+                    "Masters seen replaced by their replica.",
+                    cluster.failovers,
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+                );
+            }
+        }
         if let Some((bytes, channels)) = gauges.history {
             let _ = writeln!(
                 out,
@@ -433,7 +480,14 @@ mod tests {
             history: Some((4096, 2)),
             idempotency: Some((3, 735)),
             per_reactor: vec![4, 2],
+            cluster: Some(ClusterCounts {
+                redirects: 4,
+                refreshes: 5,
+                failovers: 1,
+            }),
         });
+        assert!(text.contains("herald_redis_cluster_redirects_total 4\n"));
+        assert!(text.contains("herald_redis_cluster_failovers_total 1\n"));
         assert!(text.contains("herald_connections{kind=\"websocket\"} 2\n"));
         assert!(text.contains("herald_reactor_connections{reactor=\"1\"} 2\n"));
         assert!(text.contains("herald_connections{kind=\"sse\"} 3\n"));

@@ -1,5 +1,6 @@
-//! Redis Cluster: Herald's slot arithmetic and slot-map reading checked against a real
-//! cluster (six `redis-server --cluster-enabled yes`, three masters with a replica each).
+//! Redis Cluster, against a real cluster (six `redis-server --cluster-enabled yes`, three
+//! masters with a replica each): Herald's slot arithmetic and slot-map reading, and delivery
+//! across replicas through sharded pub/sub.
 
 mod support;
 
@@ -10,8 +11,8 @@ use std::time::Instant;
 use bytes::BytesMut;
 use herald::resp::cluster::{ClusterReply, NodeAddr, key_beside, key_slot, parse_cluster_shards};
 use herald::resp::cmd::{self, Decoder, Reply, RespLimits};
-use support::WAIT;
 use support::cluster::RedisCluster;
+use support::*;
 
 /// Sends one command to `port` and decodes its reply with Herald's own decoder.
 fn ask(port: u16, args: &[&str]) -> Reply {
@@ -99,4 +100,114 @@ fn slots_slot_map_and_redirects_agree_with_a_real_cluster() {
         ClusterReply::classify(&error, &sender),
         ClusterReply::Moved { slot, to: owner }
     );
+}
+
+/// One channel name per master: `events:<name>` hashes to a slot each master serves.
+fn channels_on_every_master(cluster: &RedisCluster) -> Vec<String> {
+    let masters = cluster.masters();
+    let lines = cluster.node_lines();
+    let mut names: Vec<String> = Vec::new();
+    let mut covered: Vec<u16> = Vec::new();
+    for i in 0..1000 {
+        let name = format!("c{i}");
+        let slot = key_slot(format!("events:{name}").as_bytes());
+        let owner = lines
+            .iter()
+            .find(|n| n.master && n.slots.iter().any(|&(a, b)| a <= slot && slot <= b))
+            .unwrap()
+            .port;
+        if !covered.contains(&owner) {
+            covered.push(owner);
+            names.push(name);
+        }
+        if covered.len() == masters.len() {
+            return names;
+        }
+    }
+    panic!("no channel names cover every master");
+}
+
+/// Starts Herald on one node's URL (`REDIS_CLUSTER=auto` finds out it is a cluster).
+fn herald_on_node(node_url: &str, env: &[(&str, &str)]) -> Herald {
+    let mut env = env.to_vec();
+    env.push(("PUBSUB_CACHE_URL", node_url));
+    let herald = Herald::with(&[], &env);
+    wait_redis_connected(&herald);
+    herald
+}
+
+#[test]
+fn events_through_either_replica_reach_every_subscriber_across_three_masters() {
+    let cluster = RedisCluster::start();
+    // One Herald on a master, the other on a node that is a replica: both find the masters.
+    let first = herald_on_node(&cluster.nodes[0].url(), &[]);
+    let second = herald_on_node(&cluster.nodes[4].url(), &[]);
+    let names = channels_on_every_master(&cluster);
+    let path = format!("/ws?channels={}", names.join(","));
+    let mut clients: Vec<Client> = (0..2)
+        .flat_map(|_| {
+            [
+                ws_connect(first.port, &path),
+                ws_connect(second.port, &path),
+            ]
+        })
+        .collect();
+    wait_redis_connected(&first);
+    wait_redis_connected(&second);
+
+    let mut published: Vec<(String, String)> = Vec::new();
+    for round in 0..10 {
+        for (i, name) in names.iter().enumerate() {
+            let via = if (round + i) % 2 == 0 {
+                &first
+            } else {
+                &second
+            };
+            let message = format!("{name}-{round}");
+            let ack = publish_to(via.port, name, "tick", &message);
+            // SPUBLISH counts the owning shard's subscribers: one link per Herald.
+            assert_eq!(ack["receivers"], 2, "{ack}");
+            published.push((name.clone(), message));
+        }
+    }
+    for client in &mut clients {
+        let mut got: Vec<(String, String)> = Vec::new();
+        for _ in 0..published.len() {
+            let event = next_event(client);
+            got.push((
+                event["channel"].as_str().unwrap().to_string(),
+                event["message"].as_str().unwrap().to_string(),
+            ));
+        }
+        for name in &names {
+            let sent: Vec<&(String, String)> =
+                published.iter().filter(|(c, _)| c == name).collect();
+            let received: Vec<&(String, String)> = got.iter().filter(|(c, _)| c == name).collect();
+            assert_eq!(received, sent, "channel {name}: every event once, in order");
+        }
+    }
+
+    for name in &names {
+        let channel = format!("events:{name}");
+        let owner = cluster.owner_of_slot(cluster.keyslot(&channel));
+        for master in cluster.masters() {
+            let shown =
+                cluster
+                    .node(master)
+                    .command_array(&["PUBSUB", "SHARDCHANNELS", "events:*"]);
+            assert_eq!(
+                shown.contains(&channel),
+                master == owner,
+                "{channel} on {master} (owner {owner}): {shown:?}"
+            );
+        }
+        let stream = format!("{{{channel}}}:history");
+        assert_eq!(cluster.node(owner).command(&["XLEN", &stream]), ":10");
+    }
+    let health = get(first.port, "/health").json();
+    let shards = health["shards"].as_array().expect("shards in /health");
+    assert_eq!(shards.len(), 3, "{health}");
+    assert!(shards.iter().all(|s| s["state"] == "connected"), "{health}");
+    let page = get(first.port, "/metrics").body;
+    assert!(metric_in(&page, "herald_redis_cluster_refreshes_total").unwrap() >= 1.0);
 }

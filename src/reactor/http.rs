@@ -20,7 +20,7 @@ use crate::http::parse::{Method, Parsed, Request, parse};
 use crate::http::publish::largest_frame_bytes;
 use crate::http::reply::Reply;
 use crate::http::route::{self, Action, route};
-use crate::metrics::{Gauges, Metrics, limit};
+use crate::metrics::{ClusterCounts, Gauges, Metrics, limit};
 use crate::resp::cmd;
 use crate::resp::link::LinkFailure;
 
@@ -315,6 +315,21 @@ impl Reactor {
         if let Some(e) = self.broker.last_error() {
             body["redis_error"] = json!(e);
         }
+        if let Broker::Redis(redis) = &self.broker
+            && let Some(shards) = redis.shards()
+        {
+            body["shards"] = shards
+                .iter()
+                .map(|shard| {
+                    let slots: Vec<String> = shard
+                        .slots
+                        .iter()
+                        .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+                        .collect();
+                    json!({ "master": shard.master, "slots": slots, "replicas": shard.replicas, "state": shard.state })
+                })
+                .collect();
+        }
         Reply::json(status, &body).header("Cache-Control", "no-store")
     }
 
@@ -367,6 +382,14 @@ impl Reactor {
             redis_up: match &self.broker {
                 Broker::Embedded(_) => None,
                 Broker::Redis(redis) => Some(redis.is_ready()),
+            },
+            cluster: match &self.broker {
+                Broker::Redis(redis) => redis.cluster_counts().map(|c| ClusterCounts {
+                    redirects: c.redirects,
+                    refreshes: c.refreshes,
+                    failovers: c.failovers,
+                }),
+                Broker::Embedded(_) => None,
             },
             ..Gauges::default()
         }

@@ -42,7 +42,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::auth::GrantTable;
-use crate::broker::{Broker, REDIS_PUB, REDIS_SUB};
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::conn::{Became, CloseReason, Conn, Outbox, Phase};
 use crate::fanout::Fanout;
@@ -62,8 +62,8 @@ use redis::{AwaitingRedis, PendingQueue};
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNAL: Token = Token(usize::MAX - 4);
 const WAKER: Token = Token(usize::MAX - 5);
-/// Slab keys stay below the fixed tokens.
-const MAX_KEY: usize = usize::MAX - 16;
+/// Slab keys stay below the fixed tokens and the Redis Cluster links' tokens.
+const MAX_KEY: usize = crate::resp::shards::FIRST_TOKEN;
 
 /// Size of the one read buffer shared by every socket.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -281,7 +281,7 @@ impl Reactor {
                     LISTENER => self.accept_all(),
                     SIGNAL => self.on_signal(),
                     WAKER => self.on_wake(),
-                    REDIS_SUB | REDIS_PUB => self.on_link_ready(event.token()),
+                    token if self.is_link_token(token) => self.on_link_ready(token),
                     Token(key) => {
                         if event.is_read_closed() || event.is_error() {
                             self.on_readable(key, Drain::ToEnd);
@@ -337,9 +337,7 @@ impl Reactor {
             deadline = deadline.min(at);
         }
         if let Broker::Redis(redis) = &self.broker {
-            deadline = deadline
-                .min(redis.subscriber.next_deadline())
-                .min(redis.publisher.next_deadline());
+            deadline = deadline.min(redis.next_deadline());
         }
         if let Some(at) = self.redis_work_deadline() {
             deadline = deadline.min(at);
@@ -569,16 +567,7 @@ impl Reactor {
             self.accept_paused_until = None;
             self.accept_all();
         }
-        if let Broker::Redis(redis) = &mut self.broker {
-            let registry = self.poll.registry();
-            redis
-                .subscriber
-                .on_timer(now, registry, &self.waker, &mut self.link_events);
-            redis
-                .publisher
-                .on_timer(now, registry, &self.waker, &mut self.link_events);
-        }
-        self.drain_link_events();
+        self.on_link_timers(now);
         self.expire_redis_work(now);
     }
 

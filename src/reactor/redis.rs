@@ -22,34 +22,43 @@ impl Reactor {
         let Broker::Redis(redis) = &mut self.broker else {
             return;
         };
-        if let Some(link) = redis.link_mut(token) {
-            link.on_ready(
-                self.poll.registry(),
-                &mut self.scratch,
-                &mut self.link_events,
-            );
-        }
+        redis.on_ready(
+            token,
+            self.poll.registry(),
+            &mut self.scratch,
+            &mut self.link_events,
+        );
         self.drain_link_events();
+    }
+
+    /// Whether a poll token belongs to a Redis link.
+    pub(super) fn is_link_token(&self, token: Token) -> bool {
+        matches!(&self.broker, Broker::Redis(redis) if redis.owns(token))
     }
 
     pub(super) fn on_link_wake(&mut self) {
         if let Broker::Redis(redis) = &mut self.broker {
-            let registry = self.poll.registry();
-            redis.subscriber.on_wake(registry, &mut self.link_events);
-            redis.publisher.on_wake(registry, &mut self.link_events);
+            redis.on_wake(self.poll.registry(), &mut self.link_events);
         }
         self.drain_link_events();
     }
 
     pub(super) fn flush_links(&mut self) {
         if let Broker::Redis(redis) = &mut self.broker {
-            let registry = self.poll.registry();
-            if redis.publisher.has_output() {
-                redis.publisher.flush(registry, &mut self.link_events);
-            }
-            if redis.subscriber.has_output() {
-                redis.subscriber.flush(registry, &mut self.link_events);
-            }
+            redis.flush(self.poll.registry(), &mut self.link_events);
+        }
+        self.drain_link_events();
+    }
+
+    /// The Redis links' timers: connection attempts, stalls, idle checks, slot-map reads.
+    pub(super) fn on_link_timers(&mut self, now: Instant) {
+        if let Broker::Redis(redis) = &mut self.broker {
+            redis.on_timer(
+                now,
+                self.poll.registry(),
+                &self.waker,
+                &mut self.link_events,
+            );
         }
         self.drain_link_events();
     }
@@ -77,6 +86,8 @@ impl Reactor {
                 }
                 LinkEvent::Down(Role::Publisher) => {}
                 LinkEvent::LimitHit(limit) => self.metrics.limit_hit(limit),
+                // Shard-channel news is handled by the cluster links themselves.
+                LinkEvent::SubscribeRefused { .. } | LinkEvent::Unsubscribed(_) => {}
             }
         }
         self.link_events = events;

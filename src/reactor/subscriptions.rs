@@ -107,10 +107,7 @@ impl Reactor {
         self.note_subscribers(name, Instant::now());
         match &mut self.broker {
             Broker::Embedded(embedded) => embedded.hub.count_subscriber(name, true),
-            Broker::Redis(redis) if first => {
-                let redis_channel = redis.names.channel(name);
-                redis.subscriber.subscribe(redis_channel.as_bytes());
-            }
+            Broker::Redis(redis) if first => redis.subscribe(name),
             Broker::Redis(_) => {}
         }
         if let Some(since) = since {
@@ -172,8 +169,7 @@ impl Reactor {
     fn forget_channel(&mut self, name: &str) {
         self.catch_ups.forget_seam(name);
         if let Broker::Redis(redis) = &mut self.broker {
-            let redis_channel = redis.names.channel(name);
-            redis.subscriber.unsubscribe(redis_channel.as_bytes());
+            redis.unsubscribe(name);
         }
     }
 

@@ -90,7 +90,8 @@ pub enum Reply {
     Integer(i64),
     /// `-ERR ...`, `-WRONGPASS ...`: the text, for logs and for the publisher's 503.
     Error(String),
-    /// A pub/sub message: `["message", channel, payload]`.
+    /// A pub/sub message: `["message", channel, payload]`, or `["smessage", ...]` on a shard
+    /// channel.
     Message {
         channel: Bytes,
         payload: Bytes,
@@ -100,7 +101,8 @@ pub enum Reply {
         channel: Bytes,
         payload: Bytes,
     },
-    /// `["subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe", channel, count]`.
+    /// `["subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe" |
+    /// "sunsubscribe", channel, count]`.
     SubscriptionChange {
         kind: Bytes,
         channel: Bytes,
@@ -309,16 +311,20 @@ fn classify_array(parts: Vec<BytesFrame>) -> Reply {
         _ => return Reply::Other(Array(parts)),
     };
     match (&kind[..], &parts[..]) {
-        (b"message", [_, BulkString(channel), BulkString(payload)]) => Reply::Message {
-            channel: channel.clone(),
-            payload: payload.clone(),
-        },
+        // `smessage`: a shard channel's message (Redis Cluster, SSUBSCRIBE).
+        (b"message" | b"smessage", [_, BulkString(channel), BulkString(payload)]) => {
+            Reply::Message {
+                channel: channel.clone(),
+                payload: payload.clone(),
+            }
+        }
         (b"pmessage", [_, _, BulkString(channel), BulkString(payload)]) => Reply::PatternMessage {
             channel: channel.clone(),
             payload: payload.clone(),
         },
         (
-            b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe",
+            b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe" | b"ssubscribe"
+            | b"sunsubscribe",
             [_, BulkString(channel), Integer(count)],
         ) => Reply::SubscriptionChange {
             kind,
@@ -400,6 +406,27 @@ mod tests {
         ];
         assert_eq!(decode_all(input), expected);
         assert_eq!(decode_bytewise(input, LIMITS), Ok(expected));
+    }
+
+    #[test]
+    fn should_decode_shard_channel_replies() {
+        let input = b"*3\r\n$10\r\nssubscribe\r\n$3\r\n{a}\r\n:1\r\n\
+*3\r\n$8\r\nsmessage\r\n$3\r\n{a}\r\n$2\r\nhi\r\n\
+*3\r\n$12\r\nsunsubscribe\r\n$3\r\n{a}\r\n:0\r\n";
+        let change = |kind: &'static [u8], count| Reply::SubscriptionChange {
+            kind: Bytes::from_static(kind),
+            channel: Bytes::from_static(b"{a}"),
+            count,
+        };
+        let expected = vec![
+            change(b"ssubscribe", 1),
+            Reply::Message {
+                channel: Bytes::from_static(b"{a}"),
+                payload: Bytes::from_static(b"hi"),
+            },
+            change(b"sunsubscribe", 0),
+        ];
+        assert_eq!(decode_all(input), expected);
     }
 
     #[test]

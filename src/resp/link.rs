@@ -68,6 +68,13 @@ pub struct LinkSettings {
     pub limits: RespLimits,
     /// How long a command (or a connection attempt and its handshake) may go unanswered.
     pub timeout: Duration,
+    /// Subscriber: shard channels (`SSUBSCRIBE`, Redis Cluster) instead of channels. A
+    /// channel the node refuses (`MOVED`: another node owns its slot) or drops (its slot
+    /// moved away: an unsolicited `sunsubscribe`) is reported, not a reason to reset.
+    pub sharded: bool,
+    /// Command link: the handshake also asks `INFO cluster`, so `REDIS_CLUSTER=auto` can
+    /// tell a cluster node from a single Redis (`cluster_enabled`).
+    pub ask_cluster: bool,
 }
 
 /// Why a command will get no reply.
@@ -128,6 +135,15 @@ pub enum LinkEvent {
     },
     /// Redis confirmed a subscription: messages on this channel now reach us.
     Subscribed(Bytes),
+    /// Sharded: the node refused to subscribe to a shard channel (the error text: `MOVED`,
+    /// `CLUSTERDOWN`...). The channel is no longer wanted on this link.
+    SubscribeRefused {
+        channel: Bytes,
+        error: String,
+    },
+    /// Sharded: the node dropped a shard channel on its own (its slot moved to another
+    /// node). The channel is no longer wanted on this link.
+    Unsubscribed(Bytes),
     /// The reply to the oldest outstanding command (`command`), or why there will be none.
     Reply(Result<Reply, LinkFailure>),
     /// Redis went past one of Herald's caps (`metrics::limit`): a reply beyond the RESP
@@ -163,7 +179,9 @@ enum Expect {
     /// One confirmation per channel; the generation tells a stale confirmation (of a
     /// subscription since dropped and asked for again) from the current one.
     Subscribe(Bytes, u64),
-    Unsubscribe,
+    Unsubscribe(Bytes),
+    /// `INFO cluster`, in the handshake of a command link that must find out.
+    ClusterInfo,
     Command,
     /// The last step of the handshake: Redis answers, so the link is really up.
     Hello,
@@ -205,6 +223,10 @@ pub struct RedisLink {
     /// The first "link up" is always logged; later ones (a flapping link) through `warnings`.
     ever_ready: bool,
     warnings: RateLog,
+    sharded: bool,
+    ask_cluster: bool,
+    /// What `INFO cluster` said (`ask_cluster` only): `cluster_enabled:1`.
+    cluster_enabled: Option<bool>,
 }
 
 impl RedisLink {
@@ -230,7 +252,30 @@ impl RedisLink {
             clock_offset_ms: None,
             ever_ready: false,
             warnings: RateLog::default(),
+            sharded: settings.sharded,
+            ask_cluster: settings.ask_cluster,
+            cluster_enabled: None,
         }
+    }
+
+    /// Whether the node said it runs in cluster mode (`LinkSettings::ask_cluster`); `None`
+    /// until a handshake got that far.
+    pub fn cluster_enabled(&self) -> Option<bool> {
+        self.cluster_enabled
+    }
+
+    pub fn url(&self) -> &RedisUrl {
+        &self.url
+    }
+
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
+    /// Closes the connection for good (the node left the cluster, or the link is no longer
+    /// needed): every command still waiting fails, as when the link is lost.
+    pub fn close(&mut self, registry: &Registry, reason: &str, events: &mut Vec<LinkEvent>) {
+        self.fail(registry, reason.to_string(), events);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -294,16 +339,35 @@ impl RedisLink {
         self.wanted
             .insert(channel.clone(), (self.generation, false));
         if self.is_connected() {
-            cmd::encode(&mut self.output, &[b"SUBSCRIBE", &channel]);
+            let command = self.subscribe_command();
+            cmd::encode(&mut self.output, &[command, &channel]);
             self.expect_reply(Expect::Subscribe(channel, self.generation));
         }
     }
 
     pub fn unsubscribe(&mut self, channel: &[u8]) {
         if self.wanted.remove(channel).is_some() && self.is_connected() {
-            cmd::encode(&mut self.output, &[b"UNSUBSCRIBE", channel]);
-            self.expect_reply(Expect::Unsubscribe);
+            let command: &[u8] = if self.sharded {
+                b"SUNSUBSCRIBE"
+            } else {
+                b"UNSUBSCRIBE"
+            };
+            cmd::encode(&mut self.output, &[command, channel]);
+            self.expect_reply(Expect::Unsubscribe(Bytes::copy_from_slice(channel)));
         }
+    }
+
+    fn subscribe_command(&self) -> &'static [u8] {
+        if self.sharded {
+            b"SSUBSCRIBE"
+        } else {
+            b"SUBSCRIBE"
+        }
+    }
+
+    /// The channels this link is to be subscribed to.
+    pub fn wanted(&self) -> impl Iterator<Item = &Bytes> {
+        self.wanted.keys()
     }
 
     /// Redis confirmed the current subscription to `channel`.
@@ -497,6 +561,11 @@ impl RedisLink {
             cmd::encode(&mut self.output, &[b"SELECT", db.as_bytes()]);
             self.expect_reply(Expect::Select);
         }
+        if self.ask_cluster {
+            // Before the liveness check, so the handshake still ends with Redis answering it.
+            cmd::encode(&mut self.output, &[b"INFO", b"cluster"]);
+            self.expect_reply(Expect::ClusterInfo);
+        }
         // Before SUBSCRIBE, so the subscriber's PING gets a plain +PONG.
         self.send_check();
         let hello = self
@@ -505,11 +574,18 @@ impl RedisLink {
             .expect("bug: a check was just queued");
         hello.expect = Expect::Hello;
         if !self.wanted.is_empty() {
-            // Restore every subscription in one command; Redis confirms each channel.
+            // Restore every subscription; Redis confirms each channel. One command for all,
+            // except shard channels: one SSUBSCRIBE may name only channels of one slot.
             let channels: Vec<Bytes> = self.wanted.keys().cloned().collect();
-            let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
-            args.extend(channels.iter().map(|c| &c[..]));
-            cmd::encode(&mut self.output, &args);
+            if self.sharded {
+                for channel in &channels {
+                    cmd::encode(&mut self.output, &[b"SSUBSCRIBE", channel]);
+                }
+            } else {
+                let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+                args.extend(channels.iter().map(|c| &c[..]));
+                cmd::encode(&mut self.output, &args);
+            }
             for channel in channels {
                 self.generation += 1;
                 self.wanted
@@ -523,10 +599,12 @@ impl RedisLink {
     }
 
     fn maybe_ready(&mut self, events: &mut Vec<LinkEvent>) {
-        let handshaking = self
-            .expect
-            .iter()
-            .any(|sent| matches!(sent.expect, Expect::Auth | Expect::Select | Expect::Hello));
+        let handshaking = self.expect.iter().any(|sent| {
+            matches!(
+                sent.expect,
+                Expect::Auth | Expect::Select | Expect::Hello | Expect::ClusterInfo
+            )
+        });
         if matches!(self.state, State::Handshaking { .. }) && !handshaking {
             let message = if self.failures > 0 {
                 format!(
@@ -604,6 +682,17 @@ impl RedisLink {
             events.push(LinkEvent::Message { channel, payload });
             return Ok(());
         }
+        // A node drops shard channels of a slot that moved away, unasked: a `sunsubscribe`
+        // that is not the answer to our own (SUN)SUBSCRIBE of that channel.
+        if let Reply::SubscriptionChange { kind, channel, .. } = &reply
+            && self.sharded
+            && &kind[..] == b"sunsubscribe"
+            && !matches!(self.expect.front(), Some(Sent { expect: Expect::Unsubscribe(c), .. }) if c == channel)
+        {
+            self.wanted.remove(channel);
+            events.push(LinkEvent::Unsubscribed(channel.clone()));
+            return Ok(());
+        }
         let Some(Sent { expect, .. }) = self.expect.pop_front() else {
             return Err(format!("unexpected reply {}", brief(&reply)));
         };
@@ -612,8 +701,27 @@ impl RedisLink {
             (Expect::Select, Reply::Error(e)) => {
                 return Err(format!("SELECT {} failed: {e}", self.url.db));
             }
+            (Expect::Subscribe(channel, generation), Reply::Error(e)) if self.sharded => {
+                if self
+                    .wanted
+                    .get(&channel)
+                    .is_some_and(|entry| entry.0 == generation)
+                {
+                    self.wanted.remove(&channel);
+                    events.push(LinkEvent::SubscribeRefused { channel, error: e });
+                }
+            }
             (Expect::Subscribe(..), Reply::Error(e)) => {
                 return Err(format!("SUBSCRIBE failed: {e}"));
+            }
+            (Expect::ClusterInfo, reply) => {
+                // An error (INFO forbidden by an ACL, say) counts as "not a cluster":
+                // `REDIS_CLUSTER=on` says otherwise.
+                self.cluster_enabled = Some(matches!(
+                    &reply,
+                    Reply::Other(redis_protocol::resp2::types::BytesFrame::BulkString(text))
+                        if text.windows(17).any(|w| w == b"cluster_enabled:1")
+                ));
             }
             (Expect::Hello | Expect::Time | Expect::Ping, Reply::Error(e)) => {
                 return Err(format!("liveness check failed: {e}"));
@@ -627,7 +735,7 @@ impl RedisLink {
                     events.push(LinkEvent::Subscribed(channel));
                 }
             }
-            (Expect::Unsubscribe, Reply::SubscriptionChange { .. }) => {}
+            (Expect::Unsubscribe(_), Reply::SubscriptionChange { .. }) => {}
             (Expect::Command, reply) => events.push(LinkEvent::Reply(Ok(reply))),
             (Expect::Hello | Expect::Time, Reply::Other(time)) if self.role == Role::Publisher => {
                 self.clock_offset_ms = redis_clock_offset_ms(&time);
