@@ -211,3 +211,176 @@ fn events_through_either_replica_reach_every_subscriber_across_three_masters() {
     let page = get(first.port, "/metrics").body;
     assert!(metric_in(&page, "herald_redis_cluster_refreshes_total").unwrap() >= 1.0);
 }
+
+/// What a publisher saw of one publish.
+#[derive(Debug, Clone)]
+struct Sent {
+    channel: String,
+    message: String,
+    status: u16,
+    at: Instant,
+}
+
+/// Reads events until every acknowledged one of `sent` has arrived (bounded by `WAIT` per
+/// read); returns (channel, message, id) in arrival order. A notice fails the test.
+fn receive_all(client: &mut Client, sent: &[Sent]) -> Vec<(String, String, String)> {
+    let mut waiting: std::collections::HashSet<&str> = sent
+        .iter()
+        .filter(|s| s.status == 200)
+        .map(|s| s.message.as_str())
+        .collect();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while !waiting.is_empty() {
+        assert!(
+            start.elapsed() < 3 * WAIT,
+            "still missing {} events, e.g. {:?}",
+            waiting.len(),
+            waiting.iter().take(5).collect::<Vec<_>>()
+        );
+        let event = next_event(client);
+        assert!(event["op"].is_null(), "a notice: {event}");
+        let message = event["message"].as_str().unwrap().to_string();
+        waiting.remove(message.as_str());
+        got.push((
+            event["channel"].as_str().unwrap().to_string(),
+            message,
+            event["id"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    got
+}
+
+/// Every acknowledged event exactly once, each channel in publish order; events whose
+/// publish failed (503: refused, or lost in flight with its master) at most once.
+fn check_delivery(who: &str, got: &[(String, String, String)], sent: &[Sent]) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    let duplicates = got
+        .iter()
+        .filter(|(_, m, _)| !seen.insert(m.clone()))
+        .count();
+    assert_eq!(duplicates, 0, "{who}: duplicates");
+    let channels: std::collections::BTreeSet<&str> =
+        sent.iter().map(|s| s.channel.as_str()).collect();
+    for channel in channels {
+        let order: Vec<&str> = sent
+            .iter()
+            .filter(|s| s.channel == channel)
+            .map(|s| s.message.as_str())
+            .collect();
+        let arrived: Vec<usize> = got
+            .iter()
+            .filter(|(c, _, _)| c == channel)
+            .map(|(_, m, _)| order.iter().position(|o| o == m).expect("an event we sent"))
+            .collect();
+        assert!(
+            arrived.windows(2).all(|w| w[0] < w[1]),
+            "{who}: channel {channel} out of order: {arrived:?}"
+        );
+    }
+    duplicates
+}
+
+#[test]
+fn a_master_killed_mid_stream_loses_no_acknowledged_event() {
+    let mut cluster = RedisCluster::start();
+    let first = herald_on_node(&cluster.nodes[0].url(), &[]);
+    let second = herald_on_node(&cluster.nodes[1].url(), &[]);
+    let names = channels_on_every_master(&cluster);
+    let path = format!("/ws?channels={}", names.join(","));
+    let mut staying = ws_connect(first.port, &path);
+    let mut leaving = ws_connect(second.port, &path);
+    wait_redis_connected(&first);
+    wait_redis_connected(&second);
+
+    let victim_channel = names[0].clone();
+    let victim = cluster.owner_of_slot(cluster.keyslot(&format!("events:{victim_channel}")));
+    let publish_one = |n: usize| {
+        let name = &names[n % names.len()];
+        let via = if n.is_multiple_of(2) {
+            first.port
+        } else {
+            second.port
+        };
+        let message = format!("n{n}");
+        let path = format!("/events/{name}?event_type=tick&message={message}");
+        let status = post(via, &path, None, "").status;
+        Sent {
+            channel: name.clone(),
+            message,
+            status,
+            at: Instant::now(),
+        }
+    };
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(10));
+    let mut sent: Vec<Sent> = Vec::new();
+    for n in 0..30 {
+        sent.push(publish_one(n));
+        pause();
+    }
+    assert!(sent.iter().all(|s| s.status == 200));
+    // The leaving client's resume point: the last event of each channel it has.
+    let before = receive_all(&mut leaving, &sent);
+    drop(leaving);
+    let since: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let last = before.iter().rev().find(|(c, _, _)| c == name).unwrap();
+            format!("{name}:{}", last.2)
+        })
+        .collect();
+
+    let killed_at = Instant::now();
+    cluster.kill(victim);
+    // Publishing goes on through the failover, until the killed master's channel has been
+    // acknowledged 20 times after its first refusal.
+    let mut n = 30;
+    let mut after_recovery = 0;
+    while after_recovery < 20 {
+        assert!(
+            n < 30 + 5000,
+            "publishes to the killed master's slots never recovered"
+        );
+        let one = publish_one(n);
+        let recovered = sent.iter().any(|s| s.status != 200);
+        if recovered && one.status == 200 && one.channel == victim_channel {
+            after_recovery += 1;
+        }
+        sent.push(one);
+        n += 1;
+        pause();
+    }
+    cluster.wait_healthy(3, 2);
+    for _ in 0..6 {
+        sent.push(publish_one(n));
+        n += 1;
+    }
+    let refused: Vec<&Sent> = sent.iter().filter(|s| s.status != 200).collect();
+    let acknowledged = sent.iter().filter(|s| s.status == 200).count();
+    let first_refusal = refused.first().map(|s| s.at.duration_since(killed_at));
+    let last_refusal = refused.last().map(|s| s.at.duration_since(killed_at));
+
+    let got = receive_all(&mut staying, &sent);
+    let duplicates = check_delivery("the client that stayed", &got, &sent);
+    let resumed_path = format!("{path}&since={}", since.join(","));
+    let mut resumed = ws_connect(second.port, &resumed_path);
+    let after: Vec<Sent> = sent[30..].to_vec();
+    let got_resumed = receive_all(&mut resumed, &after);
+    check_delivery("the client that resumed", &got_resumed, &after);
+    let metrics = get(first.port, "/metrics").body;
+    let failovers = metric_in(&metrics, "herald_redis_cluster_failovers_total").unwrap_or(0.0);
+    eprintln!(
+        "failover: {} publishes, {acknowledged} acknowledged, {} refused (503) from {:?} to {:?} after the kill; \
+         the client that stayed received {} events ({} duplicates), the resumed one {}; failovers seen by the first Herald: {failovers}",
+        sent.len(),
+        refused.len(),
+        first_refusal,
+        last_refusal,
+        got.len(),
+        duplicates,
+        got_resumed.len()
+    );
+    assert!(failovers >= 1.0, "the failover was counted");
+    let health = get(first.port, "/health").json();
+    assert_eq!(health["redis"], "connected", "{health}");
+}

@@ -275,7 +275,27 @@ impl RedisLink {
     /// Closes the connection for good (the node left the cluster, or the link is no longer
     /// needed): every command still waiting fails, as when the link is lost.
     pub fn close(&mut self, registry: &Registry, reason: &str, events: &mut Vec<LinkEvent>) {
-        self.fail(registry, reason.to_string(), events);
+        debug!(
+            "redis {} link to {} closed: {reason}",
+            self.role.name(),
+            self.url
+        );
+        if let Some(mut stream) = self.stream.take() {
+            let _ = registry.deregister(&mut stream);
+        }
+        let lost = LinkFailure {
+            timed_out: false,
+            reason: format!("Redis connection closed: {reason}"),
+        };
+        for sent in self.expect.drain(..) {
+            if sent.expect == Expect::Command {
+                events.push(LinkEvent::Reply(Err(lost.clone())));
+            }
+        }
+        self.output.clear();
+        self.state = State::Waiting {
+            retry_at: Instant::now() + BACKOFF_CAP,
+        };
     }
 
     pub fn is_ready(&self) -> bool {
