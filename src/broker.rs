@@ -51,28 +51,42 @@ pub const REDIS_PUB: mio::Token = mio::Token(usize::MAX - 3);
 /// when the idempotency key was already used within the window: nothing is appended or
 /// published then. The check and the `SET ... NX EX` are in the same script as the append,
 /// so two replicas racing with one key cannot both publish (Redis runs scripts one at a
-/// time). The id is spliced in front exactly as `event::with_id` does. `$publish`: `PUBLISH`,
-/// or `SPUBLISH` on a Redis Cluster (a script may append to a key and publish to a shard
-/// channel of the same slot: `cluster::key_beside`).
+/// time). The id is spliced in front exactly as `event::with_id` does.
+///
+/// On a Redis Cluster (`SHARDED_PUBLISH_SCRIPT`) the channel is not a key: KEYS are the
+/// stream and the idempotency key; the shard channel is ARGV[5] and the script SPUBLISHes.
+/// While a slot migrates, a node runs a command only if it holds all its keys (else ASK or
+/// TRYAGAIN), and a channel is never a key it holds. A script may append to a key and
+/// publish to a shard channel of the same slot (`cluster::key_beside` puts them there).
 macro_rules! publish_script {
-    ($publish:literal) => {
+    ($publish:literal, $channel:literal, $seen:literal) => {
         concat!(
-            r#"if KEYS[3] then
-  local seen = redis.call('GET', KEYS[3])
-  if seen then return {seen, 0, 1} end
+            "if ",
+            $seen,
+            " then\n  local seen = redis.call('GET', ",
+            $seen,
+            ")\n",
+            r#"  if seen then return {seen, 0, 1} end
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
 if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-if KEYS[3] then redis.call('SET', KEYS[3], id, 'NX', 'EX', ARGV[4]) end
-local msg = '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2)
+"#,
+            "if ",
+            $seen,
+            " then redis.call('SET', ",
+            $seen,
+            ", id, 'NX', 'EX', ARGV[4]) end\n",
+            r#"local msg = '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2)
 return {id, redis.call('"#,
             $publish,
-            r#"', KEYS[2], msg)}"#
+            "', ",
+            $channel,
+            ", msg)}"
         )
     };
 }
-const PUBLISH_SCRIPT: &str = publish_script!("PUBLISH");
-const SHARDED_PUBLISH_SCRIPT: &str = publish_script!("SPUBLISH");
+const PUBLISH_SCRIPT: &str = publish_script!("PUBLISH", "KEYS[2]", "KEYS[3]");
+const SHARDED_PUBLISH_SCRIPT: &str = publish_script!("SPUBLISH", "ARGV[5]", "KEYS[2]");
 
 /// KEYS: stream. ARGV: the id to resume after ('' for the latest), the most entries, the
 /// most bytes of event JSON (at least one entry is returned, whatever its size).
@@ -497,7 +511,7 @@ impl RedisBroker {
             Bytes::from_static(b"EVAL"),
             Bytes::from_static(script.as_bytes()),
         ];
-        match (idempotency_key, &self.idempotency_secs) {
+        let window = match (idempotency_key, &self.idempotency_secs) {
             (Some(key), Some(window)) => {
                 // Next to the channel's stream, with the same prefix (and slot).
                 let seen = if cluster {
@@ -506,26 +520,26 @@ impl RedisBroker {
                 } else {
                     format!("{channel}:idempotency:{key}")
                 };
-                args.extend([
-                    Bytes::from_static(b"3"),
-                    text(&stream),
-                    text(channel),
-                    text(&seen),
-                    json,
-                    text(&maxlen),
-                    text(&self.ttl_secs),
-                    text(window),
-                ]);
+                Some((seen, window.clone()))
             }
-            _ => args.extend([
-                Bytes::from_static(b"2"),
-                text(&stream),
-                text(channel),
-                json,
-                text(&maxlen),
-                text(&self.ttl_secs),
-                Bytes::from_static(b"0"),
-            ]),
+            _ => None,
+        };
+        let keys: Vec<&str> = match (&window, cluster) {
+            (Some((seen, _)), false) => vec![&stream, channel, seen],
+            (None, false) => vec![&stream, channel],
+            (Some((seen, _)), true) => vec![&stream, seen],
+            (None, true) => vec![&stream],
+        };
+        args.push(text(&keys.len().to_string()));
+        args.extend(keys.iter().map(|key| text(key)));
+        args.extend([
+            json,
+            text(&maxlen),
+            text(&self.ttl_secs),
+            window.map_or(Bytes::from_static(b"0"), |(_, w)| text(&w)),
+        ]);
+        if cluster {
+            args.push(text(channel));
         }
         self.send(slot, args);
         Publish::Pending
@@ -896,6 +910,22 @@ mod tests {
             broker.read_history("events", None, PageSize::events(5)),
             Read::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn should_publish_to_a_shard_channel_that_is_not_a_key_on_a_cluster() {
+        assert!(
+            PUBLISH_SCRIPT
+                .starts_with("if KEYS[3] then\n  local seen = redis.call('GET', KEYS[3])\n")
+        );
+        assert!(PUBLISH_SCRIPT.ends_with("return {id, redis.call('PUBLISH', KEYS[2], msg)}"));
+        assert!(
+            SHARDED_PUBLISH_SCRIPT.contains("redis.call('SET', KEYS[2], id, 'NX', 'EX', ARGV[4])")
+        );
+        assert!(
+            SHARDED_PUBLISH_SCRIPT.ends_with("return {id, redis.call('SPUBLISH', ARGV[5], msg)}")
+        );
+        assert!(!SHARDED_PUBLISH_SCRIPT.contains("KEYS[3]"));
     }
 
     #[test]

@@ -384,3 +384,129 @@ fn a_master_killed_mid_stream_loses_no_acknowledged_event() {
     let health = get(first.port, "/health").json();
     assert_eq!(health["redis"], "connected", "{health}");
 }
+
+/// Publishes in a thread, round-robin over `names` through `ports`, every 5 ms, until told
+/// to stop (at most 4000 publishes).
+fn publish_in_background(
+    ports: Vec<u16>,
+    names: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Sent>> {
+    std::thread::spawn(move || {
+        let mut sent = Vec::new();
+        for n in 0..4000 {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let name = &names[n % names.len()];
+            let port = ports[n % ports.len()];
+            let message = format!("n{n}");
+            let path = format!("/events/{name}?event_type=tick&message={message}");
+            let status = post(port, &path, None, "").status;
+            sent.push(Sent {
+                channel: name.clone(),
+                message,
+                status,
+                at: Instant::now(),
+            });
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        sent
+    })
+}
+
+#[test]
+fn a_resharded_slot_keeps_delivery_going() {
+    let cluster = RedisCluster::start();
+    let first = herald_on_node(&cluster.nodes[0].url(), &[]);
+    let second = herald_on_node(&cluster.nodes[2].url(), &[]);
+    let names = channels_on_every_master(&cluster);
+    let path = format!("/ws?channels={}", names.join(","));
+    let mut on_first = ws_connect(first.port, &path);
+    let mut on_second = ws_connect(second.port, &path);
+    wait_redis_connected(&first);
+    wait_redis_connected(&second);
+
+    let moving = format!("events:{}", names[0]);
+    let slot = cluster.keyslot(&moving);
+    let from = cluster.owner_of_slot(slot);
+    let to = *cluster.masters().iter().find(|&&m| m != from).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher =
+        publish_in_background(vec![first.port, second.port], names.clone(), stop.clone());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    cluster.move_slot(slot, to);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = publisher.join().unwrap();
+
+    let refused: Vec<&Sent> = sent.iter().filter(|s| s.status != 200).collect();
+    assert!(
+        refused.is_empty(),
+        "publishes refused during the reshard: {refused:?}"
+    );
+    for (who, client) in [("first", &mut on_first), ("second", &mut on_second)] {
+        let got = receive_all(client, &sent);
+        check_delivery(who, &got, &sent);
+    }
+    assert_eq!(cluster.owner_of_slot(slot), to);
+    let shown = cluster
+        .node(to)
+        .command_array(&["PUBSUB", "SHARDCHANNELS", "events:*"]);
+    assert!(
+        shown.contains(&moving),
+        "{moving} on its new node: {shown:?}"
+    );
+    let stream = format!("{{{moving}}}:history");
+    let kept = cluster.node(to).command(&["XLEN", &stream]);
+    let published = sent.iter().filter(|s| s.channel == names[0]).count();
+    assert_eq!(
+        kept,
+        format!(":{published}"),
+        "the stream moved with its slot"
+    );
+    let metrics = get(first.port, "/metrics").body;
+    eprintln!(
+        "reshard: {} publishes, none refused; redirects {:?}, slot-map reads {:?} (first Herald)",
+        sent.len(),
+        metric_in(&metrics, "herald_redis_cluster_redirects_total"),
+        metric_in(&metrics, "herald_redis_cluster_refreshes_total")
+    );
+}
+
+#[test]
+fn an_unreachable_cluster_at_start_is_explained_then_joined() {
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let urls = format!(
+        "redis://127.0.0.1:{},redis://127.0.0.1:{}",
+        ports[0], ports[1]
+    );
+    let herald = Herald::with(&[], &[("PUBSUB_CACHE_URL", &urls), ("REDIS_CLUSTER", "on")]);
+    let page = get(herald.port, "/");
+    assert_eq!(page.status, 200, "the page is served without Redis");
+    let refused = post(herald.port, "/events?event_type=a&message=b", None, "");
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.body.contains("Redis Cluster"), "{}", refused.body);
+    let health = get(herald.port, "/health").json();
+    assert_eq!(health["redis"], "disconnected", "{health}");
+    let error = health["redis_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("refused") || error.contains("connect"),
+        "{health}"
+    );
+
+    let cluster = RedisCluster::start_on(&ports);
+    wait_redis_connected(&herald);
+    let mut client = ws_connect(herald.port, "/ws");
+    wait_redis_connected(&herald);
+    let ack = publish(herald.port, "after", "the cluster came");
+    assert_eq!(ack["receivers"], 1, "{ack}");
+    assert_eq!(next_event(&mut client)["message"], "the cluster came");
+    let health = get(herald.port, "/health").json();
+    assert_eq!(
+        health["shards"].as_array().map(Vec::len),
+        Some(3),
+        "{health}"
+    );
+    drop(cluster);
+}

@@ -42,6 +42,12 @@ pub struct NodeLine {
 impl RedisCluster {
     /// Starts six nodes and joins them: three masters with one replica each.
     pub fn start() -> RedisCluster {
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        RedisCluster::start_on(&ports)
+    }
+
+    /// Starts six nodes on these ports (a test that pointed Herald at them first).
+    pub fn start_on(ports: &[u16]) -> RedisCluster {
         let dir = std::env::temp_dir().join(format!(
             "herald-cluster-{}-{}",
             std::process::id(),
@@ -49,12 +55,14 @@ impl RedisCluster {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let nodes: Vec<Redis> = (0..6)
-            .map(|index| {
+        let nodes: Vec<Redis> = ports
+            .iter()
+            .enumerate()
+            .map(|(index, &port)| {
                 let config = dir.join(format!("nodes-{index}.conf"));
                 let bus = free_port().to_string();
                 let timeout = NODE_TIMEOUT_MS.to_string();
-                Redis::with(&[
+                let args = [
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -68,7 +76,14 @@ impl RedisCluster {
                     "0",
                     "--dir",
                     dir.to_str().unwrap(),
-                ])
+                ];
+                let mut node = Redis {
+                    port,
+                    child: None,
+                    args: args.iter().map(|a| a.to_string()).collect(),
+                };
+                assert!(node.spawn(), "redis-server did not start on port {port}");
+                node
             })
             .collect();
         let cluster = RedisCluster { nodes, dir };
