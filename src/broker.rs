@@ -594,6 +594,34 @@ impl RedisBroker {
         }
     }
 
+    /// Whether commands can be sent (the command link is up; on a cluster, every master's).
+    pub fn commands_ready(&self) -> bool {
+        match &self.links {
+            Links::Single { publisher, .. } => publisher.is_ready(),
+            Links::Cluster(cluster) => cluster.is_ready(),
+        }
+    }
+
+    /// Sends a command of another module (occupancy). On a cluster it goes to the node that
+    /// serves its first key (an EVAL's first KEYS entry); its answer comes back in order
+    /// with every other command's, as a failure if that node cannot take it.
+    pub fn command(&mut self, args: &[Vec<u8>]) {
+        let first_key = match args {
+            [eval, _, numkeys, key, ..]
+                if eval.eq_ignore_ascii_case(b"EVAL") && numkeys.as_slice() != b"0" =>
+            {
+                key.as_slice()
+            }
+            [_, key, ..] => key.as_slice(),
+            _ => b"",
+        };
+        let slot = key_slot(first_key);
+        self.send(
+            slot,
+            args.iter().map(|a| Bytes::copy_from_slice(a)).collect(),
+        );
+    }
+
     /// Whether Redis confirmed this replica's subscription to a (local) channel.
     fn is_subscribed(&self, redis_channel: &str) -> bool {
         match &self.links {

@@ -508,5 +508,10 @@ fn an_unreachable_cluster_at_start_is_explained_then_joined() {
         Some(3),
         "{health}"
     );
+    // Occupancy's keys share one slot on a cluster (REDIS_CLUSTER=on tags them).
+    wait_until("the subscriber's count to reach Redis", || {
+        let count = get(herald.port, "/channels/events");
+        count.status == 200 && count.json()["subscribers"] == 1
+    });
     drop(cluster);
 }

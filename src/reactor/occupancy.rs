@@ -57,7 +57,7 @@ impl Reactor {
         let Broker::Redis(redis) = &mut self.broker else {
             return;
         };
-        let ready = redis.publisher.is_ready();
+        let ready = redis.commands_ready();
         let work = self.occupancy.redis_work(now, ready);
         let (Some(keys), Some(ttl)) = (self.occupancy.redis_keys(), self.occupancy.ttl()) else {
             return;
@@ -69,19 +69,19 @@ impl Reactor {
             if batches.peek().is_none() {
                 // Nothing changed: the flush still renews this replica's expiry.
                 let args = keys.flush_command(ttl, resync, &[]);
-                send(&mut redis.publisher, &args);
+                redis.command(&args);
                 flushes += 1;
             }
             for batch in batches {
                 let args = keys.flush_command(ttl, resync, batch);
-                send(&mut redis.publisher, &args);
+                redis.command(&args);
                 flushes += 1;
                 resync = false;
             }
         }
         let read = (!work.read.is_empty()).then(|| {
             let args = keys.count_command(work.read.iter().map(|c| &**c));
-            send(&mut redis.publisher, &args);
+            redis.command(&args);
             work.read
         });
         for _ in 0..flushes {
@@ -230,7 +230,7 @@ impl Reactor {
     /// the local count, corrected by a later round.
     fn read_elsewhere(&mut self, name: &str, now: Instant) {
         let busy = self.refuse_read().is_some();
-        let ready = matches!(&self.broker, Broker::Redis(redis) if redis.publisher.is_ready());
+        let ready = matches!(&self.broker, Broker::Redis(redis) if redis.commands_ready());
         if busy || !ready {
             return self.occupancy.elsewhere_unavailable(name, now);
         }
@@ -238,7 +238,7 @@ impl Reactor {
         else {
             return;
         };
-        send(&mut redis.publisher, &keys.count_command([name]));
+        redis.command(&keys.count_command([name]));
         self.pending
             .push_back(Pending::Occupancy(OccupancyWork::Watched {
                 channels: vec![name.into()],
@@ -253,7 +253,7 @@ impl Reactor {
             let reply = count_reply(&channel, count);
             return self.send_http(waiter, reply);
         };
-        if !redis.publisher.is_ready() {
+        if !redis.commands_ready() {
             let reply = Reply::error(503, "Redis unavailable: counts of other replicas unknown");
             return self.send_http(waiter, reply);
         }
@@ -267,10 +267,7 @@ impl Reactor {
             .occupancy
             .redis_keys()
             .expect("bug: Redis without keys");
-        send(
-            &mut redis.publisher,
-            &keys.count_command([channel.as_str()]),
-        );
+        redis.command(&keys.count_command([channel.as_str()]));
         self.conns[waiter.key].await_broker();
         self.pending
             .push_back(Pending::Occupancy(OccupancyWork::Count(waiter, channel)));
@@ -295,7 +292,7 @@ impl Reactor {
             let reply = self.list_reply(entries, next, grant.as_ref());
             return self.send_http(waiter, reply);
         };
-        if !redis.publisher.is_ready() {
+        if !redis.commands_ready() {
             let reply = Reply::error(503, "Redis unavailable: counts of other replicas unknown");
             return self.send_http(waiter, reply);
         }
@@ -309,10 +306,7 @@ impl Reactor {
             .occupancy
             .redis_keys()
             .expect("bug: Redis without keys");
-        send(
-            &mut redis.publisher,
-            &keys.list_command(after.as_deref(), limit),
-        );
+        redis.command(&keys.list_command(after.as_deref(), limit));
         self.conns[waiter.key].await_broker();
         self.pending
             .push_back(Pending::Occupancy(OccupancyWork::List(waiter, grant)));
@@ -474,12 +468,6 @@ fn count_reply(channel: &str, subscribers: u32) -> Reply {
         &json!({ "channel": channel, "subscribers": subscribers }),
     )
     .header("Cache-Control", "no-store")
-}
-
-/// One command on the command link, its arguments as built by `occupancy::RedisKeys`.
-fn send(link: &mut crate::resp::link::RedisLink, args: &[Vec<u8>]) {
-    let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-    link.command(&args);
 }
 
 fn saturate(count: usize) -> u32 {

@@ -163,24 +163,36 @@ impl ShardLinks {
         }
     }
 
-    /// Sends a command whose keys are in `slot` to the node that serves it (`can_send` said
-    /// yes). Its answer comes back as `LinkEvent::Reply`, in the order commands were sent.
+    /// Sends a command whose keys are in `slot` to the node that serves it. Its answer comes
+    /// back as `LinkEvent::Reply`, in the order commands were sent. If that node cannot take
+    /// it (`can_send` says why), the answer is that failure, handed over at the next `flush`.
     pub fn command(&mut self, slot: u16, args: Vec<Bytes>) {
-        let index = self
-            .topology
-            .route(slot)
-            .and_then(|owner| self.node_of(owner))
-            .expect("bug: command on a slot can_send refused");
         let seq = self.first_seq + self.order.len() as u64;
-        let node = self.node_mut(index);
-        let refs: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
-        node.command.command(&refs);
-        node.sent.push_back(Sent::Reactor(seq));
-        self.order.push_back(Outstanding {
+        let mut outstanding = Outstanding {
             args,
             redirects: 0,
             answer: None,
-        });
+        };
+        match self.can_send(slot) {
+            Ok(()) => {
+                let index = self
+                    .topology
+                    .route(slot)
+                    .and_then(|owner| self.node_of(owner))
+                    .expect("bug: can_send found the node");
+                let node = self.node_mut(index);
+                let refs: Vec<&[u8]> = outstanding.args.iter().map(|a| &a[..]).collect();
+                node.command.command(&refs);
+                node.sent.push_back(Sent::Reactor(seq));
+            }
+            Err(reason) => {
+                outstanding.answer = Some(Err(LinkFailure {
+                    timed_out: false,
+                    reason,
+                }));
+            }
+        }
+        self.order.push_back(outstanding);
     }
 
     /// Wants `channel` (a shard channel): subscribed on the node that owns its slot, now or
@@ -343,6 +355,7 @@ impl ShardLinks {
                 link.flush(registry, reported);
             }
         });
+        self.hand_over_answers(events);
     }
 
     pub fn on_timer(
@@ -605,6 +618,11 @@ impl ShardLinks {
         if let Some(outstanding) = self.order.get_mut(position) {
             outstanding.answer = Some(reply);
         }
+        self.hand_over_answers(events);
+    }
+
+    /// Hands the reactor every answer that is next in order.
+    fn hand_over_answers(&mut self, events: &mut Vec<LinkEvent>) {
         while self.order.front().is_some_and(|o| o.answer.is_some()) {
             let outstanding = self.order.pop_front().expect("bug: front was just seen");
             self.first_seq += 1;
