@@ -40,14 +40,27 @@ pub struct NodeLine {
 }
 
 impl RedisCluster {
-    /// Starts six nodes and joins them: three masters with one replica each.
+    /// Starts six nodes and joins them: three masters with one replica each. Tries again
+    /// on fresh ports if a port was taken meanwhile (tests run in parallel, each picking
+    /// free ports that another may take before its server binds them).
     pub fn start() -> RedisCluster {
-        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
-        RedisCluster::start_on(&ports)
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+            match RedisCluster::try_start_on(&ports) {
+                Ok(cluster) => return cluster,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("no cluster in 3 attempts: {failures:#?}");
     }
 
     /// Starts six nodes on these ports (a test that pointed Herald at them first).
     pub fn start_on(ports: &[u16]) -> RedisCluster {
+        RedisCluster::try_start_on(ports).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    fn try_start_on(ports: &[u16]) -> Result<RedisCluster, String> {
         let dir = std::env::temp_dir().join(format!(
             "herald-cluster-{}-{}",
             std::process::id(),
@@ -82,21 +95,35 @@ impl RedisCluster {
                     child: None,
                     args: args.iter().map(|a| a.to_string()).collect(),
                 };
-                assert!(node.spawn(), "redis-server did not start on port {port}");
+                node.spawn();
                 node
             })
             .collect();
         let cluster = RedisCluster { nodes, dir };
+        for node in &cluster.nodes {
+            // The server answering on the port must be ours, not another test's.
+            let ours = node.child.as_ref().map(|c| c.id());
+            let info = match ours {
+                Some(_) => node.command_bulk(&["INFO", "server"]),
+                None => String::new(),
+            };
+            let pid = ours.map(|p| format!("process_id:{p}\r\n"));
+            if !pid.is_some_and(|p| info.contains(&p)) {
+                return Err(format!("redis-server did not start on port {}", node.port));
+            }
+        }
+        let create_log = cluster.dir.join("create.log");
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
         for node in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", node.port));
         }
+        let log = std::fs::File::create(&create_log).unwrap();
         create
             .args(["--cluster-replicas", "1", "--cluster-yes"])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         let mut child = create
             .spawn()
             .expect("spawn redis-cli (is redis-tools installed? .ci/run installs it)");
@@ -108,13 +135,16 @@ impl RedisCluster {
             if start.elapsed() > CLUSTER_WAIT {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("redis-cli --cluster create did not finish");
+                return Err("redis-cli --cluster create did not finish".into());
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        assert!(status.success(), "redis-cli --cluster create failed");
+        if !status.success() {
+            let output = std::fs::read_to_string(&create_log).unwrap_or_default();
+            return Err(format!("redis-cli --cluster create failed:\n{output}"));
+        }
         cluster.wait_healthy(3, 3);
-        cluster
+        Ok(cluster)
     }
 
     /// `redis://127.0.0.1:<port>` of each node, comma-separated.
