@@ -106,13 +106,13 @@ impl Reactor {
         let Broker::Redis(redis) = &mut self.broker else {
             return;
         };
-        if !self.occupancy.leave() || !redis.publisher.is_ready() {
+        if !self.occupancy.leave() || !redis.commands_ready() {
             return;
         }
         let Some(keys) = self.occupancy.redis_keys() else {
             return;
         };
-        send(&mut redis.publisher, &keys.leave_command());
+        redis.command(&keys.leave_command());
         self.pending
             .push_back(Pending::Occupancy(OccupancyWork::Leave));
     }
