@@ -3,14 +3,17 @@
 # Herald. For each thread count, on a fresh redis-server and a fresh Herald (each on a free
 # port, stopped by PID): N clients on one channel, M events published over HTTP at a pace;
 # reports per publish the CPU time of redis-server and of Herald, Redis's subscriber count for
-# the channel (one per reactor with clients), and the delivery check of herald-bench.
+# the channel (one per reactor with clients), latency, and the delivery check of herald-bench.
+# Keep the load below what one reactor writes unbatched (about 200k single-frame writes a
+# second here): an overloaded reactor batches several frames per write and its CPU per
+# delivery drops, which would flatter the slower configuration.
 #
-#   bench/threads-redis.sh [--threads 1,2] [--clients 2000] [--events 2000] [--rate 200] [--repeat 3]
+#   bench/threads-redis.sh [--threads 1,2] [--clients 2000] [--events 1000] [--rate 50] [--repeat 3]
 #
 # Needs target/release/herald and herald-bench (cargo build --release --workspace).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-THREADS="1,2"; CLIENTS=2000; EVENTS=2000; RATE=200; REPEAT=3
+THREADS="1,2"; CLIENTS=2000; EVENTS=1000; RATE=50; REPEAT=3
 while [ $# -gt 0 ]; do
     case "$1" in
         --threads) THREADS="$2"; shift 2 ;;
@@ -34,7 +37,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}'; }
 wait_http() { for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return 0; sleep 0.1; done; return 1; }
 
-printf '%-8s %-4s %12s %14s %14s %12s %s\n' threads run "redis_subs" "redis_us/pub" "herald_us/pub" deliveries check
+printf '%-8s %-4s %10s %13s %14s %14s %9s %9s %s\n' threads run redis_subs redis_us/pub herald_us/pub herald_us/deliv p50_ms p99_ms check
 for t in ${THREADS//,/ }; do
     for r in $(seq 1 "$REPEAT"); do
         rport=$(free_port)
@@ -60,10 +63,10 @@ for t in ${THREADS//,/ }; do
         subs=$(redis-cli -p "$rport" PUBSUB NUMSUB events | tail -1)
         wait "$gpid" && check=ok || check=FAILED
         r1=$(cpu_ns "$rpid"); h1=$(cpu_ns "$hpid")
-        deliveries=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("deliveries", "?"))' "$TMP/out.json" 2>/dev/null || echo "?")
+        read -r deliveries p50 p99 < <(python3 -c 'import json,sys; r = json.load(open(sys.argv[1])); l = r.get("latency_us") or {}; print(r.get("deliveries", 0), l.get("p50", 0), l.get("p99", 0))' "$TMP/out.json" 2>/dev/null || echo "0 0 0")
         awk -v t="$t" -v r="$r" -v s="$subs" -v rc=$((r1 - r0)) -v hc=$((h1 - h0)) -v e="$EVENTS" \
-            -v d="$deliveries" -v c="$check" \
-            'BEGIN { printf "%-8s %-4s %12s %14.1f %14.1f %12s %s\n", t, r, s, rc / 1e3 / e, hc / 1e3 / e, d, c }'
+            -v d="$deliveries" -v p50="$p50" -v p99="$p99" -v c="$check" \
+            'BEGIN { printf "%-8s %-4s %10s %13.1f %14.1f %14.2f %9.1f %9.1f %s\n", t, r, s, rc / 1e3 / e, hc / 1e3 / e, (d > 0 ? hc / 1e3 / d : 0), p50 / 1e3, p99 / 1e3, c }'
         kill "$hpid" "$rpid" 2>/dev/null || true
         wait "$hpid" "$rpid" 2>/dev/null || true
     done
