@@ -255,7 +255,10 @@ impl Occupancy {
         if !changed {
             return;
         }
-        if self.shared.is_some() && !self.unflushed.contains(channel) {
+        // A resync writes every local count anyway: no list of names to keep meanwhile (an
+        // outage of Redis must not grow it with every channel that comes and goes).
+        let listed = self.shared.as_ref().is_some_and(|clock| !clock.resync);
+        if listed && !self.unflushed.contains(channel) {
             self.unflushed.insert(channel.into());
         }
         self.schedule(channel, now);
@@ -512,6 +515,7 @@ impl Occupancy {
             if now >= clock.next_flush {
                 clock.next_flush = now + clock.refresh;
                 clock.resync = true;
+                self.unflushed.clear();
             }
             if now >= clock.next_read {
                 clock.next_read = now + UPDATE_EVERY;
@@ -562,6 +566,9 @@ impl Occupancy {
         if let Some(clock) = self.shared.as_mut() {
             clock.flushes_out = clock.flushes_out.saturating_sub(1);
             clock.resync |= !ok;
+            if !ok {
+                self.unflushed.clear();
+            }
             clock.holds_nothing &= ok;
         }
     }
@@ -571,6 +578,7 @@ impl Occupancy {
     pub fn redis_reconnected(&mut self, now: Instant) {
         if let Some(clock) = self.shared.as_mut() {
             clock.resync = true;
+            self.unflushed.clear();
             clock.next_flush = now;
             clock.next_read = now;
         }
@@ -1111,6 +1119,27 @@ mod tests {
         idle.flush_sent(1);
         idle.flush_answered(true);
         assert_eq!(idle.redis_work(t0 + secs(4.0), true).flush, None);
+        // Redis down: no list of changed names grows meanwhile; the reconnect writes all.
+        let mut outage = shared(t0);
+        outage.set_local("kept", 1, t0);
+        assert!(outage.redis_work(t0, true).flush.is_some());
+        outage.flush_sent(1);
+        outage.flush_answered(true);
+        assert_eq!(
+            outage.redis_work(t0 + secs(2.0), false),
+            RedisWork::default()
+        );
+        for i in 0..100 {
+            outage.set_local(&format!("brief{i}"), 1, t0 + secs(3.0));
+            outage.set_local(&format!("brief{i}"), 0, t0 + secs(3.0));
+        }
+        assert!(outage.unflushed.is_empty());
+        outage.redis_reconnected(t0 + secs(4.0));
+        let flush = outage.redis_work(t0 + secs(4.0), true).flush.unwrap();
+        assert_eq!(
+            (flush.resync, flush.counts),
+            (true, vec![("kept".into(), 1)])
+        );
         // Leaving: Redis may hold ours (the last flush wrote some), then nothing more is sent.
         let mut leaving = shared(t0);
         leaving.set_local("a", 1, t0);
