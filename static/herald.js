@@ -23,7 +23,8 @@
 // - a connection refused before it opens (a WebSocket does not say why) is explained by one
 //   fetch of /sse with the same channels and token: a 401/403 stops the client ("denied")
 //   instead of retrying forever;
-// - occupancy: `watchOccupancy(channel)` asks for "N subscribers" updates.
+// - occupancy: `watchOccupancy(channel)` asks for "N subscribers" updates, again after every
+//   reconnect.
 
 /** The server's default channel (what `/ws` without `?channels=` receives). */
 export const DEFAULT_CHANNEL = "events";
@@ -92,11 +93,15 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  * @property {{channel: string, since: string|null, reason: string}} reset The server cannot
  *   replay `channel` after `since` (history too short or lost): events may be missing; reload
  *   the state that depends on it. The channel continues live.
- * @property {{channel: string}} forbidden The token does not cover `channel` (not asked for
- *   again until `subscribe` is called for it or the token is refreshed).
+ * @property {{channel: string}} forbidden The token does not cover `channel`: its subscription
+ *   or occupancy watch was refused (not asked for again until `subscribe`/`watchOccupancy` is
+ *   called for it or the token is refreshed).
  * @property {Refusal} denied Access refused: the client has stopped.
  * @property {{exp: number}} refreshed The live connection took the new token (unix seconds).
- * @property {{channel: string, subscribers: number}} occupancy Subscribers of a watched channel.
+ * @property {{channel: string, subscribers: number}} occupancy Subscribers of a watched channel:
+ *   the count at once, then its changes (at most one a second).
+ * @property {{channel: string, reason: string}} unwatched A watch ended: `unwatchOccupancy`, or
+ *   `reason` "forbidden" (a refreshed token no longer covers the channel).
  * @property {{error: string, channel?: string, reason?: string}} error The server refused a
  *   message, or `getToken` failed.
  * @property {Object} notice Any other server message with an `op` (newer servers).
@@ -463,6 +468,14 @@ export class HeraldClient {
   }
 
   /**
+   * Stop the occupancy updates of `channel`.
+   * @param {string} channel
+   */
+  unwatchOccupancy(channel) {
+    if (this.#occupancy.delete(channel)) this.#send({ op: "occupancy", channel, watch: false });
+  }
+
+  /**
    * Hand a new token to the live connection now (`token`, or one from `getToken`); later
    * connections use it too. Resolves when the server took it; rejects if it refused it.
    * @param {string} [token]
@@ -676,7 +689,11 @@ export class HeraldClient {
         this.#scheduleRefresh();
         return;
       case "occupancy":
-        if (channel && typeof notice.subscribers === "number") {
+        if (!channel) return;
+        if (notice.watching === false) {
+          this.#occupancy.delete(channel);
+          this.#emit("unwatched", { channel, reason: asText(notice.reason) });
+        } else if (typeof notice.subscribers === "number") {
           this.#emit("occupancy", { channel, subscribers: notice.subscribers });
         }
         return;
@@ -697,8 +714,9 @@ export class HeraldClient {
     }
   }
 
-  /** The token does not cover `channel`: stop asking for it. */
+  /** The token does not cover `channel`: stop asking for it (or its occupancy). */
   #forbid(channel) {
+    this.#occupancy.delete(channel);
     this.#forbidden.add(channel);
     this.#leave(channel);
     this.#emit("forbidden", { channel });
