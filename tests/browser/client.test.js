@@ -4,9 +4,9 @@
 // here by a few lines of node), against the real herald binary. Reconnect after herald restarts (stopped and started again by PID on
 // the same port), resume across a network outage with no gap and no duplicate (a TCP relay
 // between Chromium and herald is cut and restored, so herald keeps its history), `reset`
-// when the history no longer covers the gap, channel switching, and tokens: refreshed on
-// the live connection before they expire, or, when a new one comes too late, a reconnect
-// with it that resumes.
+// when the history no longer covers the gap, channel switching, occupancy, and tokens:
+// refreshed on the live connection before they expire, or, when a new one comes too late, a
+// reconnect with it that resumes.
 //
 // Run from the repo root:   node --test tests/browser/
 // (after `npm ci` in tests/browser and `cargo build`).
@@ -40,7 +40,7 @@ async function startClient(page, moduleUrl, options) {
     }
     const rec = { sockets: [] };
     const names = ['event', 'state', 'open', 'close', 'subscribed', 'unsubscribed', 'reset',
-      'forbidden', 'denied', 'refreshed', 'occupancy', 'error', 'notice'];
+      'forbidden', 'denied', 'refreshed', 'occupancy', 'unwatched', 'error', 'notice'];
     const client = connect(opts);
     for (const name of names) {
       rec[name] = [];
@@ -326,6 +326,44 @@ describe('herald.js, the client library, in Chromium', () => {
     assert.equal((await page.evaluate(() => window.client.stats)).duplicates, 0);
     await page.close();
     await relay.cut();
+    await h.stop();
+  });
+
+  check('occupancy: the count at once and as it changes, watched again after a restart, until unwatched', async () => {
+    const h = await startHerald('occupancy');
+    const watcher = await blankPage();
+    await startClient(watcher, `${h.base}/herald.js`, { channels: ['room'], backoff: FAST_BACKOFF });
+    await waitOpen(watcher, 1);
+    await watcher.evaluate(() => window.client.watchOccupancy('room'));
+    const counts = () => watcher.evaluate(() => window.rec.occupancy.map((o) => `${o.channel}=${o.subscribers}`));
+    const waitCount = (n) => waitRec(watcher, `room=${n}`, (rec, _c, k) => rec.occupancy.at(-1)?.subscribers === k, n);
+    await waitCount(1); // the watcher itself receives the channel
+    const other = await blankPage();
+    await startClient(other, `${h.base}/herald.js`, { channels: ['room'] });
+    await waitOpen(other, 1);
+    await waitCount(2);
+    await other.evaluate(() => window.client.close());
+    await waitCount(1);
+    assert.deepEqual(await counts(), ['room=1', 'room=2', 'room=1']);
+
+    // The watch lives on the connection: after herald restarts, the client asks again.
+    await h.stop();
+    await h.restartSamePort();
+    await waitOpen(watcher, 2);
+    await waitRec(watcher, 'a count after the reconnect', (rec) => rec.occupancy.length >= 4);
+    assert.equal((await counts())[3], 'room=1');
+
+    await watcher.evaluate(() => window.client.unwatchOccupancy('room'));
+    await waitRec(watcher, 'unwatched', (rec) => rec.unwatched.length === 1);
+    assert.deepEqual(await watcher.evaluate(() => window.rec.unwatched), [{ channel: 'room', reason: '' }]);
+    // Another subscriber now: a watcher would hear of it within the coalescing second.
+    await startClient(other, `${h.base}/herald.js`, { channels: ['room'] });
+    await other.evaluate(() => window.client.watchOccupancy('room'));
+    await waitRec(other, 'the newcomer sees 2', (rec) => rec.occupancy.at(-1)?.subscribers === 2);
+    await sleep(1500);
+    assert.equal((await counts()).length, 4, 'no update after unwatching');
+    await other.close();
+    await watcher.close();
     await h.stop();
   });
 
