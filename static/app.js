@@ -704,6 +704,7 @@ import { connect, isChannelName, DEFAULT_CHANNEL } from '/herald.js';
     function watchFirstChannel() {
       var ch = picker.channels()[0];
       if (!ch || ch === watched) return;
+      if (watched) client.unwatchOccupancy(watched);
       watched = ch;
       occupancy.hidden = true;
       client.watchOccupancy(ch);
