@@ -202,7 +202,7 @@ function wsEndpoint(url) {
 
 /**
  * One text frame -> an event, or a server message (it has an `op`).
- * @returns {{notice: Object}|{event: HeraldEvent}}
+ * @returns {{notice?: Object, event?: HeraldEvent}}
  */
 function parseFrame(data) {
   let obj;
@@ -418,6 +418,7 @@ export class HeraldClient {
    * @returns {Object<string,string>}
    */
   resumePoints() {
+    /** @type {Object<string,string>} */
     const points = {};
     for (const channel of this.#wanted) {
       const id = this.#resume.of(channel);
@@ -699,6 +700,7 @@ export class HeraldClient {
         return;
       case "error": {
         if (notice.error === "forbidden" && channel) return this.#forbid(channel);
+        /** @type {HeraldEvents["error"]} */
         const error = { error: asText(notice.error), ...(channel && { channel }) };
         // A refused refresh is the only refusal with a `reason` and no channel.
         if (!channel && typeof notice.reason === "string") {
