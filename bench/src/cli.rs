@@ -11,25 +11,73 @@ use crate::ramp::Ramp;
 use crate::template::PublishTemplate;
 use crate::thresholds::Limits;
 
-/// Load generator for WebSocket fan-out servers with Herald's API.
+/// herald-bench: load generator and checker for WebSocket fan-out servers.
 ///
-/// Fan-out mode (default): opens N WebSocket clients on ws://HOST:PORT/ws,
-/// publishes M events (HTTP `POST /events?event_type=bench&message=...` or
-/// straight into Redis), and checks that every client receives every event
-/// exactly once and in order. With --channels N, clients and events are
-/// spread over N channels and each client checks its own channel's events.
-/// Reports delivery latency (HDR histogram), deliveries per second, connect
-/// rate, and (with --pid) the server's RSS and CPU time per phase next to the
-/// generator's own CPU time.
+/// It opens WebSocket clients, publishes events, and checks every delivery
+/// for loss, duplicates and order while it measures latency; it can shape
+/// the load over time, churn connections, storm reconnects, and fail CI
+/// runs on thresholds. It speaks Herald's API (`GET /ws`, one JSON text
+/// frame per event; `POST /events?event_type=..&message=..`) and any
+/// server that can be made to look like it (see OTHER SERVERS).
 ///
-/// Throughput mode: C keep-alive HTTP connections POST events back to back
-/// (one request in flight per connection) for D seconds or M requests;
-/// optionally with idle subscribers connected first.
+/// MODES
+///   fan-out (default)  -c clients connect, then -e events are published
+///                      (paced with --rate, or as fast as --in-flight
+///                      allows); every client must get every event once,
+///                      in order. Latency from the send time, and from the
+///                      scheduled send time when paced (no coordinated
+///                      omission).
+///   --ramp T:N,...     target open connections over time, linear between
+///                      points, events at --rate throughout; clients that
+///                      join mid-stream check for gaps after their first
+///                      event. Per-phase figures and a per-second series.
+///   --mode throughput  publish requests per second over --connections
+///                      keep-alive connections, optionally with idle
+///                      subscribers.
+///   herald-bench merge A.json B.json ...
+///                      one report from runs made at the same time on
+///                      several generator hosts (HDR histograms merged);
+///                      see `herald-bench merge --help`.
 ///
-/// Progress goes to stderr once per second, a table to stderr at the end, and
-/// one JSON object with every figure on stdout. Exit status: 0 all good, 1 a
-/// check failed (failed connection, lost or duplicated event, publish error),
-/// 2 setup error.
+/// DISRUPTION (fan-out and ramp, needs --rate)
+///   --churn N closes N connections a second and reopens each (after
+///   --reconnect-delay) with `since=<last event id>`; --storm-at T drops
+///   --storm-fraction of the clients at once and reconnects them all. Every
+///   client must still get every event exactly once, in order. A server
+///   that cannot replay says so with `{"op":"reset"}`: those events are
+///   reported as reset gaps, apart from silent loss. Reconnects are timed
+///   from their scheduled time.
+///
+/// THE GENERATOR'S OWN LIMITS
+///   Clients are spread over --procs processes (default: one per core
+///   available). Each process measures its CPU and its wait for a CPU; a
+///   run in which the generator was saturated is flagged GENERATOR
+///   SATURATED (JSON `generator_saturated`), so its figures are never taken
+///   for the server's. With --pid, the server's RSS and CPU are sampled and
+///   its CPU per delivery is reported beside the generator's.
+///
+/// OUTPUT
+///   Progress on stderr once per --progress-interval, a table on stderr at
+///   the end, and one JSON object with every figure on stdout (including
+///   the full HDR histograms, for `merge`).
+///
+/// EXIT STATUS
+///   0  every check and threshold passed
+///   1  a check failed (failed connect, lost, duplicated or out-of-order
+///      event, reset gap, publish error) or a CI threshold failed (named
+///      with its measured figure)
+///   2  bad options or setup error (server unreachable, --ramp without
+///      --rate, ...)
+///
+/// OTHER SERVERS
+///   Paths (--ws-path, --events-path) and the publish request
+///   (--publish-template, --publish-header) are options; clients find an
+///   event by `type`/`message` fields or by a `<type>:<seq>:...` marker in
+///   any JSON string of a frame. Clients send nothing but the upgrade and
+///   pongs, so servers that need a client-side protocol after the upgrade
+///   (Socket.IO/Engine.IO, Centrifugo's bidirectional protocol, STOMP) are
+///   not spoken; resume is Herald's `since=` only. The README section "Load
+///   testing with herald-bench" shows a Centrifugo setup.
 ///
 /// Tip: pin the generator and the server to different cores, e.g.
 /// `taskset -c 0 herald --port 21080` and `taskset -c 1 herald-bench ...`
@@ -39,13 +87,30 @@ use crate::thresholds::Limits;
     name = "herald-bench",
     version,
     verbatim_doc_comment,
-    after_help = "Examples:
-  herald-bench -p 21080 -c 5000 -e 100 --pid <SERVER_PID>
-  herald-bench -p 21080 -c 2000 -e 1000 --rate 200 --in-flight 4
-  herald-bench -p 21080 -c 60000 --source-ips 127.0.0.2-127.0.0.20 -e 20
-  herald-bench -p 21080 --publish redis --redis redis://127.0.0.1:6379 -c 1000 -e 100
-  herald-bench -p 21080 -c 10000 --channels 1000 -e 2000 --in-flight 4
-  herald-bench -p 21080 --mode throughput --connections 64 --duration 10 -c 1000"
+    after_long_help = "EXAMPLES
+  Fan-out, 5,000 clients, 100 events as fast as possible, server sampled:
+    herald-bench -p 21080 -c 5000 -e 100 --pid <SERVER_PID>
+  Paced, latency from the schedule:
+    herald-bench -p 21080 -c 2000 -e 1000 --rate 200
+  Ramp up to 15,000 connections, hold, ramp down, 20 events/s throughout:
+    herald-bench -p 21080 --ramp 0s:0,30s:15000,60s:15000,90s:0 --rate 20
+  Churn 50 connections/s with resume, a reconnect storm at 20 s:
+    herald-bench -p 21080 -c 5000 -e 1200 --rate 40 --churn 50 \\
+      --reconnect-delay 0.5 --storm-at 20s
+  CI gate:
+    herald-bench -p 21080 -c 1000 -e 200 --rate 20 --max-p99-ms 50 \\
+      --max-loss 0 --min-deliveries-per-sec 15000 --max-connect-failures 0
+  Several generator hosts, merged:
+    herald-bench --host h -p 8000 --event-type bench-a ... > a.json   (host A)
+    herald-bench --host h -p 8000 --event-type bench-b ... > b.json   (host B)
+    herald-bench merge a.json b.json --max-p99-ms 50
+  More source addresses (about 28k ports each), Redis publishing, channels:
+    herald-bench -p 21080 -c 60000 --source-ips 127.0.0.2-127.0.0.20 -e 20
+    herald-bench -p 21080 --publish redis --redis redis://127.0.0.1:6379 -c 1000 -e 100
+    herald-bench -p 21080 -c 10000 --channels 1000 -e 2000 --in-flight 4
+  Publish requests per second:
+    herald-bench -p 21080 --mode throughput --connections 64 --duration 10 -c 1000",
+    after_help = "Run `herald-bench --help` for modes, exit status, other servers and examples."
 )]
 pub struct Args {
     /// What to measure.
@@ -53,36 +118,36 @@ pub struct Args {
     pub mode: Mode,
 
     /// Server host name or address (WebSocket and HTTP).
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(help_heading = "Target", long, default_value = "127.0.0.1")]
     pub host: String,
 
     /// Server port.
-    #[arg(short, long, default_value_t = 8000)]
+    #[arg(help_heading = "Target", short, long, default_value_t = 8000)]
     pub port: u16,
 
     /// WebSocket path.
-    #[arg(long, default_value = "/ws")]
+    #[arg(help_heading = "Target", long, default_value = "/ws")]
     pub ws_path: String,
 
     /// HTTP publish path.
-    #[arg(long, default_value = "/events")]
+    #[arg(help_heading = "Target", long, default_value = "/events")]
     pub events_path: String,
 
     /// Number of WebSocket clients (fan-out: default 1000; throughput: idle
     /// subscribers, default 0).
-    #[arg(short, long)]
+    #[arg(help_heading = "Clients", short, long)]
     pub clients: Option<usize>,
 
     /// Fan-out: number of events to publish. Throughput: maximum number of
     /// requests (default: unlimited, bounded by --duration).
-    #[arg(short, long)]
+    #[arg(help_heading = "Publishing", short, long)]
     pub events: Option<u64>,
 
     /// Publish at this many events per second (paced; latency from the
     /// scheduled send time is reported too). At least 0.001 (fractions
     /// allowed, e.g. 0.25); 0, negative or NaN is refused. Omit it to publish
     /// unpaced, as fast as --in-flight allows.
-    #[arg(short, long, value_parser = parse_rate)]
+    #[arg(help_heading = "Publishing", short, long, value_parser = parse_rate)]
     pub rate: Option<f64>,
 
     /// Load over time: target open connections at points in time, linear
@@ -92,7 +157,7 @@ pub struct Args {
     /// the events after its first arrive without gap or repeat. Reported per
     /// phase and as a time series, one entry per second: connections,
     /// connects/s, closes, deliveries/s, p50/p99, errors.
-    #[arg(long, value_parser = Ramp::parse)]
+    #[arg(help_heading = "Load over time", long, value_parser = Ramp::parse)]
     pub ramp: Option<Ramp>,
 
     /// Churn: while events flow, close this many open connections per second
@@ -105,7 +170,7 @@ pub struct Args {
     /// silent loss (`lost`, or `gaps` under --ramp); both fail the run.
     /// Reconnect latency is measured from the scheduled reconnect time.
     /// Needs --rate. Fractions allowed (0.5 = one every 2 s).
-    #[arg(long, value_parser = parse_per_sec)]
+    #[arg(help_heading = "Churn and reconnect storms (with resume)", long, value_parser = parse_per_sec)]
     pub churn: Option<f64>,
 
     /// Reconnect storm: this long after publishing starts (e.g. `20s`), drop
@@ -113,31 +178,31 @@ pub struct Args {
     /// once, and reconnect them all with resume (after --reconnect-delay).
     /// Reports the time until all were back, their reconnect latency, and
     /// any loss or reset. Needs --rate; must fall before the last event.
-    #[arg(long, value_parser = parse_secs)]
+    #[arg(help_heading = "Churn and reconnect storms (with resume)", long, value_parser = parse_secs)]
     pub storm_at: Option<Duration>,
 
     /// Share of the clients the storm drops (0 < F <= 1).
-    #[arg(long, default_value_t = 1.0, value_parser = parse_fraction)]
+    #[arg(help_heading = "Churn and reconnect storms (with resume)", long, default_value_t = 1.0, value_parser = parse_fraction)]
     pub storm_fraction: f64,
 
     /// Churn and storm: time from a drop to its reconnect (a client's
     /// backoff). Events published meanwhile must come with the resume.
-    #[arg(long, default_value = "0", value_parser = parse_secs)]
+    #[arg(help_heading = "Churn and reconnect storms (with resume)", long, default_value = "0", value_parser = parse_secs)]
     pub reconnect_delay: Duration,
 
     /// CI thresholds (`--max-p99-ms`, `--max-loss`,
     /// `--min-deliveries-per-sec`, `--max-connect-failures`).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "CI thresholds")]
     pub limits: Limits,
 
     /// Fan-out: publish requests in flight (HTTP: this many keep-alive
     /// connections with one request each; Redis: pipelined commands on one
     /// connection). Order of events is only guaranteed with 1 for HTTP.
-    #[arg(long, default_value_t = 1)]
+    #[arg(help_heading = "Publishing", long, default_value_t = 1)]
     pub in_flight: usize,
 
     /// How events are published.
-    #[arg(long, value_enum, default_value_t = PublishVia::Http)]
+    #[arg(help_heading = "Publishing", long, value_enum, default_value_t = PublishVia::Http)]
     pub publish: PublishVia,
 
     /// Publish with this HTTP request instead of Herald's
@@ -150,49 +215,49 @@ pub struct Args {
     /// through, e.g.
     /// `POST /api/publish {"channel":"{channel}","data":{"m":"{marked}"}}`.
     /// A 2xx answer counts as published.
-    #[arg(long, value_parser = PublishTemplate::parse)]
+    #[arg(help_heading = "Other servers", long, value_parser = PublishTemplate::parse)]
     pub publish_template: Option<PublishTemplate>,
 
     /// Extra header line for every publish request, e.g.
     /// `X-API-Key: secret` (repeatable).
-    #[arg(long, value_name = "NAME: VALUE")]
+    #[arg(help_heading = "Other servers", long, value_name = "NAME: VALUE")]
     pub publish_header: Vec<String>,
 
     /// {channel} of --publish-template without --channels.
-    #[arg(long, default_value = "events")]
+    #[arg(help_heading = "Other servers", long, default_value = "events")]
     pub template_channel: String,
 
     /// Redis URL for `--publish redis`: redis://[[user]:password@]host:port[/db].
-    #[arg(long)]
+    #[arg(help_heading = "Publishing", long)]
     pub redis: Option<String>,
 
     /// Redis channel for `--publish redis` (with --channels: the prefix,
     /// events go to `<prefix>:ch<e % N>`).
-    #[arg(long, default_value = "events")]
+    #[arg(help_heading = "Publishing", long, default_value = "events")]
     pub redis_channel: String,
 
     /// Spread clients and events over N channels (0 = off: everyone on the
     /// default channel). Client i connects to `/ws?channels=ch<i % N>`;
     /// event e goes to `POST /events/ch<e % N>` (Redis: `events:ch<e % N>`).
     /// Each client must get exactly its channel's events, none of another's.
-    #[arg(long, default_value_t = 0)]
+    #[arg(help_heading = "Clients", long, default_value_t = 0)]
     pub channels: u64,
 
     /// Event type used for published events (clients ignore other types).
-    #[arg(long, default_value = "bench")]
+    #[arg(help_heading = "Publishing", long, default_value = "bench")]
     pub event_type: String,
 
     /// Append this many padding bytes to every event message.
-    #[arg(long, default_value_t = 0)]
+    #[arg(help_heading = "Publishing", long, default_value_t = 0)]
     pub pad: usize,
 
     /// Maximum WebSocket handshakes in flight.
-    #[arg(long, default_value_t = 256)]
+    #[arg(help_heading = "Clients", long, default_value_t = 256)]
     pub connect_concurrency: usize,
 
     /// Source addresses to bind client sockets to, round robin: a range
     /// `127.0.0.2-127.0.0.20` or a comma list. Each gives ~28k ports.
-    #[arg(long, value_parser = parse_source_ips)]
+    #[arg(help_heading = "Clients", long, value_parser = parse_source_ips)]
     pub source_ips: Option<SourceIps>,
 
     /// Processes that hold the WebSocket clients, split evenly (default: the
@@ -201,49 +266,49 @@ pub struct Args {
     /// share the main process with the publisher; with more, each is a
     /// worker process and the main process only publishes. More are started
     /// when --clients-per-worker requires it.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(help_heading = "Clients", long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub procs: Option<u32>,
 
     /// Clients per process at most; beyond this, more worker processes are
     /// started (default: open-file hard limit minus 256).
-    #[arg(long)]
+    #[arg(help_heading = "Clients", long)]
     pub clients_per_worker: Option<usize>,
 
     /// Give up on a single connect + handshake after this many seconds.
-    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    #[arg(help_heading = "Clients", long, default_value = "10", value_parser = parse_secs)]
     pub handshake_timeout: Duration,
 
     /// Give up on the whole connect phase after this many seconds.
-    #[arg(long, default_value = "300", value_parser = parse_secs)]
+    #[arg(help_heading = "Timing", long, default_value = "300", value_parser = parse_secs)]
     pub connect_timeout: Duration,
 
     /// Idle time after all clients are connected, before sampling the
     /// server's RSS and publishing.
-    #[arg(long, default_value = "1", value_parser = parse_secs)]
+    #[arg(help_heading = "Timing", long, default_value = "1", value_parser = parse_secs)]
     pub idle: Duration,
 
     /// After the last publish, wait at most this long for deliveries.
-    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    #[arg(help_heading = "Timing", long, default_value = "10", value_parser = parse_secs)]
     pub settle_timeout: Duration,
 
     /// Hard cap on the whole run.
-    #[arg(long, default_value = "3600", value_parser = parse_secs)]
+    #[arg(help_heading = "Timing", long, default_value = "3600", value_parser = parse_secs)]
     pub max_duration: Duration,
 
     /// Server process id: sample its RSS (VmRSS) and CPU time per phase.
-    #[arg(long)]
+    #[arg(help_heading = "Target", long)]
     pub pid: Option<u32>,
 
     /// Throughput: number of keep-alive HTTP connections.
-    #[arg(long, default_value_t = 64)]
+    #[arg(help_heading = "Throughput mode", long, default_value_t = 64)]
     pub connections: usize,
 
     /// Throughput: run for this many seconds (unless --events is reached).
-    #[arg(short, long, default_value = "10", value_parser = parse_secs)]
+    #[arg(help_heading = "Throughput mode", short, long, default_value = "10", value_parser = parse_secs)]
     pub duration: Duration,
 
     /// Seconds between progress lines on stderr (0 = none).
-    #[arg(long, default_value = "1", value_parser = parse_secs)]
+    #[arg(help_heading = "Timing", long, default_value = "1", value_parser = parse_secs)]
     pub progress_interval: Duration,
 
     /// Test only: every client-holding process spins instead of sleeping

@@ -244,7 +244,7 @@ impl Table {
         let _ = writeln!(self.0, "{name}");
     }
     fn row(&mut self, k: &str, v: impl std::fmt::Display) {
-        let _ = writeln!(self.0, "  {k:<26} {v}");
+        let _ = writeln!(self.0, "  {k:<30} {v}");
     }
 }
 
