@@ -14,7 +14,11 @@
 //!
 //! Its phase and what it became are private: each arrow above is a method (`open_websocket`,
 //! `await_broker`, `begin_closing`, `close`, ...), so the diagram is the whole story, and a
-//! transition from the wrong phase trips a debug assertion in tests.
+//! transition from the wrong phase trips a debug assertion in tests. So are the states within
+//! a phase: the heartbeat (`heard_from_peer`, `ping_sent`), read back-pressure
+//! (`pause_reading`, `resume_reading`), the end (`peer_said_goodbye`, `shut_write`) and
+//! `100 Continue`. The buffers (`out`, `tail`, `replay`, `subs`) stay fields: the reactor and
+//! the fan-out work on them directly, on the hot path.
 //!
 //! A Conn owns no read buffer: the reactor reads into one scratch buffer and a Conn keeps only
 //! `tail`, the bytes of an incomplete request or frame. Its output queue allocates only while
@@ -117,7 +121,7 @@ pub struct Conn {
     /// The channels this WebSocket receives, with its slot in each channel's subscriber list.
     pub subs: SmallVec<[Subscription; 1]>,
     /// Tells this connection apart from a later one that reuses its slab slot.
-    pub serial: u32,
+    serial: u32,
     /// Reactor clock (seconds) at which the current phase times out.
     pub deadline: u32,
     /// Changed only by the transitions below (`phase()` reads it).
@@ -130,23 +134,23 @@ pub struct Conn {
     /// per-turn read budget ran out).
     pub read_pending: bool,
     /// A `100 Continue` went out for the request whose body is arriving.
-    pub continue_sent: bool,
+    continue_sent: bool,
     /// A heartbeat ping is out and unanswered.
-    pub awaiting_pong: bool,
+    awaiting_pong: bool,
     /// Input is not read because the backlog is over `Outbox::read_pause_bytes`; the
     /// deadline is then the time the backlog has to make progress.
-    pub read_paused: bool,
+    read_paused: bool,
     /// Our write half is shut (Closing, after the last bytes left).
-    pub write_shut: bool,
+    write_shut: bool,
     /// The peer will send nothing more that matters: EOF read, or its WebSocket close frame
     /// arrived. A closing connection then ends as soon as its output is flushed.
-    pub peer_done: bool,
+    peer_done: bool,
     /// What the connection became, if anything: it stays counted as that until it is freed.
     became: Became,
     /// permessage-deflate was negotiated (a WebSocket), with the window the client lets us
     /// use. Set at the upgrade, never changed after (fan-out counts it per channel). One
     /// byte: no compression state lives in a connection.
-    pub deflate: Option<WindowBits>,
+    deflate: Option<WindowBits>,
 }
 
 impl Conn {
@@ -232,7 +236,7 @@ impl Conn {
     /// done as soon as the queue is flushed.
     pub fn peer_finished(&mut self, deadline: u32) {
         self.begin_closing(deadline);
-        self.peer_done = true;
+        self.peer_said_goodbye();
     }
 
     /// -> Closed (the reactor frees the slot at the end of the turn). False if it already was.
@@ -240,6 +244,100 @@ impl Conn {
         let was_open = self.phase != Phase::Closed;
         self.phase = Phase::Closed;
         was_open
+    }
+
+    /// Tells this connection apart from a later one in the same slot.
+    pub fn serial(&self) -> u32 {
+        self.serial
+    }
+
+    /// The permessage-deflate window the client lets us use, if it negotiated compression.
+    pub fn deflate(&self) -> Option<WindowBits> {
+        self.deflate
+    }
+
+    // ---- heartbeat: any traffic proves the peer alive ---------------------------------------
+
+    /// Bytes came from the peer: no pong is awaited, and the next ping is due at `deadline`.
+    pub fn heard_from_peer(&mut self, deadline: u32) {
+        self.awaiting_pong = false;
+        self.deadline = deadline;
+    }
+
+    /// A heartbeat ping was queued: the peer must answer (or send anything) by `deadline`.
+    pub fn ping_sent(&mut self, deadline: u32) {
+        self.awaiting_pong = true;
+        self.deadline = deadline;
+    }
+
+    pub fn is_awaiting_pong(&self) -> bool {
+        self.awaiting_pong
+    }
+
+    // ---- read back-pressure -----------------------------------------------------------------
+
+    /// The backlog is over the read-pause mark: stop reading, and give the backlog until
+    /// `give_up_at` to make progress. False if reading was already paused.
+    pub fn pause_reading(&mut self, give_up_at: u32) -> bool {
+        if self.read_paused {
+            return false;
+        }
+        self.read_paused = true;
+        self.read_pending = true;
+        self.deadline = self.deadline.min(give_up_at);
+        true
+    }
+
+    /// The backlog drained enough: read again; the next ping is due at `deadline`.
+    pub fn resume_reading(&mut self, deadline: u32) {
+        self.read_paused = false;
+        self.deadline = deadline;
+    }
+
+    /// Closing as a slow consumer: nothing more will be read anyway.
+    pub fn stop_pausing(&mut self) {
+        self.read_paused = false;
+    }
+
+    pub fn is_read_paused(&self) -> bool {
+        self.read_paused
+    }
+
+    // ---- the end ----------------------------------------------------------------------------
+
+    /// The peer will send nothing more that matters (EOF, or its close frame).
+    pub fn peer_said_goodbye(&mut self) {
+        self.peer_done = true;
+    }
+
+    pub fn is_peer_done(&self) -> bool {
+        self.peer_done
+    }
+
+    /// Our last bytes are out: half-close, so the peer sees EOF while we linger reading.
+    pub fn shut_write(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.write_shut = true;
+    }
+
+    pub fn is_write_shut(&self) -> bool {
+        self.write_shut
+    }
+
+    // ---- HTTP -------------------------------------------------------------------------------
+
+    /// A new request head was parsed: no `100 Continue` went out for it yet.
+    pub fn request_started(&mut self) {
+        self.continue_sent = false;
+    }
+
+    /// A `100 Continue` went out for the request whose body is arriving.
+    pub fn continue_sent(&mut self) {
+        self.continue_sent = true;
+    }
+
+    pub fn has_sent_continue(&self) -> bool {
+        self.continue_sent
     }
 
     pub fn is_websocket(&self) -> bool {

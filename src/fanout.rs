@@ -146,7 +146,7 @@ impl Fanout {
         if conn.phase() == Phase::Sse {
             entry.sse_subscribers += 1;
         }
-        if conn.deflate.is_some() {
+        if conn.deflate().is_some() {
             entry.deflate_subscribers += 1;
         }
         conn.subs.push(Subscription { channel, slot });
@@ -165,7 +165,7 @@ impl Fanout {
         let index = conn.subs.iter().position(|s| s.channel == channel)?;
         let slot = conn.subs.swap_remove(index).slot as usize;
         let is_sse = conn.phase() == Phase::Sse;
-        let is_deflate = conn.deflate.is_some();
+        let is_deflate = conn.deflate().is_some();
         let entry = &mut self.channels[channel as usize];
         entry.subscribers.swap_remove(slot);
         if is_sse {
@@ -220,7 +220,7 @@ impl Fanout {
         for &key in &self.channels[channel as usize].subscribers {
             let conn = &mut conns[key];
             let bytes = match conn.phase() {
-                Phase::WebSocket => frames.ws_for(conn.deflate),
+                Phase::WebSocket => frames.ws_for(conn.deflate()),
                 Phase::Sse => match &frames.sse {
                     Some(sse) => sse,
                     None => continue,

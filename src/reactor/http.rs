@@ -66,7 +66,7 @@ impl Reactor {
             };
             let (req, n) = request;
             used += n;
-            self.conns[key].continue_sent = false;
+            self.conns[key].request_started();
             let keep_alive = req.keep_alive && !self.is_stopping();
             let head_only = req.method == Method::Head;
             match route(&req, &self.config, &self.statics) {
@@ -99,7 +99,7 @@ impl Reactor {
                 } => {
                     let request = HistoryRequest {
                         key,
-                        serial: self.conns[key].serial,
+                        serial: self.conns[key].serial(),
                         keep_alive,
                         head_only,
                         channel,
@@ -153,7 +153,7 @@ impl Reactor {
     /// refused.
     fn refused_before_body(&mut self, key: usize, head: &Request<'_>) -> bool {
         let conn = &mut self.conns[key];
-        if !head.headers.expect_continue || conn.continue_sent {
+        if !head.headers.expect_continue || conn.has_sent_continue() {
             return false;
         }
         match route::refusal_before_body(head, &self.config) {
@@ -168,7 +168,7 @@ impl Reactor {
             }
             _ => {}
         }
-        conn.continue_sent = true;
+        conn.continue_sent();
         conn.queue(key, Bytes::from_static(CONTINUE), &mut self.outbox);
         self.metrics.responded(100);
         false
@@ -253,7 +253,7 @@ impl Reactor {
     fn http_waiter(&self, key: usize, keep_alive: bool, head_only: bool) -> HttpWaiter {
         HttpWaiter {
             key,
-            serial: self.conns[key].serial,
+            serial: self.conns[key].serial(),
             keep_alive,
             head_only,
         }

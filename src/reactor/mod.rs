@@ -465,7 +465,7 @@ impl Reactor {
                 }
                 // A WebSocket not reading what it asked for (pongs, acks, echoes): what it
                 // sends waits in the kernel until its backlog drains.
-                _ if conn.read_paused => {
+                _ if conn.is_read_paused() => {
                     conn.read_pending = true;
                     break;
                 }
@@ -669,13 +669,14 @@ impl Reactor {
         }
         match conn.phase() {
             // The peer finished sending and has everything we had to say: done.
-            Phase::Closing if conn.peer_done => self.close_now(key, CloseReason::Done, "closed"),
-            Phase::Closing if !conn.write_shut => {
+            Phase::Closing if conn.is_peer_done() => {
+                self.close_now(key, CloseReason::Done, "closed")
+            }
+            Phase::Closing if !conn.is_write_shut() => {
                 // Our last bytes are out. Half-close and linger briefly, reading and dropping,
                 // so that closing with unread input does not reset the connection and destroy
                 // the reply in flight (nginx's lingering close).
-                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
-                conn.write_shut = true;
+                conn.shut_write();
                 conn.deadline = conn.deadline.min(self.now_secs + CLOSE_TIMEOUT_SECS);
                 if self.shutdown_deadline.is_some() {
                     // Shutting down: the kernel delivers what is queued after we close; do
@@ -698,10 +699,9 @@ impl Reactor {
         let now = self.clock();
         let conn = &mut self.conns[key];
         let backlog = conn.backlog_bytes();
-        if conn.read_paused {
+        if conn.is_read_paused() {
             if backlog <= self.outbox.read_pause_bytes() / 2 {
-                conn.read_paused = false;
-                conn.deadline = now + self.config.limits.ping_interval_secs;
+                conn.resume_reading(now + self.config.limits.ping_interval_secs);
                 self.resume_input(key);
             } else {
                 // Progress: the client reads, slowly. It has another timeout's worth.
@@ -729,7 +729,7 @@ impl Reactor {
         }
         if let Some(conn) = self.conns.get_mut(key)
             && conn.read_pending
-            && !conn.read_paused
+            && !conn.is_read_paused()
         {
             conn.read_pending = false;
             self.read_later.push(key);
@@ -818,22 +818,23 @@ impl Reactor {
                 }
                 // Input paused for a backlog that made no progress for a pong timeout: the
                 // client floods and does not read.
-                Phase::WebSocket | Phase::Echo if conn.read_paused => {
+                Phase::WebSocket | Phase::Echo if conn.is_read_paused() => {
                     expired.push((key, CloseReason::SlowConsumer))
                 }
                 Phase::ReadingRequest => expired.push((key, CloseReason::HeadTimeout)),
                 // The ping may still sit behind a backlog the client has not read yet: the
                 // backlog cap deals with that client; the pong clock starts once it is out.
-                Phase::WebSocket | Phase::Echo if conn.awaiting_pong && !conn.out.is_empty() => {
+                Phase::WebSocket | Phase::Echo
+                    if conn.is_awaiting_pong() && !conn.out.is_empty() =>
+                {
                     conn.deadline = now + limits.pong_timeout_secs;
                 }
-                Phase::WebSocket | Phase::Echo if conn.awaiting_pong => {
+                Phase::WebSocket | Phase::Echo if conn.is_awaiting_pong() => {
                     expired.push((key, CloseReason::PingTimeout))
                 }
                 Phase::WebSocket | Phase::Echo => {
                     conn.queue(key, frame::ping(b""), &mut self.outbox);
-                    conn.awaiting_pong = true;
-                    conn.deadline = now + limits.pong_timeout_secs;
+                    conn.ping_sent(now + limits.pong_timeout_secs);
                 }
                 Phase::Sse => {
                     conn.queue(key, Bytes::from_static(sse::HEARTBEAT), &mut self.outbox);

@@ -182,7 +182,7 @@ impl Reactor {
         kind: Option<String>,
         members: Vec<BatchItem>,
     ) {
-        let serial = self.conns[key].serial;
+        let serial = self.conns[key].serial();
         let waiter = (key, serial, keep_alive);
         let group = self
             .groups
@@ -272,7 +272,7 @@ impl Reactor {
             Publish::Pending => {
                 self.pending.push_back(Pending::Publish {
                     key,
-                    serial: self.conns[key].serial,
+                    serial: self.conns[key].serial(),
                     keep_alive,
                     bytes: event_bytes(&event),
                     kind: event.kind,
@@ -285,7 +285,7 @@ impl Reactor {
             Publish::AwaitSubscription => {
                 self.parked.push(Parked {
                     key,
-                    serial: self.conns[key].serial,
+                    serial: self.conns[key].serial(),
                     keep_alive,
                     event,
                     idempotency_key,
@@ -403,7 +403,7 @@ impl Reactor {
             let alive = self
                 .conns
                 .get(parked.key)
-                .is_some_and(|c| c.serial == parked.serial && c.phase() == Phase::AwaitingBroker);
+                .is_some_and(|c| c.serial() == parked.serial && c.phase() == Phase::AwaitingBroker);
             if !alive && parked.slot.is_none() {
                 continue;
             }
@@ -920,7 +920,7 @@ impl Reactor {
         let alive = self
             .conns
             .get(key)
-            .is_some_and(|c| c.serial == serial && c.is_awaiting_broker());
+            .is_some_and(|c| c.serial() == serial && c.is_awaiting_broker());
         if !alive {
             return;
         }

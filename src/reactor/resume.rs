@@ -59,7 +59,7 @@ impl Reactor {
                 }
                 return;
             };
-            let serial = conn.serial;
+            let serial = conn.serial();
             let name = self.fanout.name(read.channel).to_string();
             if self.refuse_read().is_some() {
                 // MAX_PENDING_READS: the client reloads rather than queueing without bound.
@@ -114,7 +114,7 @@ impl Reactor {
             if self
                 .conns
                 .get(waiting.key)
-                .is_some_and(|c| c.serial == waiting.serial)
+                .is_some_and(|c| c.serial() == waiting.serial)
             {
                 self.continue_replay(waiting.key);
             }
@@ -129,7 +129,7 @@ impl Reactor {
             let Some(conn) = self.conns.get_mut(waiting.key) else {
                 return;
             };
-            if conn.serial != waiting.serial {
+            if conn.serial() != waiting.serial {
                 return;
             }
             let Some(read) = conn.replay.as_mut().and_then(|r| r.next_read()) else {
@@ -155,7 +155,7 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let expected = conn.serial == serial
+        let expected = conn.serial() == serial
             && conn.is_subscriber()
             && conn.replay.as_ref().is_some_and(|r| r.expects(read));
         if !expected {

@@ -15,14 +15,13 @@ use crate::ws::frame::{self, Message, close_code};
 impl Reactor {
     pub(super) fn process_frames(&mut self, key: usize, buf: &mut [u8]) -> usize {
         let max = self.config.limits.max_message_bytes;
-        let deflate = self.conns[key].deflate.is_some();
+        let deflate = self.conns[key].deflate().is_some();
         let mut used = 0;
         if !buf.is_empty() {
             let now = self.clock();
             let conn = &mut self.conns[key];
             // Any traffic proves the peer alive: the next ping is due a full interval later.
-            conn.awaiting_pong = false;
-            conn.deadline = now + self.config.limits.ping_interval_secs;
+            conn.heard_from_peer(now + self.config.limits.ping_interval_secs);
         }
         while self.conns[key].is_websocket() {
             if self.conns[key].backlog_bytes() > self.outbox.read_pause_bytes() {
@@ -87,11 +86,7 @@ impl Reactor {
     /// makes no progress for a pong timeout, the sweep closes it as a slow consumer.
     fn pause_input(&mut self, key: usize) {
         let give_up_at = self.clock() + self.config.limits.pong_timeout_secs;
-        let conn = &mut self.conns[key];
-        if !conn.read_paused {
-            conn.read_paused = true;
-            conn.read_pending = true;
-            conn.deadline = conn.deadline.min(give_up_at);
+        if self.conns[key].pause_reading(give_up_at) {
             self.metrics.limit_hit(limit::READ_PAUSED);
         }
     }
@@ -122,7 +117,7 @@ impl Reactor {
     /// The peer sent its last word; close as soon as ours is flushed.
     pub(super) fn peer_closed(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        conn.peer_done = true;
+        conn.peer_said_goodbye();
         if conn.out.is_empty() {
             self.close_now(key, CloseReason::Done, "closed");
         }
@@ -139,7 +134,7 @@ impl Reactor {
                 let reply = frame::close(code.unwrap_or(close_code::NORMAL), "");
                 conn.queue(key, reply, &mut self.outbox);
                 // RFC 6455 7.1.1: the server closes the TCP connection first, right after.
-                conn.peer_done = true;
+                conn.peer_said_goodbye();
                 self.begin_closing(key);
                 self.metrics.closed(CloseReason::PeerClosed);
             }
@@ -162,7 +157,7 @@ impl Reactor {
     fn echo(&mut self, key: usize, opcode: OpCode, payload: &[u8]) {
         let conn = &mut self.conns[key];
         let compressed = conn
-            .deflate
+            .deflate()
             .filter(|bits| {
                 payload.len() >= self.config.compress_min_bytes && bits.fits(payload.len())
             })
@@ -200,7 +195,7 @@ impl Reactor {
         let queued = conn.backlog_bytes();
         conn.out.discard_unstarted();
         conn.replay = None;
-        conn.read_paused = false;
+        conn.stop_pausing();
         if conn.is_websocket() {
             let close = frame::close(close_code::POLICY_VIOLATION, "too slow: backlog over limit");
             conn.queue(key, close, &mut self.outbox);
