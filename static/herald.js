@@ -128,8 +128,9 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  * @property {number} [refreshLeadSeconds=30] Refresh this long before `exp` (at most a third
  *   of the token's remaining life).
  * @property {BackoffOptions} [backoff]
- * @property {boolean|(() => boolean)} [explainRefusals=true] After a failure before opening, ask
- *   /sse why (one request); false where no refusal is possible (auth off) to spare it.
+ * @property {boolean|(() => boolean)} [explainRefusals] After a failure before opening, ask
+ *   /sse why (one request). Default: only when the page is on Herald's own host (elsewhere
+ *   the answer cannot be read); false where no refusal is possible (auth off) spares it.
  * @property {typeof WebSocket} [WebSocket] WebSocket implementation (default: the global one).
  */
 
@@ -356,7 +357,9 @@ export class HeraldClient {
     this.#WebSocket = options.WebSocket || globalThis.WebSocket;
     this.#backoff = { baseMs: 250, capMs: 5000, stableAfterMs: 5000, ...options.backoff };
     this.#refreshLead = options.refreshLeadSeconds ?? 30;
-    const explain = options.explainRefusals ?? true;
+    // Herald's refusals carry no CORS headers: from another origin the answer is unreadable,
+    // and asking would only add a failed request (and a console error) to each attempt.
+    const explain = options.explainRefusals ?? this.#endpoint.host === globalThis.location?.host;
     this.#explainRefusals = typeof explain === "function" ? explain : () => explain;
     this.#getToken = options.getToken || null;
     this.#token = options.token || "";

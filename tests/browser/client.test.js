@@ -466,6 +466,21 @@ describe('herald.js, the client library, in Chromium', () => {
       await sleep(1000); // a retry would have started by now
       assert.equal(fixedSockets, 1, 'no attempt after "denied"');
       await fixed.close();
+
+      // No token at all, from another origin: the refusal cannot be read there (no CORS
+      // headers), so the client does not ask /sse why; it keeps retrying at its backoff.
+      const anonymous = await blankPage();
+      let attempts = 0;
+      anonymous.on('websocket', () => { attempts += 1; });
+      const missing = 'herald_auth_refusals_total{reason="missing"}';
+      const refusedBefore = await metricOf(h.base, missing);
+      await startClient(anonymous, `${h.base}/herald.js`, { channels: ['t.anon'], backoff: FAST_BACKOFF });
+      await waitRec(anonymous, 'three refused attempts', (rec) => rec.close.filter((c) => !c.wasOpen).length >= 3);
+      await anonymous.evaluate(() => window.client.close());
+      const refused = (await metricOf(h.base, missing)) - refusedBefore;
+      assert.equal(refused, attempts, `one refusal per WebSocket attempt, no probe: ${refused} for ${attempts}`);
+      assert.deepEqual(await anonymous.evaluate(() => window.rec.denied), []);
+      await anonymous.close();
       await page.close();
       await h.stop();
     });
