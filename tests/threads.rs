@@ -387,3 +387,54 @@ fn sigterm_drains_every_reactor_then_closes_them_all() {
     );
     assert_eq!(herald.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+/// A second Herald process on `port` (Redis mode), or its exit code if it could not start.
+fn second_process(port: u16, redis: &Redis, reuse_port: &str) -> Result<std::process::Child, i32> {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .env("PUBSUB_CACHE_URL", redis.url())
+        .env("REUSE_PORT", reuse_port)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(status.code().unwrap_or(-1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
+}
+
+#[test]
+fn reuse_port_lets_two_processes_on_one_redis_share_a_port() {
+    let redis = Redis::start();
+    let first = Herald::with(
+        &[],
+        &[("PUBSUB_CACHE_URL", &redis.url()), ("REUSE_PORT", "1")],
+    );
+    wait_redis_connected(&first);
+    // Without REUSE_PORT on both, the port is taken.
+    assert!(second_process(first.port, &redis, "0").is_err());
+    let mut second = second_process(first.port, &redis, "1").expect("second process started");
+    // Clients spread over both processes (the kernel hashes each connection), and an event
+    // published through either reaches them all.
+    let mut clients: Vec<Client> = (0..16u8)
+        .map(|i| ws_connect_from(first.port, "/ws?channels=shared", [127, 0, 0, 50 + i]))
+        .collect();
+    wait_until("both processes subscribed", || {
+        let numsub = redis.command_array(&["PUBSUB", "NUMSUB", "events:shared"]);
+        numsub.get(1).map(String::as_str) == Some("2")
+    });
+    for i in 0..10 {
+        publish_to(first.port, "shared", "e", &i.to_string());
+    }
+    for client in &mut clients {
+        for i in 0..10 {
+            assert_eq!(next_event(client)["message"], i.to_string());
+        }
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+}
