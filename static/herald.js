@@ -129,8 +129,8 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  *   of the token's remaining life).
  * @property {BackoffOptions} [backoff]
  * @property {boolean|(() => boolean)} [explainRefusals] After a failure before opening, ask
- *   /sse why (one request). Default: only when the page is on Herald's own host (elsewhere
- *   the answer cannot be read); false where no refusal is possible (auth off) spares it.
+ *   /sse why (one request). Default: when the page is on Herald's own host, or a token is
+ *   given; false where no refusal is possible (auth off) spares it.
  * @property {typeof WebSocket} [WebSocket] WebSocket implementation (default: the global one).
  */
 
@@ -357,9 +357,12 @@ export class HeraldClient {
     this.#WebSocket = options.WebSocket || globalThis.WebSocket;
     this.#backoff = { baseMs: 250, capMs: 5000, stableAfterMs: 5000, ...options.backoff };
     this.#refreshLead = options.refreshLeadSeconds ?? 30;
-    // Herald's refusals carry no CORS headers: from another origin the answer is unreadable,
-    // and asking would only add a failed request (and a console error) to each attempt.
-    const explain = options.explainRefusals ?? this.#endpoint.host === globalThis.location?.host;
+    // Asked from another origin only with a token: /sse refusals are readable from anywhere,
+    // but without a token a refusal is unlikely, and asking would add a request to each failed
+    // attempt (a server that is down fails it too).
+    const explain =
+      options.explainRefusals ??
+      (this.#endpoint.host === globalThis.location?.host || Boolean(options.token || options.getToken));
     this.#explainRefusals = typeof explain === "function" ? explain : () => explain;
     this.#getToken = options.getToken || null;
     this.#token = options.token || "";

@@ -175,7 +175,13 @@ fn should_refuse_each_bad_token_before_the_upgrade_with_its_reason() {
     let reply = upgrade(port, "/ws?channels=orders.eu", "");
     assert_eq!(reply.status, 401, "{reply:?}");
     assert_eq!(reply.json()["reason"], "missing");
-    assert_eq!(get(port, "/sse?channels=orders.eu").status, 401);
+    let sse = get(port, "/sse?channels=orders.eu");
+    assert_eq!(sse.status, 401);
+    // Readable cross-origin: herald.js on another site asks /sse why it was refused.
+    assert_eq!(
+        sse.header("access-control-allow-origin").as_deref(),
+        Some("*")
+    );
     // A good token that does not cover every channel: 403 naming the refused ones.
     let good_token = hs256(&good);
     let reply = upgrade(

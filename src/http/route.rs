@@ -191,7 +191,13 @@ fn sse(req: &Request<'_>, config: &Config) -> Action {
     match access::subscriber(req, config, wanted.iter().map(|(n, _)| n.as_str())) {
         Ok(_) if req.method == Method::Head => Action::Reply(sse_head()),
         Ok(grant) => Action::Sse { wanted, grant },
-        Err(denial) => refused(denial),
+        // Readable from any origin: `herald.js` on another site asks /sse why its WebSocket
+        // was refused (browsers hide a failed upgrade's status). It tells the asker only what
+        // its own token (in its own URL; no cookies) allows.
+        Err(denial) => {
+            let reply = access::denial_reply(&denial).header("Access-Control-Allow-Origin", "*");
+            Action::Refused { denial, reply }
+        }
     }
 }
 

@@ -467,8 +467,24 @@ describe('herald.js, the client library, in Chromium', () => {
       assert.equal(fixedSockets, 1, 'no attempt after "denied"');
       await fixed.close();
 
-      // No token at all, from another origin: the refusal cannot be read there (no CORS
-      // headers), so the client does not ask /sse why; it keeps retrying at its backoff.
+      // A token refused before the socket opens (its signature broken), from another origin:
+      // the client asks /sse why (the refusal is readable from any origin) and stops.
+      const forged = await blankPage();
+      let forgedSockets = 0;
+      forged.on('websocket', () => { forgedSockets += 1; });
+      const token = reader(60);
+      const broken = token.slice(0, -4) + (token.endsWith('AAAA') ? 'BBBB' : 'AAAA');
+      await startClient(forged, `${h.base}/herald.js`, { channels: ['t.forged'], token: broken, backoff: FAST_BACKOFF });
+      await waitRec(forged, 'denied', (rec, client) => rec.denied.length === 1 && client.state === 'denied');
+      const [forgedWhy] = await forged.evaluate(() => window.rec.denied);
+      assert.equal(forgedWhy.status, 401, JSON.stringify(forgedWhy));
+      await sleep(1000); // a retry would have started by now
+      assert.equal(forgedSockets, 1, 'no attempt after "denied"');
+      await forged.close();
+
+      // No token at all, from another origin: the client does not ask /sse why (a refusal is
+      // unlikely without a token, and each failed attempt would cost a request); it keeps
+      // retrying at its backoff.
       const anonymous = await blankPage();
       let attempts = 0;
       anonymous.on('websocket', () => { attempts += 1; });
