@@ -131,6 +131,10 @@ pub struct ResumeCounts {
     /// Events written off after a reset (the server said they may be
     /// missing): not counted as loss, reported apart.
     pub reset_gap_events: u64,
+    /// Deliveries of events sent before the client's reconnect completed
+    /// (the catch-up): timed apart from live deliveries.
+    #[serde(default)]
+    pub replayed: u64,
 }
 
 impl ResumeCounts {
@@ -142,6 +146,7 @@ impl ResumeCounts {
         self.resume_failed += o.resume_failed;
         self.resets += o.resets;
         self.reset_gap_events += o.reset_gap_events;
+        self.replayed += o.replayed;
     }
 }
 
@@ -160,6 +165,10 @@ pub struct ResumeStats {
     /// some are still out, or without a storm).
     pub storm_all_reconnected_s: Option<f64>,
     pub storm_reconnect: Latency,
+    /// Send time to receipt of the replayed deliveries (late by design: by
+    /// about the time the client was away).
+    #[serde(default)]
+    pub replay_latency: Latency,
 }
 
 impl ResumeStats {
@@ -177,6 +186,7 @@ impl ResumeStats {
                 (a, b) => a.or(b),
             };
         self.storm_reconnect.merge(&o.storm_reconnect);
+        self.replay_latency.merge(&o.replay_latency);
     }
 }
 
@@ -188,6 +198,8 @@ pub struct ResumeReport {
     #[serde(flatten)]
     pub counts: ResumeCounts,
     pub reconnect_us: Option<LatencySummary>,
+    /// Replayed deliveries, send time to receipt.
+    pub replay_latency_us: Option<LatencySummary>,
     pub storm: Option<StormReport>,
 }
 
@@ -211,6 +223,7 @@ impl ResumeReport {
             reconnect_delay_s: plan.reconnect_delay_s,
             counts: s.counts,
             reconnect_us: s.reconnect.summary(),
+            replay_latency_us: s.replay_latency.summary(),
             storm: plan.storm.map(|st| StormReport {
                 at_s: st.at_s,
                 fraction: st.fraction,

@@ -208,6 +208,8 @@ struct Client {
     resuming: Option<Resuming>,
     /// Listed in the pool's `open_order` (the ramp's retirement order).
     in_open_order: bool,
+    /// Unix time its last reconnect completed (0: never reconnected).
+    resumed_at_ns: u64,
 }
 
 /// A reconnect in progress.
@@ -237,6 +239,7 @@ impl Client {
             reset_pending: false,
             resuming: None,
             in_open_order: false,
+            resumed_at_ns: 0,
         }
     }
 
@@ -815,6 +818,7 @@ impl ClientPool {
     /// A reconnect's handshake succeeded: the client reads on from where it
     /// was (its expectations were counted when it first opened).
     fn resumed(&mut self, registry: &Registry, idx: usize, r: Resuming) {
+        self.clients[idx].resumed_at_ns = unix_ns();
         let s = &mut self.stats.resume;
         s.counts.resumed += 1;
         if self.clients[idx].last_id.is_none() {
@@ -1143,13 +1147,25 @@ fn on_message(payload: &[u8], c: &mut Client, ctx: &mut Ctx) {
     s.deliveries += 1;
     s.first_delivery_ns.get_or_insert(ctx.now_ns);
     s.last_delivery_ns = Some(ctx.now_ns);
-    s.latency.record_ns(ctx.now_ns as i64 - m.sent_ns as i64);
+    let latency_ns = ctx.now_ns as i64 - m.sent_ns as i64;
+    if m.sent_ns < c.resumed_at_ns {
+        // Sent before this client's reconnect completed: it came with the
+        // catch-up, late by the time the client was away. Timed apart, so
+        // the live latency stays the live latency.
+        s.resume.counts.replayed += 1;
+        s.resume.replay_latency.record_ns(latency_ns);
+        if let Some(sec) = second_at(s, ctx.series_origin_ns, ctx.now_ns) {
+            sec.deliveries += 1;
+        }
+        return;
+    }
+    s.latency.record_ns(latency_ns);
     if let Some(sched) = m.scheduled_ns {
         s.sched_latency.record_ns(ctx.now_ns as i64 - sched as i64);
     }
     if let Some(sec) = second_at(s, ctx.series_origin_ns, ctx.now_ns) {
         sec.deliveries += 1;
-        sec.latency.record_ns(ctx.now_ns as i64 - m.sent_ns as i64);
+        sec.latency.record_ns(latency_ns);
     }
 }
 

@@ -289,6 +289,14 @@ fn resume_rows(t: &mut Table, r: &Option<ResumeReport>) {
         ),
     );
     t.row(
+        "replayed deliveries",
+        format!(
+            "{} (sent while away; not in the latency above) {}",
+            r.counts.replayed,
+            lat(&r.replay_latency_us)
+        ),
+    );
+    t.row(
         "resets (server gave up)",
         format!(
             "{} notices, {} deliveries not replayed (reported apart from loss)",

@@ -805,9 +805,10 @@ pub fn ramp(args: &Args, ramp: &Ramp) -> Res<RampReport> {
         let t0 = Instant::now();
         b.publish_until(t0 + Duration::from_secs_f64(duration_s), "ramp")?;
         b.events_done();
-        // Deliveries of the last events (and replays to clients that were
-        // reconnecting) are still on their way.
-        b.idle(Duration::from_millis(500))?;
+        // Deliveries of the last events are still on their way, and
+        // clients dropped by the last churns come back after the reconnect
+        // delay (ending before would count the generator's cut as theirs).
+        b.idle(Duration::from_millis(500) + args.reconnect_delay)?;
         phase = t0.elapsed();
         s_end = probe.sample();
         main_load = b.end_phase();

@@ -138,6 +138,8 @@ pub struct Histograms {
     /// Churn reconnects from their scheduled time.
     pub reconnect: Latency,
     pub storm_reconnect: Latency,
+    /// Replayed deliveries (churn, storm), send time to receipt.
+    pub replay: Latency,
 }
 
 impl Histograms {
@@ -149,6 +151,7 @@ impl Histograms {
             connect_from_due: s.connect_from_due.clone(),
             reconnect: s.resume.reconnect.clone(),
             storm_reconnect: s.resume.storm_reconnect.clone(),
+            replay: s.resume.replay_latency.clone(),
         }
     }
 
@@ -159,6 +162,7 @@ impl Histograms {
         self.connect_from_due.merge(&o.connect_from_due);
         self.reconnect.merge(&o.reconnect);
         self.storm_reconnect.merge(&o.storm_reconnect);
+        self.replay.merge(&o.replay);
     }
 }
 

@@ -68,6 +68,18 @@ fn churn_and_a_storm_with_resume_lose_nothing() {
         "{res}"
     );
     assert!(res["reconnect_us"]["p99"].as_u64().is_some());
+    // About eight events per reconnect came with the catch-up; they are
+    // timed apart from the live deliveries.
+    let replayed = u(res, "replayed");
+    assert!(replayed >= u(res, "resumed"), "{res}");
+    assert!(res["replay_latency_us"]["p50"].as_u64().is_some(), "{res}");
+    let live: u64 = r["histograms"]["latency"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_u64().unwrap())
+        .sum();
+    assert_eq!(live + replayed, 40 * 120);
 }
 
 #[test]
