@@ -15,7 +15,13 @@
 # - deliveries/s across replicas: the sum of `herald_events_delivered_total` over the three
 #   Heralds during the run, over the longest publish phase of the three instances;
 # - Redis CPU per publish: user+system CPU of every redis-server process (replicas
-#   included) during the run, over the events published (3 x EVENTS);
+#   included) during the run, minus what the same processes burn idle (measured for
+#   IDLE_SECS just before, with the Heralds connected: cluster cron and bus gossip of six
+#   nodes), over the events published (3 x EVENTS); the raw figure is kept too;
+# - verified deliveries: each instance's own events delivered to its own clients (checked
+#   for loss, duplicates, order), summed; the Herald count above also includes the other
+#   instances' events, delivered but not checked (and misses those sent after an instance
+#   had finished and closed its clients);
 # - loss: lost + duplicates + publish errors as the three instances report them.
 # Everything is stopped by PID; every wait is bounded; results go to
 # bench/out/cluster-<time>.jsonl and a table on stdout.
@@ -27,6 +33,7 @@ EVENTS="${EVENTS:-2000}"
 CHANNELS="${CHANNELS:-30}"
 IN_FLIGHT="${IN_FLIGHT:-4}"
 REPEAT="${REPEAT:-3}"
+IDLE_SECS="${IDLE_SECS:-3}"
 OUT="$ROOT/bench/out"
 RUN_ID="cluster-$(date -u +%Y%m%dT%H%M%SZ)"
 WORK="$(mktemp -d)"
@@ -49,19 +56,21 @@ wait_for() {
   echo "timed out waiting for: $1" >&2; return 1
 }
 
-# CPU seconds (user + system) of the given PIDs, from /proc.
+# CPU seconds (user + system) of the given PIDs, from /proc: the total, or (each) one
+# figure per PID, comma-separated.
 cpu_seconds() {
   python3 - "$@" <<'EOF'
 import os, sys
 tick = os.sysconf("SC_CLK_TCK")
-total = 0
-for pid in sys.argv[1:]:
+each = sys.argv[1] == "each"
+figures = []
+for pid in sys.argv[1 + each:]:
     try:
         fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
+        figures.append((int(fields[11]) + int(fields[12])) / tick)
     except FileNotFoundError:
-        pass
-print(total / tick)
+        figures.append(0.0)
+print(",".join(map(str, figures)) if each else sum(figures))
 EOF
 }
 
@@ -119,7 +128,12 @@ run_setup() { # name repetition
   done
   local before_delivered=0
   for port in "${hports[@]}"; do before_delivered=$((before_delivered + $(delivered "$port"))); done
+  local idle_before; idle_before=$(cpu_seconds "${REDIS_PIDS[@]}")
+  sleep "$IDLE_SECS"
   local cpu_before; cpu_before=$(cpu_seconds "${REDIS_PIDS[@]}")
+  local each_before; each_before=$(cpu_seconds each "${REDIS_PIDS[@]}")
+  local idle_rate; idle_rate=$(python3 -c "print(($cpu_before - $idle_before) / $IDLE_SECS)")
+  local started; started=$(date +%s.%N)
   local gens=()
   for i in 0 1 2; do
     timeout 300 "$GEN" -p "${hports[$i]}" -c "$CLIENTS" -e "$EVENTS" --channels "$CHANNELS" \
@@ -130,14 +144,18 @@ run_setup() { # name repetition
   local status=0
   for pid in "${gens[@]}"; do wait "$pid" || status=1; done
   local cpu_after; cpu_after=$(cpu_seconds "${REDIS_PIDS[@]}")
+  local each_after; each_after=$(cpu_seconds each "${REDIS_PIDS[@]}")
+  local wall; wall=$(python3 -c "print($(date +%s.%N) - $started)")
   local after_delivered=0
   for port in "${hports[@]}"; do after_delivered=$((after_delivered + $(delivered "$port"))); done
   python3 - "$name" "$rep" "$status" "$((after_delivered - before_delivered))" \
-    "$cpu_before" "$cpu_after" "$EVENTS" "$CLIENTS" "$CHANNELS" "$WORK"/gen-*.json <<'EOF' | tee -a "$RESULTS"
+    "$cpu_before" "$cpu_after" "$EVENTS" "$CLIENTS" "$CHANNELS" "$idle_rate" "$wall" \
+    "$each_before" "$each_after" "$WORK"/gen-*.json <<'EOF' | tee -a "$RESULTS"
 import json, sys
-name, rep, status, delivered, cpu0, cpu1, events, clients, channels = sys.argv[1:10]
+name, rep, status, delivered, cpu0, cpu1, events, clients, channels, idle_rate, wall, each0, each1 = sys.argv[1:14]
+busiest = max(b - a for a, b in zip(map(float, each0.split(",")), map(float, each1.split(","))))
 gens = []
-for path in sys.argv[10:]:
+for path in sys.argv[14:]:
     try:
         gens.append(json.load(open(path)))
     except Exception:
@@ -145,12 +163,19 @@ for path in sys.argv[10:]:
 publish_s = max((g.get("publish_phase_seconds") or 0) for g in gens) or float("nan")
 published = 3 * int(events)
 loss = sum((g.get("lost") or 0) + (g.get("duplicates") or 0) + (g.get("publish_errors") or 0) for g in gens)
+cpu = float(cpu1) - float(cpu0)
+cpu_busy = max(0.0, cpu - float(idle_rate) * float(wall))
+verified = sum(g.get("deliveries") or 0 for g in gens)
 print(json.dumps({
     "setup": name, "repetition": int(rep), "ok": status == "0" and all(g.get("ok") for g in gens),
     "clients_per_replica": int(clients), "channels": int(channels), "events_published": published,
     "deliveries": int(delivered), "deliveries_per_sec": int(delivered) / publish_s,
-    "redis_cpu_s": float(cpu1) - float(cpu0),
-    "redis_cpu_us_per_publish": (float(cpu1) - float(cpu0)) * 1e6 / published,
+    "verified_deliveries": verified, "verified_deliveries_per_sec": verified / publish_s,
+    "redis_cpu_s": cpu, "redis_idle_cpu_per_s": float(idle_rate), "run_seconds": float(wall),
+    "redis_cpu_us_per_publish_raw": cpu * 1e6 / published,
+    "redis_cpu_us_per_publish": cpu_busy * 1e6 / published,
+    # The busiest redis-server process's CPU over every publish: what limits the setup.
+    "redis_busiest_cpu_us_per_publish": busiest * 1e6 / published,
     "loss": loss, "publish_seconds_max": publish_s,
 }))
 EOF
@@ -167,15 +192,15 @@ done
 python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| setup | runs ok | deliveries/s across replicas (median) | Redis CPU per publish, us (median) | loss |")
-print("|---|---|---|---|---|")
+print("| setup | runs ok | deliveries/s across replicas, Herald count (median) | verified deliveries/s (median) | Redis CPU per publish, all processes, us, idle subtracted (median) | raw (median) | busiest process, us per publish (median) | loss |")
+print("|---|---|---|---|---|---|---|---|")
 for setup in ("single", "cluster"):
     ok = [r for r in rows if r["setup"] == setup and r.get("ok")]
     runs = [r for r in rows if r["setup"] == setup]
     if not ok:
-        print(f"| {setup} | 0/{len(runs)} | - | - | - |")
+        print(f"| {setup} | 0/{len(runs)} | - | - | - | - | - | - |")
         continue
     med = lambda k: statistics.median(r[k] for r in ok)
-    print(f"| {setup} | {len(ok)}/{len(runs)} | {med('deliveries_per_sec'):,.0f} | {med('redis_cpu_us_per_publish'):.1f} | {sum(r['loss'] for r in ok)} |")
+    print(f"| {setup} | {len(ok)}/{len(runs)} | {med('deliveries_per_sec'):,.0f} | {med('verified_deliveries_per_sec'):,.0f} | {med('redis_cpu_us_per_publish'):.1f} | {med('redis_cpu_us_per_publish_raw'):.1f} | {med('redis_busiest_cpu_us_per_publish'):.1f} | {sum(r['loss'] for r in ok)} |")
 print(f"\n(results: {sys.argv[1]})")
 EOF
