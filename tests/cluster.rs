@@ -515,3 +515,63 @@ fn an_unreachable_cluster_at_start_is_explained_then_joined() {
     });
     drop(cluster);
 }
+
+/// `--threads`: each reactor is a cluster client of its own (its own command and shard
+/// subscriber links), so the owning node counts one shard subscription per reactor with
+/// clients on the channel, and `receivers` says the same.
+#[test]
+fn every_reactor_of_a_threaded_herald_has_its_own_cluster_links() {
+    let cluster = RedisCluster::start();
+    let herald = Herald::with(
+        &["--threads", "2"],
+        &[
+            ("PUBSUB_CACHE_URL", &cluster.nodes[0].url()),
+            ("REDIS_CLUSTER", "on"),
+        ],
+    );
+    wait_redis_connected(&herald);
+    let names = channels_on_every_master(&cluster);
+    let name = &names[1];
+    let channel = format!("events:{name}");
+    let owner = cluster.owner_of_slot(cluster.keyslot(&channel));
+    // Connections are spread over the reactors by the kernel (SO_REUSEPORT): enough of them
+    // that both reactors very likely hold some; the check below holds either way.
+    let mut clients: Vec<Client> = (0..12)
+        .map(|_| ws_connect(herald.port, &format!("/ws?channels={name}")))
+        .collect();
+    wait_redis_connected(&herald);
+    let subscribed = || {
+        let numsub = cluster
+            .node(owner)
+            .command_array(&["PUBSUB", "SHARDNUMSUB", &channel]);
+        numsub
+            .get(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Each reactor subscribed when its first client arrived; the count settles within ms.
+    wait_until("the reactors' shard subscriptions to settle", || {
+        let before = subscribed();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        before >= 1 && subscribed() == before
+    });
+    let reactors = subscribed();
+    assert!(
+        (1..=2).contains(&reactors),
+        "{reactors} shard subscriptions"
+    );
+    for i in 0..10 {
+        let ack = publish_to(herald.port, name, "tick", &i.to_string());
+        assert_eq!(ack["receivers"], reactors, "{ack}");
+    }
+    for client in &mut clients {
+        for i in 0..10 {
+            assert_eq!(next_event(client)["message"], i.to_string());
+        }
+    }
+    let health = get(herald.port, "/health").json();
+    eprintln!(
+        "threads: 2 reactors, {reactors} hold shard subscriptions to {channel}; health {}",
+        health["redis"]
+    );
+}
