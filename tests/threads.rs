@@ -438,3 +438,39 @@ fn reuse_port_lets_two_processes_on_one_redis_share_a_port() {
     let _ = second.kill();
     let _ = second.wait();
 }
+
+#[test]
+fn max_subscribed_channels_counts_every_reactors_channels() {
+    let herald = Herald::with(&["--threads", THREADS], &[("MAX_SUBSCRIBED_CHANNELS", "3")]);
+    // Six clients, each on a channel of its own, from six addresses (so several reactors).
+    let mut clients: Vec<Client> = (0..6u8)
+        .map(|i| {
+            ws_connect_from(
+                herald.port,
+                &format!("/ws?channels=c{i}"),
+                [127, 0, 0, 60 + i],
+            )
+        })
+        .collect();
+    wait_until("every client counted", || {
+        get(herald.port, "/health").json()["websockets"] == 6
+    });
+    let live: Vec<u8> = (0..6u8)
+        .filter(|i| publish_to(herald.port, &format!("c{i}"), "e", "x")["receivers"] == 1)
+        .collect();
+    assert_eq!(live.len(), 3, "channels with a subscriber: {live:?}");
+    for (i, client) in clients.iter_mut().enumerate() {
+        let first = next_event(client);
+        if live.contains(&(i as u8)) {
+            assert_eq!(first["message"], "x", "{first}");
+        } else {
+            assert_eq!(first["op"], "error", "{first}");
+        }
+    }
+    wait_until("every refusal counted", || {
+        metric(
+            herald.port,
+            "herald_limit_hits_total{limit=\"subscribed_channels\"}",
+        ) == Some(3.0)
+    });
+}

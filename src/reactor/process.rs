@@ -40,6 +40,9 @@ pub struct Process {
     hub: Option<Arc<Hub>>,
     connections: AtomicUsize,
     max_connections: usize,
+    /// Channels with subscribers, summed over the reactors (`MAX_SUBSCRIBED_CHANNELS`): each
+    /// reactor's fan-out entry for a channel counts once.
+    subscribed_channels: AtomicUsize,
     /// `MAX_CONNECTIONS_PER_IP`, over every reactor; `None` when off (nothing counted).
     per_ip: Option<Mutex<ConnectionsPerIp>>,
     stage: AtomicU8,
@@ -70,6 +73,7 @@ impl Process {
             hub,
             connections: AtomicUsize::new(0),
             max_connections: config.limits.max_connections,
+            subscribed_channels: AtomicUsize::new(0),
             per_ip: (per_ip_limit > 0).then(|| Mutex::new(ConnectionsPerIp::new(per_ip_limit))),
             stage: AtomicU8::new(Stage::Serving as u8),
             wakers: (0..reactors).map(|_| OnceLock::new()).collect(),
@@ -130,6 +134,21 @@ impl Process {
     /// Open connections over every reactor.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Acquire)
+    }
+
+    /// A reactor's fan-out gained (`true`) or lost a channel.
+    pub fn count_channel(&self, opened: bool) {
+        if opened {
+            self.subscribed_channels.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.subscribed_channels.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Fan-out channels over every reactor. Checked before a reactor opens one: reactors
+    /// racing at the cap can pass it together, by at most one channel each.
+    pub fn subscribed_channels(&self) -> usize {
+        self.subscribed_channels.load(Ordering::Acquire)
     }
 
     pub fn per_ip_limit(&self) -> usize {

@@ -82,7 +82,7 @@ impl Reactor {
     /// fine; a new one over the cap is refused with an error notice (true: refused).
     fn refuse_new_channel(&mut self, key: usize, name: &str) -> bool {
         let max = self.config.max_subscribed_channels;
-        if self.fanout.lookup(name).is_some() || self.fanout.channel_count() < max {
+        if self.fanout.lookup(name).is_some() || self.process.subscribed_channels() < max {
             return false;
         }
         self.metrics.limit_hit(limit::SUBSCRIBED_CHANNELS);
@@ -104,6 +104,9 @@ impl Reactor {
         let Some((_, first)) = self.fanout.subscribe(&mut self.conns, key, name) else {
             return false;
         };
+        if first {
+            self.process.count_channel(true);
+        }
         self.note_subscribers(name, Instant::now());
         match &mut self.broker {
             Broker::Embedded(embedded) => embedded.hub.count_subscriber(name, true),
@@ -167,6 +170,7 @@ impl Reactor {
 
     /// No local client wants the channel any more: stop receiving it from Redis.
     fn forget_channel(&mut self, name: &str) {
+        self.process.count_channel(false);
         self.catch_ups.forget_seam(name);
         if let Broker::Redis(redis) = &mut self.broker {
             redis.unsubscribe(name);
