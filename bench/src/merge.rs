@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
-use crate::churn::ResumeCounts;
+use crate::stats::ResumeCounts;
 use crate::stats::{Histograms, LatencySummary};
 use crate::thresholds::{self, Limits, Measured, Verdict};
 

@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::churn::ResumeStats;
-
 /// Highest latency tracked: one hour, in microseconds.
 const MAX_US: u64 = 3_600_000_000;
 
@@ -309,6 +307,85 @@ pub fn merge_series(into: &mut Vec<Second>, other: &[Second]) {
     }
     for (a, b) in into.iter_mut().zip(other) {
         a.merge(b);
+    }
+}
+
+/// Counts of drops, reconnects and resets; they add up across processes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct ResumeCounts {
+    /// Clients dropped by the churn.
+    pub churned: u64,
+    /// Churns that were due but found no open client that had received an
+    /// event yet (nothing to resume from).
+    pub churn_missed: u64,
+    /// Reconnects whose handshake succeeded (churn and storm).
+    pub resumed: u64,
+    /// Reconnects made without `since=` because the server's events carry
+    /// no id (the server cannot resume them; events meanwhile are lost).
+    pub resumed_without_id: u64,
+    /// Reconnects that failed (the client then counts as closed early).
+    pub resume_failed: u64,
+    /// `{"op":"reset"}` notices: the server could not replay from the id.
+    pub resets: u64,
+    /// Events written off after a reset (the server said they may be
+    /// missing): not counted as loss, reported apart.
+    pub reset_gap_events: u64,
+    /// Deliveries of events sent before the client's reconnect completed
+    /// (the catch-up): timed apart from live deliveries.
+    #[serde(default)]
+    pub replayed: u64,
+}
+
+impl ResumeCounts {
+    pub fn add(&mut self, o: &ResumeCounts) {
+        self.churned += o.churned;
+        self.churn_missed += o.churn_missed;
+        self.resumed += o.resumed;
+        self.resumed_without_id += o.resumed_without_id;
+        self.resume_failed += o.resume_failed;
+        self.resets += o.resets;
+        self.reset_gap_events += o.reset_gap_events;
+        self.replayed += o.replayed;
+    }
+}
+
+/// What one process saw of churn and storms. Counters add up across
+/// processes; the storm's time to all-reconnected is the slowest process's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResumeStats {
+    #[serde(flatten)]
+    pub counts: ResumeCounts,
+    /// Churn reconnects, from the scheduled reconnect time to the 101.
+    pub reconnect: Latency,
+    pub storm_dropped: u64,
+    pub storm_reconnected: u64,
+    pub storm_failed: u64,
+    /// From the storm to this process's last storm reconnect (`None` while
+    /// some are still out, or without a storm).
+    pub storm_all_reconnected_s: Option<f64>,
+    pub storm_reconnect: Latency,
+    /// Send time to receipt of the replayed deliveries (late by design: by
+    /// about the time the client was away).
+    #[serde(default)]
+    pub replay_latency: Latency,
+}
+
+impl ResumeStats {
+    pub fn merge(&mut self, o: &ResumeStats) {
+        self.counts.add(&o.counts);
+        self.reconnect.merge(&o.reconnect);
+        self.storm_dropped += o.storm_dropped;
+        self.storm_reconnected += o.storm_reconnected;
+        self.storm_failed += o.storm_failed;
+        // The storm is over when the slowest process is; a process with
+        // nothing dropped has nothing to wait for.
+        self.storm_all_reconnected_s =
+            match (self.storm_all_reconnected_s, o.storm_all_reconnected_s) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        self.storm_reconnect.merge(&o.storm_reconnect);
+        self.replay_latency.merge(&o.replay_latency);
     }
 }
 
