@@ -89,6 +89,8 @@ struct Mail {
     events: Vec<Arc<SharedEvent>>,
     /// A wake-up is on its way and the events are not taken yet: no need for another.
     woken: bool,
+    /// The reactor has stopped: nothing is kept for it any more (it would never be taken).
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -160,7 +162,10 @@ impl Hub {
             .unwrap_or(0);
         let shared = Arc::new(SharedEvent::new(&event.channel, id, json));
         for inbox in self.inboxes.iter() {
-            inbox.mail().events.push(shared.clone());
+            let mut mail = inbox.mail();
+            if !mail.closed {
+                mail.events.push(shared.clone());
+            }
         }
         Accepted::Sequenced { id, receivers }
     }
@@ -189,6 +194,14 @@ impl Hub {
         let mut mail = self.inboxes[index].mail();
         mail.woken = false;
         std::mem::replace(&mut mail.events, spare)
+    }
+
+    /// Reactor `index` has stopped (shutdown done, or it failed): its inbox is dropped and
+    /// stays empty, so the others serving on through their grace time hold nothing for it.
+    pub fn close_inbox(&self, index: usize) {
+        let mut mail = self.inboxes[index].mail();
+        mail.closed = true;
+        mail.events = Vec::new();
     }
 
     /// A page of `channel`'s history after `since` (see `History::read`).
@@ -354,6 +367,16 @@ mod tests {
             Accepted::Duplicate(id)
         );
         assert_eq!(hub.take_inbox(1, Vec::new()).len(), 1);
+    }
+
+    #[test]
+    fn should_keep_nothing_for_a_reactor_that_stopped() {
+        let hub = hub(2);
+        hub.publish(&event("a", "x"), None, 2_000);
+        hub.close_inbox(1);
+        hub.publish(&event("a", "y"), None, 2_001);
+        assert!(!hub.has_mail(1));
+        assert_eq!(hub.take_inbox(0, Vec::new()).len(), 2);
     }
 
     #[test]

@@ -1046,6 +1046,16 @@ fn new_occupancy(config: &Config) -> crate::occupancy::Occupancy {
     }
 }
 
+/// A reactor that stops (its shutdown done, an error, a panic unwinding) takes its inbox out of
+/// the hub: the reactors still serving through their grace time keep nothing for it.
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        if let Broker::Embedded(embedded) = &self.broker {
+            embedded.hub.close_inbox(self.index);
+        }
+    }
+}
+
 /// Sheds a connection rather than stall: a best-effort 503 straight into the fresh socket's
 /// empty send buffer, then close (the stream is dropped by the caller).
 fn refuse_connection(stream: &mut TcpStream, why: &str) {
