@@ -709,7 +709,16 @@ impl Reactor {
     /// The subscriber link went down: every channel that had events will need what it misses
     /// meanwhile, read from its stream once the subscription is back.
     pub(super) fn begin_catch_up(&mut self) {
+        self.begin_catch_up_of(|_| true);
+    }
+
+    /// `begin_catch_up` for the channels `lost` picks (on a Redis Cluster, those whose
+    /// shard subscription was lost; the others never stopped receiving).
+    pub(super) fn begin_catch_up_of(&mut self, lost: impl Fn(&str) -> bool) {
         for (channel, since) in self.fanout.last_ids() {
+            if !lost(&channel) {
+                continue;
+            }
             self.catch_ups.seams.remove(&channel);
             self.catch_ups.active.entry(channel).or_insert(CatchUp {
                 since,

@@ -86,6 +86,13 @@ impl Reactor {
                 }
                 LinkEvent::Down(Role::Publisher) => {}
                 LinkEvent::LimitHit(limit) => self.metrics.limit_hit(limit),
+                LinkEvent::SubscriptionsLost(channels) => {
+                    let lost: Vec<String> = channels
+                        .iter()
+                        .filter_map(|c| self.local_channel(c))
+                        .collect();
+                    self.begin_catch_up_of(|channel| lost.iter().any(|l| l == channel));
+                }
                 // Shard-channel news is handled by the cluster links themselves.
                 LinkEvent::SubscribeRefused { .. } | LinkEvent::Unsubscribed(_) => {}
             }

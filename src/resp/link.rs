@@ -144,6 +144,10 @@ pub enum LinkEvent {
     /// Sharded: the node dropped a shard channel on its own (its slot moved to another
     /// node). The channel is no longer wanted on this link.
     Unsubscribed(Bytes),
+    /// Cluster: these shard channels' subscriptions were lost (their node's link dropped, or
+    /// they moved to another node) and are being restored: events may have been missed
+    /// meanwhile. The other channels' subscriptions stand.
+    SubscriptionsLost(Vec<Bytes>),
     /// The reply to the oldest outstanding command (`command`), or why there will be none.
     Reply(Result<Reply, LinkFailure>),
     /// Redis went past one of Herald's caps (`metrics::limit`): a reply beyond the RESP

@@ -12,9 +12,10 @@
 //! most `REDIS_TIMEOUT_MS` (its link then fails what it was sent).
 //!
 //! What the reactor sees is what one Redis would tell it: `Up`/`Down` of links, `Message`,
-//! `Subscribed`, `Reply`. A shard channel that lost its subscription (its node's link went
-//! down, its slot moved, a failover) is reported as `Down(Subscriber)`: every channel then
-//! catches up from its stream, exactly as after a lost single-Redis subscription.
+//! `Subscribed`, `Reply`; and `SubscriptionsLost` naming the shard channels whose
+//! subscription was lost (their node's link went down, their slot moved, a failover): those
+//! channels catch up from their streams exactly as after a lost single-Redis subscription;
+//! the others, on healthy nodes, never stopped.
 //!
 //! Nothing here is shared between threads: each reactor has its own `ShardLinks`.
 
@@ -509,6 +510,20 @@ impl ShardLinks {
                 LinkEvent::Reply(reply) if !subscriber => {
                     self.on_reply(index, reply, now, registry, events)
                 }
+                LinkEvent::Down(Role::Subscriber) => {
+                    self.topology.want_refresh(now, RefreshReason::LinkLost);
+                    // The link restores its channels when it reconnects (or they move with
+                    // the next map): what they miss meanwhile comes from their streams.
+                    let lost: Vec<Bytes> = self
+                        .channels
+                        .iter()
+                        .filter(|&(_, &placed)| placed == Some(index))
+                        .map(|(channel, _)| channel.clone())
+                        .collect();
+                    if !lost.is_empty() {
+                        events.push(LinkEvent::SubscriptionsLost(lost));
+                    }
+                }
                 LinkEvent::Down(role) => {
                     self.topology.want_refresh(now, RefreshReason::LinkLost);
                     events.push(LinkEvent::Down(role));
@@ -535,7 +550,7 @@ impl ShardLinks {
                     if let Some(placed) = self.channels.get_mut(&channel) {
                         *placed = None;
                         // Events may be missed until it is subscribed on its new node.
-                        events.push(LinkEvent::Down(Role::Subscriber));
+                        events.push(LinkEvent::SubscriptionsLost(vec![channel]));
                     }
                 }
                 other => events.push(other),
@@ -693,7 +708,7 @@ impl ShardLinks {
         for master in &masters {
             self.node_at(master);
         }
-        let mut moved = false;
+        let mut moved = Vec::new();
         let channels: Vec<(Bytes, Option<usize>)> =
             self.channels.iter().map(|(c, i)| (c.clone(), *i)).collect();
         for (channel, placed) in channels {
@@ -703,7 +718,7 @@ impl ShardLinks {
                 continue;
             }
             if let Some(old) = placed {
-                moved = true;
+                moved.push(channel.clone());
                 if let Some(subscriber) =
                     self.nodes[old].as_mut().and_then(|n| n.subscriber.as_mut())
                 {
@@ -729,9 +744,9 @@ impl ShardLinks {
                 subscriber.close(registry, "no longer a master", &mut dropped);
             }
         }
-        if moved {
+        if !moved.is_empty() {
             // Channels moved to another node may have missed events in between.
-            events.push(LinkEvent::Down(Role::Subscriber));
+            events.push(LinkEvent::SubscriptionsLost(moved));
         }
     }
 
