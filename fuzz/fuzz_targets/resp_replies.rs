@@ -7,9 +7,15 @@
 //!   pieces to one decoder, cut at any point (decode the first piece, append the rest, decode
 //!   again), gives the same replies as the whole input at once, and fails exactly when, and
 //!   as, the whole input fails.
+//!
+//! Each decoded reply then goes where a cluster client sends it: arrays through
+//! `parse_cluster_shards` (a slot map, if accepted, has sorted, disjoint ranges within the
+//! 16384 slots), error texts through `ClusterReply::classify` (a redirect names a slot below
+//! 16384).
 #![no_main]
 
 use bytes::BytesMut;
+use herald::resp::cluster::{ClusterReply, NodeAddr, SLOTS, parse_cluster_shards};
 use herald::resp::cmd::{Decoder, Reply, RespError, RespLimits};
 use libfuzzer_sys::fuzz_target;
 
@@ -33,7 +39,35 @@ fuzz_target!(|data: &[u8]| {
     });
     assert_eq!(split, whole, "cut at {cut}");
     assert_eq!(split_end, whole_end, "cut at {cut}");
+    for reply in &whole {
+        as_cluster_reply(reply);
+    }
 });
+
+/// What a cluster client makes of a reply: a slot map, or a redirect.
+fn as_cluster_reply(reply: &Reply) {
+    let sender = NodeAddr::new("10.0.0.1", 7000);
+    match reply {
+        Reply::Other(frame) => {
+            if let Ok(map) = parse_cluster_shards(frame, &sender) {
+                let ranges = map.ranges();
+                for range in ranges {
+                    assert!(range.start <= range.end && range.end < SLOTS, "{range:?}");
+                }
+                for pair in ranges.windows(2) {
+                    assert!(pair[0].end < pair[1].start, "sorted and disjoint: {pair:?}");
+                }
+            }
+        }
+        Reply::Error(text) => match ClusterReply::classify(text, &sender) {
+            ClusterReply::Moved { slot, .. } | ClusterReply::Ask { slot, .. } => {
+                assert!(slot < SLOTS)
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+}
 
 /// Decodes replies into `out` until the buffer holds only an incomplete one, or an error.
 fn decode_all(
