@@ -758,7 +758,7 @@ impl RedisBroker {
     /// stay on one Redis (the subscriber connects now), or become a cluster client seeded
     /// with every URL given (the single links are closed; the channels wanted move over).
     /// The link's `Up` is held back until then: nothing may be sent before the mode is known.
-    fn settle_mode(&mut self, registry: &Registry, events: &mut Vec<LinkEvent>, from: usize) {
+    fn settle_mode(&mut self, registry: &Registry, events: &mut [LinkEvent], from: usize) {
         let Links::Single {
             subscriber,
             publisher,
@@ -775,7 +775,7 @@ impl RedisBroker {
         };
         match publisher.cluster_enabled() {
             Some(true) => {
-                events.remove(from + position);
+                events[from + position] = LinkEvent::BecameCluster;
                 log::info!(
                     "{} runs in cluster mode (REDIS_CLUSTER=auto): Redis Cluster client, seeds {}",
                     publisher.url(),

@@ -199,6 +199,15 @@ impl Occupancy {
         self.shared.as_ref().map(|clock| &clock.keys)
     }
 
+    /// The Redis behind turned out to be a cluster (`REDIS_CLUSTER=auto`): the counts live
+    /// under `keys` instead (same replica id, a prefix that is a hash tag). Nothing was
+    /// written under the old names: no command goes out before the mode is known.
+    pub fn rename_redis_keys(&mut self, keys: RedisKeys) {
+        if let Some(clock) = self.shared.as_mut() {
+            clock.keys = keys;
+        }
+    }
+
     // ---- counts --------------------------------------------------------------------------
 
     /// This reactor's subscribers of `channel`.

@@ -210,6 +210,14 @@ fn events_through_either_replica_reach_every_subscriber_across_three_masters() {
     assert!(shards.iter().all(|s| s["state"] == "connected"), "{health}");
     let page = get(first.port, "/metrics").body;
     assert!(metric_in(&page, "herald_redis_cluster_refreshes_total").unwrap() >= 1.0);
+    // Occupancy across both replicas: REDIS_CLUSTER=auto found the cluster after the keys
+    // were named, and renamed them into one slot.
+    for herald in [&first, &second] {
+        wait_until("both replicas' subscribers counted", || {
+            let count = get(herald.port, &format!("/channels/{}", names[0]));
+            count.status == 200 && count.json()["subscribers"] == 4
+        });
+    }
 }
 
 /// What a publisher saw of one publish.

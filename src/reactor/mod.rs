@@ -1029,16 +1029,14 @@ fn new_occupancy(config: &Config) -> crate::occupancy::Occupancy {
         None => Occupancy::new(limits),
         Some(_) => {
             // On a Redis Cluster the occupancy scripts read every replica's keys, so they
-            // must share one slot: the prefix becomes their hash tag. (Known only when the
-            // configuration says cluster; `REDIS_CLUSTER=auto` decides after this.)
+            // must share one slot: the prefix becomes their hash tag. (`REDIS_CLUSTER=auto`
+            // finds out later: `LinkEvent::BecameCluster` renames them then.)
             let cluster = config.redis_cluster == crate::config::ClusterMode::On
                 || config.redis_seeds.len() > 1;
-            let prefix = &config.channel_prefix;
-            let tagged = crate::resp::cluster::hash_tag(prefix.as_bytes()).len() < prefix.len();
-            let prefix = if cluster && !tagged {
-                format!("{{{prefix}}}")
+            let prefix = if cluster {
+                crate::resp::cluster::tagged_prefix(&config.channel_prefix)
             } else {
-                prefix.clone()
+                config.channel_prefix.clone()
             };
             let keys = RedisKeys::new(&prefix, RedisKeys::random_id());
             Occupancy::shared(limits, config.occupancy_refresh, keys, Instant::now())

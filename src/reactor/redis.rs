@@ -15,6 +15,8 @@ use super::Reactor;
 use super::pending::Pending;
 use super::resume::WaitingReplay;
 use crate::broker::Broker;
+use crate::occupancy::RedisKeys;
+use crate::resp::cluster::tagged_prefix;
 use crate::resp::link::{LinkEvent, Role};
 
 impl Reactor {
@@ -92,6 +94,13 @@ impl Reactor {
                         .filter_map(|c| self.local_channel(c))
                         .collect();
                     self.begin_catch_up_of(|channel| lost.iter().any(|l| l == channel));
+                }
+                LinkEvent::BecameCluster => {
+                    if let Some(keys) = self.occupancy.redis_keys() {
+                        let prefix = tagged_prefix(&self.config.channel_prefix);
+                        let keys = RedisKeys::new(&prefix, keys.replica_id.clone());
+                        self.occupancy.rename_redis_keys(keys);
+                    }
                 }
                 // Shard-channel news is handled by the cluster links themselves.
                 LinkEvent::SubscribeRefused { .. } | LinkEvent::Unsubscribed(_) => {}

@@ -95,6 +95,16 @@ pub fn key_beside(channel: &str, suffix: &str) -> Option<String> {
     }
 }
 
+/// A prefix for keys that must all live in one slot (occupancy's, whose scripts read every
+/// replica's keys): the prefix as a hash tag, `{events}`, unless it already holds one.
+pub fn tagged_prefix(prefix: &str) -> String {
+    if hash_tag(prefix.as_bytes()).len() < prefix.len() {
+        prefix.to_string()
+    } else {
+        format!("{{{prefix}}}")
+    }
+}
+
 /// A Redis channel name (`CHANNEL`, or `CHANNEL_PREFIX` and a channel) usable in cluster
 /// mode: its history stream must be able to share its slot (`key_beside`).
 pub fn check_shard_channel(channel: &str) -> Result<(), String> {
@@ -622,6 +632,18 @@ mod tests {
         should_hash_a_whole_key_with_an_empty_tag: b"foo{}{bar}" => crc16(b"foo{}{bar}") % SLOTS,
         should_hash_a_tag_that_opens_twice: b"foo{{bar}}zap" => key_slot(b"{bar"),
         should_hash_an_unclosed_brace_whole: b"foo{bar" => crc16(b"foo{bar") % SLOTS,
+    }
+
+    #[test]
+    fn should_tag_a_prefix_once() {
+        assert_eq!(tagged_prefix("events"), "{events}");
+        assert_eq!(tagged_prefix("a{b}"), "a{b}");
+        let keys = ["replicas", "channels", "replica:1f"]
+            .map(|k| format!("{}:occupancy:{k}", tagged_prefix("events")));
+        assert!(
+            keys.iter()
+                .all(|k| key_slot(k.as_bytes()) == key_slot(b"events"))
+        );
     }
 
     #[test]

@@ -144,6 +144,9 @@ pub enum LinkEvent {
     /// Sharded: the node dropped a shard channel on its own (its slot moved to another
     /// node). The channel is no longer wanted on this link.
     Unsubscribed(Bytes),
+    /// `REDIS_CLUSTER=auto` found a cluster node: the broker is a cluster client from now on
+    /// (keys that must share a slot get their hash tags).
+    BecameCluster,
     /// Cluster: these shard channels' subscriptions were lost (their node's link dropped, or
     /// they moved to another node) and are being restored: events may have been missed
     /// meanwhile. The other channels' subscriptions stand.
