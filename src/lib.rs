@@ -29,6 +29,8 @@
 //! - `history`      the embedded broker's recent events per channel (capped in bytes, channels,
 //!   age); pages of it
 //! - `replay`       a resuming subscriber: which page next, what to do with live events meanwhile
+//! - `catch_up`     a channel whose Redis subscription came back: what it missed, live events
+//!   held meanwhile, the seam (no sockets)
 //! - `fanout`       channel -> subscribers; delivery of one shared frame to each
 //! - `occupancy`    subscribers per channel (here and, with Redis, on every replica), who
 //!   watches them, when each watcher is due an update (no sockets)
@@ -41,6 +43,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod catch_up;
 pub mod channel;
 pub mod config;
 pub mod conn;

@@ -43,6 +43,7 @@ use slab::Slab;
 
 use crate::auth::GrantTable;
 use crate::broker::Broker;
+use crate::catch_up::CatchUps;
 use crate::config::Config;
 use crate::conn::{Became, CloseReason, Conn, Outbox, Phase};
 use crate::fanout::Fanout;
@@ -56,7 +57,7 @@ use crate::static_files::StaticFiles;
 use crate::ws::deflate::{Deflater, Inflater};
 use crate::ws::frame::{self, close_code};
 use process::{Process, Refusal, Stage};
-use publishing::{CatchUps, ParkedPublishes};
+use publishing::ParkedPublishes;
 use redis::{AwaitingRedis, PendingQueue};
 
 const LISTENER: Token = Token(usize::MAX - 1);

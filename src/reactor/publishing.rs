@@ -17,7 +17,6 @@
 //! id. Only the seam after a catch-up drops late live copies of events the history just
 //! delivered, by ids Redis's stream returned.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -27,6 +26,7 @@ use super::Reactor;
 use super::outcome::{Group, Member, Outcome, Shape, single_reply};
 use super::pending::{Pending, Slot};
 use crate::broker::{self, Broker, Publish, Read};
+use crate::catch_up::{Live, LiveMessage};
 use crate::conn::Phase;
 use crate::event::{Event, EventId};
 use crate::fanout::{Deflated, Frames};
@@ -39,44 +39,6 @@ use crate::ratelog::truncate_error;
 use crate::resp::cmd;
 use crate::resp::link::LinkFailure;
 use crate::{event, sse, ws::frame};
-
-/// A channel whose Redis subscription was lost and restored: its history since the last event
-/// delivered is being read; live events wait here meanwhile, so nothing is lost or doubled.
-#[derive(Debug)]
-pub(super) struct CatchUp {
-    since: EventId,
-    read_sent: bool,
-    /// Live messages held: trusted id, payload, type.
-    live: Vec<(Option<EventId>, Bytes, String)>,
-    /// When the first live event was held: held events are released (with a reset notice)
-    /// `REDIS_TIMEOUT_MS` later at the latest.
-    holding_since: Option<Instant>,
-}
-
-/// The channels catching up, and the seams left by finished catch-ups.
-#[derive(Debug, Default)]
-pub(super) struct CatchUps {
-    active: HashMap<String, CatchUp>,
-    /// Per channel, the newest id a catch-up's history delivered: the live copy of an event
-    /// at or below it may still be on its way (the history and the subscription are two
-    /// connections) and is dropped, until a newer live event shows the seam is passed.
-    seams: HashMap<String, EventId>,
-    /// Bytes of live events held, over every channel (counted in `MAX_PENDING_BYTES`).
-    held_bytes: usize,
-}
-
-impl CatchUps {
-    /// The channel lost its last local subscriber: no one is left for its seam to protect
-    /// (a later subscriber never got the history's copies), and keeping it would leave one
-    /// entry per channel name ever caught up, across Redis reconnects.
-    pub(super) fn forget_seam(&mut self, channel: &str) {
-        self.seams.remove(channel);
-    }
-
-    fn oldest_holding(&self) -> Option<Instant> {
-        self.active.values().filter_map(|c| c.holding_since).min()
-    }
-}
 
 /// A publish held until this replica's subscription to its channel is confirmed.
 #[derive(Debug)]
@@ -131,7 +93,7 @@ impl Reactor {
     /// history (a replay, or the channel catching up after a lost subscription).
     fn needs_live_subscription(&self, channel: &str) -> bool {
         self.fanout.lookup(channel).is_some()
-            && !self.catch_ups.active.contains_key(channel)
+            && !self.catch_ups.is_active(channel)
             && !self.awaiting_redis.iter().any(|r| &*r.channel == channel)
     }
 
@@ -355,7 +317,7 @@ impl Reactor {
         let limits = &self.config.limits;
         let waiting = self.pending.publishes() + self.parked.len();
         let waiting_bytes =
-            self.pending.publish_bytes() + self.parked.bytes + self.catch_ups.held_bytes;
+            self.pending.publish_bytes() + self.parked.bytes + self.catch_ups.held_bytes();
         let (cap, why) = if waiting >= limits.max_pending_publishes {
             let why = format!(
                 "too many publishes waiting on Redis (MAX_PENDING_PUBLISHES {})",
@@ -483,14 +445,7 @@ impl Reactor {
             let why = "Redis unavailable: the history could not be read in time";
             self.give_up_waiting_replay(waiting, why);
         }
-        let expired: Vec<String> = self
-            .catch_ups
-            .active
-            .iter()
-            .filter(|(_, c)| c.holding_since.is_some_and(|t| t <= cutoff))
-            .map(|(channel, _)| channel.clone())
-            .collect();
-        for channel in expired {
+        for channel in self.catch_ups.holding_since(cutoff) {
             self.metrics.limit_hit(limit::REDIS_TIMEOUT);
             let why = "Redis did not answer in time".to_string();
             self.finish_catch_up(&channel, Err(why));
@@ -643,7 +598,12 @@ impl Reactor {
                 ),
             );
         }
-        self.relay(&name, id, payload.clone(), inspected.kind);
+        let message = LiveMessage {
+            id,
+            payload: payload.clone(),
+            kind: inspected.kind,
+        };
+        self.relay(&name, message);
     }
 
     fn drop_redis_message(&mut self, channel: &str, payload: &[u8], cap: &'static str, why: &str) {
@@ -666,11 +626,16 @@ impl Reactor {
         event::peek_id(payload).filter(|&id| redis.trusts_id(id, broker::now_ms()))
     }
 
-    /// Hands a checked message to a catch-up in progress, or past the seam to the clients.
-    fn relay(&mut self, channel: &str, id: Option<EventId>, payload: Bytes, kind: String) {
-        if self.catch_ups.active.contains_key(channel) {
-            let budget = self.config.limits.max_pending_bytes;
-            if self.catch_ups.held_bytes + payload.len() > budget {
+    /// Hands a checked message to a catch-up in progress, or past the seam to the clients
+    /// (`catch_up.rs` decides which).
+    fn relay(&mut self, channel: &str, message: LiveMessage) {
+        let budget = self.config.limits.max_pending_bytes;
+        match self.catch_ups.on_live(channel, message, budget) {
+            Live::Held | Live::Skip => {}
+            Live::Deliver(message) => {
+                self.fan_out(channel, message.id, &message.payload, Some(&message.kind));
+            }
+            Live::GiveUp(message) => {
                 // Holding more would grow without bound if Redis never answers the read:
                 // give the catch-up up (subscribers get a reset) and go live.
                 self.metrics.limit_hit(limit::PENDING_BYTES);
@@ -679,22 +644,9 @@ impl Reactor {
                     &format!("channel {channel}: catch-up gave up: live events held over MAX_PENDING_BYTES {budget}"),
                 );
                 self.finish_catch_up(channel, Err("too many live events held".into()));
-            } else if let Some(catch_up) = self.catch_ups.active.get_mut(channel) {
-                self.catch_ups.held_bytes += payload.len();
-                catch_up.holding_since.get_or_insert_with(Instant::now);
-                catch_up.live.push((id, payload, kind));
-                return;
+                self.relay(channel, message);
             }
         }
-        if let Some(id) = id
-            && let Some(&seam) = self.catch_ups.seams.get(channel)
-        {
-            if id <= seam {
-                return; // a late live copy of an event the catch-up's history delivered
-            }
-            self.catch_ups.seams.remove(channel);
-        }
-        self.fan_out(channel, id, &payload, Some(&kind));
     }
 
     /// The local channel a Redis channel carries, if it is one of ours.
@@ -719,13 +671,7 @@ impl Reactor {
             if !lost(&channel) {
                 continue;
             }
-            self.catch_ups.seams.remove(&channel);
-            self.catch_ups.active.entry(channel).or_insert(CatchUp {
-                since,
-                read_sent: false,
-                live: Vec::new(),
-                holding_since: None,
-            });
+            self.catch_ups.begin(channel, since);
         }
     }
 
@@ -735,21 +681,15 @@ impl Reactor {
         let Broker::Redis(redis) = &self.broker else {
             return;
         };
-        let ready: Vec<(String, EventId)> = self
+        let ready = self
             .catch_ups
-            .active
-            .iter()
-            .filter(|(channel, c)| !c.read_sent && redis.can_replay(channel))
-            .map(|(channel, c)| (channel.clone(), c.since))
-            .collect();
+            .reads_due(|channel| redis.can_replay(channel));
         for (channel, since) in ready {
             if let Some(why) = self.refuse_read() {
                 self.finish_catch_up(&channel, Err(why));
                 continue;
             }
-            if let Some(catch_up) = self.catch_ups.active.get_mut(&channel) {
-                catch_up.read_sent = true;
-            }
+            self.catch_ups.read_sent(&channel);
             match self.broker.read_history(
                 &channel,
                 Some(since),
@@ -765,15 +705,9 @@ impl Reactor {
     /// Delivers the missed events, then the live ones held meanwhile (minus those the history
     /// already had). If the history cannot cover the gap, subscribers are told to reset.
     fn finish_catch_up(&mut self, channel: &str, result: Result<Result<Page, TooOld>, String>) {
-        let Some(catch_up) = self.catch_ups.active.remove(channel) else {
+        let Some(catch_up) = self.catch_ups.finish(channel) else {
             return;
         };
-        let held: usize = catch_up
-            .live
-            .iter()
-            .map(|(_, payload, _)| payload.len())
-            .sum();
-        self.catch_ups.held_bytes -= held;
         let mut seam = catch_up.since;
         match result {
             Ok(Ok(page)) => {
@@ -802,11 +736,11 @@ impl Reactor {
             }
         }
         if seam > catch_up.since && self.fanout.lookup(channel).is_some() {
-            self.catch_ups.seams.insert(channel.to_string(), seam);
+            self.catch_ups.set_seam(channel, seam);
         }
         // Through the seam: those the history already delivered are dropped.
-        for (id, payload, kind) in catch_up.live {
-            self.relay(channel, id, payload, kind);
+        for message in catch_up.held {
+            self.relay(channel, message);
         }
     }
 
@@ -894,9 +828,7 @@ impl Reactor {
                     // The read was lost with the link, not refused by Redis: read again once
                     // the link is back. What the catch-up holds meanwhile is still bounded by
                     // MAX_PENDING_BYTES and REDIS_TIMEOUT_MS (`relay`, `expire_redis_work`).
-                    if let Some(catch_up) = self.catch_ups.active.get_mut(&channel) {
-                        catch_up.read_sent = false;
-                    }
+                    self.catch_ups.read_lost(&channel);
                     return self.continue_catch_ups();
                 }
                 let result = reply
