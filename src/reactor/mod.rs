@@ -56,9 +56,9 @@ use crate::sse;
 use crate::static_files::StaticFiles;
 use crate::ws::deflate::{Deflater, Inflater};
 use crate::ws::frame::{self, close_code};
+use pending::{AwaitingRedis, PendingQueue};
 use process::{Process, Refusal, Stage};
 use publishing::ParkedPublishes;
-use redis::{AwaitingRedis, PendingQueue};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNAL: Token = Token(usize::MAX - 4);

@@ -1,8 +1,11 @@
-//! What each outstanding Redis command is for. Commands on the command link are answered in
-//! the order they were sent, so a FIFO of `Pending` records matches each reply to the request
-//! that waits for it (hiredis's callback queue). Plain data: the modules that send a command
-//! build its record, `publishing.rs` dispatches the reply back to them.
+//! What waits on Redis. Commands on the command link are answered in the order they were
+//! sent, so a FIFO of `Pending` records (`PendingQueue`, counted by kind for the caps) matches
+//! each reply to the request that waits for it (hiredis's callback queue); replays that cannot
+//! read yet wait in `AwaitingRedis` (answered by `REDIS_TIMEOUT_MS` at the latest). The counts
+//! are what `MAX_PENDING_PUBLISHES`, `MAX_PENDING_READS` and `MAX_PENDING_BYTES` cap. Plain data: the modules that send a command build its
+//! record, `publishing.rs` dispatches the reply back to them.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::event::EventId;
@@ -110,5 +113,128 @@ impl PageRead {
 
     pub fn key(&self) -> usize {
         self.key
+    }
+}
+
+/// Commands sent to Redis and not yet answered, oldest first, counted by kind.
+#[derive(Debug, Default)]
+pub(super) struct PendingQueue {
+    queue: VecDeque<Pending>,
+    publishes: usize,
+    /// Bytes of the events of `publishes` (their commands sit in the link's output buffer,
+    /// the kernel's, or Redis's).
+    publish_bytes: usize,
+    reads: usize,
+}
+
+impl PendingQueue {
+    pub fn push_back(&mut self, pending: Pending) {
+        match &pending {
+            Pending::Publish { bytes, .. } => {
+                self.publishes += 1;
+                self.publish_bytes += bytes;
+            }
+            Pending::HttpHistory { .. } | Pending::Replay(_) | Pending::CatchUp { .. } => {
+                self.reads += 1
+            }
+            Pending::Occupancy(work) => self.reads += usize::from(work.is_request()),
+        }
+        self.queue.push_back(pending);
+    }
+
+    pub fn pop_front(&mut self) -> Option<Pending> {
+        let pending = self.queue.pop_front()?;
+        match &pending {
+            Pending::Publish { bytes, .. } => {
+                self.publishes -= 1;
+                self.publish_bytes -= bytes;
+            }
+            Pending::HttpHistory { .. } | Pending::Replay(_) | Pending::CatchUp { .. } => {
+                self.reads -= 1
+            }
+            Pending::Occupancy(work) => self.reads -= usize::from(work.is_request()),
+        }
+        Some(pending)
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn publishes(&self) -> usize {
+        self.publishes
+    }
+
+    pub fn publish_bytes(&self) -> usize {
+        self.publish_bytes
+    }
+
+    pub fn reads(&self) -> usize {
+        self.reads
+    }
+}
+
+/// A subscriber whose next page waits for Redis (link up, subscription confirmed).
+#[derive(Debug)]
+pub(super) struct WaitingReplay {
+    pub key: usize,
+    pub serial: u32,
+    pub channel: Box<str>,
+}
+
+/// Replays waiting for Redis before they can read their history, oldest first.
+#[derive(Debug, Default)]
+pub(super) struct AwaitingRedis {
+    entries: VecDeque<(Instant, WaitingReplay)>,
+}
+
+impl AwaitingRedis {
+    pub fn push(&mut self, waiting: WaitingReplay) {
+        self.entries.push_back((Instant::now(), waiting));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &WaitingReplay> {
+        self.entries.iter().map(|(_, replay)| replay)
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&WaitingReplay) -> bool) {
+        self.entries.retain(|(_, replay)| keep(replay));
+    }
+
+    /// Takes out those `ready` says can go on, keeping the others in order.
+    pub fn take_ready(
+        &mut self,
+        mut ready: impl FnMut(&WaitingReplay) -> bool,
+    ) -> Vec<WaitingReplay> {
+        let (taken, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.entries)
+            .into_iter()
+            .partition(|(_, waiting)| ready(waiting));
+        self.entries = kept;
+        taken.into_iter().map(|(_, waiting)| waiting).collect()
+    }
+
+    /// When the oldest began to wait.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.entries.front().map(|(since, _)| *since)
+    }
+
+    /// Takes out those that began to wait at or before `cutoff`.
+    pub fn take_waiting_since(&mut self, cutoff: Instant) -> Vec<WaitingReplay> {
+        let mut taken = Vec::new();
+        while let Some((since, _)) = self.entries.front()
+            && *since <= cutoff
+        {
+            let (_, replay) = self.entries.pop_front().expect("bug: front was just seen");
+            taken.push(replay);
+        }
+        taken
     }
 }

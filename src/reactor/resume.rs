@@ -8,7 +8,7 @@
 use serde_json::json;
 
 use super::Reactor;
-use super::pending::{PageRead, Pending};
+use super::pending::{PageRead, Pending, WaitingReplay};
 use crate::broker::{Broker, Read};
 use crate::conn::Phase;
 use crate::event::EventId;
@@ -16,14 +16,6 @@ use crate::history::{Page, PageSize, TooOld};
 use crate::replay::Replay;
 use crate::sse;
 use crate::ws::frame;
-
-/// A subscriber whose next page waits for Redis (link up, subscription confirmed).
-#[derive(Debug)]
-pub(super) struct WaitingReplay {
-    pub key: usize,
-    serial: u32,
-    pub channel: Box<str>,
-}
 
 impl Reactor {
     /// Replays `name` to `key` from after `since`, then live.
