@@ -14,8 +14,8 @@ use support::*;
 
 const THREADS: &str = "4";
 
-/// A WebSocket client whose connection comes from `source` (any 127.0.0.0/8 address).
-fn ws_connect_from(port: u16, path: &str, source: [u8; 4]) -> Client {
+/// A connection to Herald from `source` (any 127.0.0.0/8 address), with a read timeout.
+fn connect_from(port: u16, source: [u8; 4]) -> TcpStream {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     socket
@@ -27,6 +27,12 @@ fn ws_connect_from(port: u16, path: &str, source: [u8; 4]) -> Client {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    stream
+}
+
+/// A WebSocket client whose connection comes from `source`.
+fn ws_connect_from(port: u16, path: &str, source: [u8; 4]) -> Client {
+    let stream = connect_from(port, source);
     let url = format!("ws://127.0.0.1:{port}{path}");
     let (ws, response) = tungstenite::client::client(url.as_str(), stream).expect("handshake");
     assert_eq!(response.status(), 101);
@@ -225,19 +231,8 @@ fn the_connection_limits_hold_for_the_whole_process() {
 /// What the server answers `GET /health` from `source` (a refused connection: a 503, then
 /// close).
 fn refused_from(port: u16, source: [u8; 4]) -> String {
-    use socket2::{Domain, Socket, Type};
     use std::io::{Read, Write};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket
-        .bind(&SocketAddr::new(IpAddr::from(source), 0).into())
-        .unwrap();
-    socket
-        .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
-        .unwrap();
-    let mut stream: TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut stream = connect_from(port, source);
     let _ = stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);

@@ -28,8 +28,7 @@ impl Reactor {
             .fanout
             .lookup(name)
             .map_or(0, |channel| self.fanout.subscribers(channel).len());
-        let count = u32::try_from(count).unwrap_or(u32::MAX);
-        self.occupancy.set_local(name, count, now);
+        self.occupancy.set_local(name, saturate(count), now);
     }
 
     /// Every turn: updates whose time has come go out; with Redis, a flush or a read that is
@@ -253,24 +252,15 @@ impl Reactor {
             let reply = count_reply(&channel, count);
             return self.send_http(waiter, reply);
         };
-        if !redis.commands_ready() {
-            let reply = Reply::error(503, "Redis unavailable: counts of other replicas unknown");
-            return self.send_http(waiter, reply);
-        }
-        if let Some(busy) = self.refuse_read() {
-            return self.send_http(waiter, Reply::error(503, &busy));
-        }
-        let Broker::Redis(redis) = &mut self.broker else {
-            return;
-        };
-        let keys = self
+        let ready = redis.commands_ready();
+        let command = self
             .occupancy
             .redis_keys()
-            .expect("bug: Redis without keys");
-        redis.command(&keys.count_command([channel.as_str()]));
-        self.conns[waiter.key].await_broker();
-        self.pending
-            .push_back(Pending::Occupancy(OccupancyWork::Count(waiter, channel)));
+            .expect("bug: Redis without keys")
+            .count_command([channel.as_str()]);
+        self.ask_redis(ready, waiter, &command, |waiter| {
+            OccupancyWork::Count(waiter, channel)
+        });
     }
 
     /// `GET /channels?after=&limit=`: a page of channels in name order, those the asker may
@@ -292,7 +282,28 @@ impl Reactor {
             let reply = self.list_reply(entries, next, grant.as_ref());
             return self.send_http(waiter, reply);
         };
-        if !redis.commands_ready() {
+        let ready = redis.commands_ready();
+        let command = self
+            .occupancy
+            .redis_keys()
+            .expect("bug: Redis without keys")
+            .list_command(after.as_deref(), limit);
+        self.ask_redis(ready, waiter, &command, |waiter| {
+            OccupancyWork::List(waiter, grant)
+        });
+    }
+
+    /// An HTTP request answered from Redis: 503 if the command link is down (`ready` false)
+    /// or too many reads wait (`MAX_PENDING_READS`); else `command` goes out and the
+    /// connection waits for its reply, matched through the pending FIFO as `work`.
+    fn ask_redis(
+        &mut self,
+        ready: bool,
+        waiter: HttpWaiter,
+        command: &[Vec<u8>],
+        work: impl FnOnce(HttpWaiter) -> OccupancyWork,
+    ) {
+        if !ready {
             let reply = Reply::error(503, "Redis unavailable: counts of other replicas unknown");
             return self.send_http(waiter, reply);
         }
@@ -302,14 +313,9 @@ impl Reactor {
         let Broker::Redis(redis) = &mut self.broker else {
             return;
         };
-        let keys = self
-            .occupancy
-            .redis_keys()
-            .expect("bug: Redis without keys");
-        redis.command(&keys.list_command(after.as_deref(), limit));
+        redis.command(command);
         self.conns[waiter.key].await_broker();
-        self.pending
-            .push_back(Pending::Occupancy(OccupancyWork::List(waiter, grant)));
+        self.pending.push_back(Pending::Occupancy(work(waiter)));
     }
 
     /// `{"channels":[{"channel":..,"subscribers":N}..],"next":..}` with this replica's live

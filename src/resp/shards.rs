@@ -328,16 +328,8 @@ impl ShardLinks {
         let index = (token.0 - FIRST_TOKEN) / 2;
         let subscriber = (token.0 - FIRST_TOKEN) % 2 == 1;
         let mut reported = Vec::new();
-        let Some(Some(node)) = self.nodes.get_mut(index) else {
+        let Some(link) = self.link_mut(index, subscriber) else {
             return;
-        };
-        let link = if subscriber {
-            match node.subscriber.as_mut() {
-                Some(link) => link,
-                None => return,
-            }
-        } else {
-            &mut node.command
         };
         link.on_ready(registry, scratch, &mut reported);
         self.absorb(index, subscriber, reported, registry, events);
@@ -400,22 +392,24 @@ impl ShardLinks {
         for index in 0..self.nodes.len() {
             for subscriber in [false, true] {
                 let mut reported = Vec::new();
-                let Some(Some(node)) = self.nodes.get_mut(index) else {
+                let Some(link) = self.link_mut(index, subscriber) else {
                     continue;
-                };
-                let link = if subscriber {
-                    match node.subscriber.as_mut() {
-                        Some(link) => link,
-                        None => continue,
-                    }
-                } else {
-                    &mut node.command
                 };
                 step(link, registry, &mut reported);
                 if !reported.is_empty() {
                     self.absorb(index, subscriber, reported, registry, events);
                 }
             }
+        }
+    }
+
+    /// Node `index`'s subscriber link (`subscriber`) or command link, if it has one.
+    fn link_mut(&mut self, index: usize, subscriber: bool) -> Option<&mut RedisLink> {
+        let node = self.nodes.get_mut(index)?.as_mut()?;
+        if subscriber {
+            node.subscriber.as_mut()
+        } else {
+            Some(&mut node.command)
         }
     }
 
