@@ -227,7 +227,13 @@ impl Broker {
                         max_channels: config.max_channels,
                         ttl_ms: config.history_ttl.map(|ttl| ttl.as_millis() as u64),
                     };
-                    Arc::new(Hub::new(1, limits, config.idempotency, now_ms()))
+                    Arc::new(Hub::new(
+                        1,
+                        limits,
+                        config.idempotency,
+                        config.inbox,
+                        now_ms(),
+                    ))
                 });
                 Broker::Embedded(EmbeddedBroker {
                     hub,

@@ -13,6 +13,7 @@ use clap::Parser;
 use thiserror::Error;
 
 use crate::auth::{Auth, AuthConfigError, AuthSettings};
+use crate::hub::InboxLimits;
 use crate::idempotency::IdempotencyLimits;
 
 /// Herald: a real-time event feed server (HTTP publish, Redis pub/sub, WebSocket fan-out).
@@ -185,6 +186,16 @@ pub struct Cli {
     /// Embedded: most memory the remembered idempotency keys may hold, in bytes.
     #[arg(long, env = "IDEMPOTENCY_MAX_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub idempotency_max_bytes: usize,
+
+    /// Embedded, several reactors: most events waiting in one reactor's inbox (published on
+    /// any reactor since its last turn). Over it, the reactor gets the rest from the history.
+    #[arg(long, env = "INBOX_MAX_EVENTS", default_value_t = 10_000)]
+    pub inbox_max_events: usize,
+
+    /// Embedded, several reactors: most bytes of event JSON waiting in one reactor's inbox.
+    /// Over it, the reactor gets the rest from the history.
+    #[arg(long, env = "INBOX_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub inbox_max_bytes: usize,
 
     /// Seconds to keep serving after SIGTERM, with /health at 503 "draining", before the
     /// shutdown grace begins (Kubernetes: time for the ingress to stop routing here).
@@ -441,6 +452,8 @@ pub struct Config {
     pub idempotency: IdempotencyLimits,
     /// Most events in one `POST /events/batch`.
     pub max_batch_events: usize,
+    /// Embedded: caps of each reactor's inbox (`INBOX_MAX_EVENTS`, `INBOX_MAX_BYTES`).
+    pub inbox: InboxLimits,
     /// Redis mode: how often subscriber counts are written to Redis (`OCCUPANCY_REFRESH_MS`).
     pub occupancy_refresh: Duration,
 }
@@ -576,6 +589,10 @@ impl Config {
             compression: cli.compression == Switch::On,
             compress_min_bytes: cli.compress_min_bytes,
             max_batch_events: positive("MAX_BATCH_EVENTS", cli.max_batch_events)?,
+            inbox: InboxLimits {
+                max_events: positive("INBOX_MAX_EVENTS", cli.inbox_max_events)?,
+                max_bytes: positive("INBOX_MAX_BYTES", cli.inbox_max_bytes)?,
+            },
             // Below 100 ms the flushes would cost Redis more than fresher counts are worth.
             occupancy_refresh: Duration::from_millis(cli.occupancy_refresh_ms.max(100)),
             auth: Auth::from_settings(&AuthSettings {
@@ -622,6 +639,7 @@ impl Config {
                 max_bytes: 32 * 1024 * 1024,
             },
             max_batch_events: 1000,
+            inbox: InboxLimits::default(),
             occupancy_refresh: Duration::from_secs(2),
         }
     }

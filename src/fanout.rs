@@ -114,6 +114,11 @@ impl Fanout {
             .collect()
     }
 
+    /// The names of every channel with subscribers.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.channels.iter().map(|(_, c)| &*c.name)
+    }
+
     /// Adds `key` to the channel `name`. Returns the channel and whether the channel is new
     /// (its first subscriber), or `None` if the connection already had it.
     pub fn subscribe(

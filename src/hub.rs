@@ -10,6 +10,15 @@
 //!
 //! Nothing here is on the per-delivery path: a reactor takes its whole inbox at once, and
 //! each delivery inside a reactor is the same cheap non-atomic handle as with one reactor.
+//!
+//! An inbox is capped (`INBOX_MAX_EVENTS`, `INBOX_MAX_BYTES` of event JSON): a reactor stuck
+//! in a long turn, or starved of CPU, while the others keep publishing would otherwise make
+//! it grow without bound. Past a cap the hub stops queuing for that reactor and only notes
+//! the overrun (`Overrun`): the last id it queued, the newest it dropped, and which channels
+//! lost events. Every dropped event is in the history, so the reactor, when it next takes
+//! its inbox, delivers them from there (`take_overrun`, `read_dropped`), or tells the
+//! channel's subscribers to reset where the history no longer covers the gap. Ids are global
+//! and increasing, so the two ids say exactly what was dropped: after `after`, up to `until`.
 //! The others are woken (their `mio::Waker`) by the publishing reactor once per turn, before
 //! it flushes (`wake_others`), not once per event: a reactor woken per event would take its
 //! inbox one event at a time and write each subscriber once per event, where one reactor
@@ -17,7 +26,7 @@
 //!
 //! With one reactor this is the same broker as before, behind a lock nobody else takes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
@@ -77,6 +86,68 @@ pub enum Accepted {
     Duplicate(EventId),
 }
 
+/// How much one reactor's inbox may hold before the hub stops queuing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxLimits {
+    /// Events (`INBOX_MAX_EVENTS`).
+    pub max_events: usize,
+    /// Bytes of event JSON (`INBOX_MAX_BYTES`).
+    pub max_bytes: usize,
+}
+
+impl Default for InboxLimits {
+    /// As many events, and bytes, as a Redis-mode reactor may hold waiting on Redis
+    /// (`MAX_PENDING_PUBLISHES`, `MAX_PENDING_BYTES`).
+    fn default() -> Self {
+        InboxLimits {
+            max_events: 10_000,
+            max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Which cap an inbox reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxCap {
+    Events,
+    Bytes,
+}
+
+/// Events the hub did not queue for a reactor whose inbox was full. They are all in the
+/// history (unless it has let them go since): ids after `after`, up to `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overrun {
+    /// The newest id queued before the overrun: the reactor had, or has, everything up to it.
+    pub after: EventId,
+    /// The newest id dropped: everything after it is queued again.
+    pub until: EventId,
+    /// How many events were dropped.
+    pub dropped: u64,
+    pub cap: InboxCap,
+    /// The channels that lost events; `None` when they were more than an inbox may hold
+    /// events (then every channel the reactor has subscribers on must be read).
+    pub channels: Option<HashSet<Box<str>>>,
+}
+
+impl Overrun {
+    /// Notes one more dropped event. The channel set is bounded by `max_channels`: past it,
+    /// the set is let go for "every channel", so an overrun holds no more names than an inbox
+    /// holds events.
+    fn dropped(&mut self, event: &SharedEvent, max_channels: usize) {
+        self.until = event.id;
+        self.dropped += 1;
+        if let Some(channels) = &mut self.channels
+            && !channels.contains(&event.channel)
+        {
+            if channels.len() >= max_channels {
+                self.channels = None;
+            } else {
+                channels.insert(event.channel.clone());
+            }
+        }
+    }
+}
+
 /// One reactor's mailbox.
 #[derive(Debug, Default)]
 struct Inbox {
@@ -87,10 +158,54 @@ struct Inbox {
 #[derive(Debug, Default)]
 struct Mail {
     events: Vec<Arc<SharedEvent>>,
+    /// JSON bytes of `events` (`INBOX_MAX_BYTES`).
+    bytes: usize,
+    /// Set when an event did not fit: from then on nothing is queued until the reactor takes
+    /// the overrun (`take_overrun`), so what it gets from the history and what it finds in
+    /// its inbox afterwards meet exactly at `until`.
+    overrun: Option<Overrun>,
     /// A wake-up is on its way and the events are not taken yet: no need for another.
     woken: bool,
     /// The reactor has stopped: nothing is kept for it any more (it would never be taken).
     closed: bool,
+}
+
+impl Mail {
+    /// Queues `event`, unless the inbox is over a cap or already overrun: then the event is
+    /// only noted as dropped. One event always fits an empty inbox (whatever its size: a
+    /// publish is bounded by `MAX_BODY_BYTES`), so an overrun always starts after an id the
+    /// reactor was given.
+    fn offer(&mut self, event: &Arc<SharedEvent>, limits: InboxLimits) {
+        if self.closed {
+            return;
+        }
+        if let Some(overrun) = &mut self.overrun {
+            return overrun.dropped(event, limits.max_events);
+        }
+        let cap = match self.events.last() {
+            None => None,
+            Some(_) if self.events.len() >= limits.max_events => Some(InboxCap::Events),
+            Some(_) if self.bytes + event.json.len() > limits.max_bytes => Some(InboxCap::Bytes),
+            Some(_) => None,
+        };
+        match (cap, self.events.last()) {
+            (Some(cap), Some(last)) => {
+                let mut overrun = Overrun {
+                    after: last.id,
+                    until: event.id,
+                    dropped: 0,
+                    cap,
+                    channels: Some(HashSet::new()),
+                };
+                overrun.dropped(event, limits.max_events);
+                self.overrun = Some(overrun);
+            }
+            _ => {
+                self.bytes += event.json.len();
+                self.events.push(event.clone());
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -106,6 +221,7 @@ struct State {
 pub struct Hub {
     state: Mutex<State>,
     inboxes: Box<[Inbox]>,
+    inbox_limits: InboxLimits,
 }
 
 impl Inbox {
@@ -119,6 +235,7 @@ impl Hub {
         reactors: usize,
         history: HistoryLimits,
         idempotency: IdempotencyLimits,
+        inbox_limits: InboxLimits,
         now_ms: u64,
     ) -> Hub {
         Hub {
@@ -128,6 +245,7 @@ impl Hub {
                 subscribers: BTreeMap::new(),
             }),
             inboxes: (0..reactors.max(1)).map(|_| Inbox::default()).collect(),
+            inbox_limits,
         }
     }
 
@@ -162,10 +280,7 @@ impl Hub {
             .unwrap_or(0);
         let shared = Arc::new(SharedEvent::new(&event.channel, id, json));
         for inbox in self.inboxes.iter() {
-            let mut mail = inbox.mail();
-            if !mail.closed {
-                mail.events.push(shared.clone());
-            }
+            inbox.mail().offer(&shared, self.inbox_limits);
         }
         Accepted::Sequenced { id, receivers }
     }
@@ -177,7 +292,7 @@ impl Hub {
                 continue;
             }
             let mut mail = inbox.mail();
-            if mail.events.is_empty() || mail.woken {
+            if (mail.events.is_empty() && mail.overrun.is_none()) || mail.woken {
                 continue;
             }
             mail.woken = true;
@@ -193,7 +308,33 @@ impl Hub {
     pub fn take_inbox(&self, index: usize, spare: Vec<Arc<SharedEvent>>) -> Vec<Arc<SharedEvent>> {
         let mut mail = self.inboxes[index].mail();
         mail.woken = false;
+        mail.bytes = 0;
         std::mem::replace(&mut mail.events, spare)
+    }
+
+    /// What the hub dropped for reactor `index` since its inbox overran, if it did; queuing
+    /// starts again with the next event. Take it after the inbox (`take_inbox`): the inbox
+    /// holds events up to `after`, and the events dropped in between are in `until`.
+    pub fn take_overrun(&self, index: usize) -> Option<Overrun> {
+        self.inboxes[index].mail().overrun.take()
+    }
+
+    /// A page of the events `overrun` dropped on `channel`, after `since` (`overrun.after`
+    /// first, then the last id of the previous page): none newer than `overrun.until`,
+    /// which the inbox brings. `TooOld` if the history has let some of them go.
+    pub fn read_dropped(
+        &self,
+        channel: &str,
+        overrun: &Overrun,
+        since: EventId,
+        size: PageSize,
+    ) -> Result<Page, TooOld> {
+        let mut page = self.read_history(channel, Some(since), size)?;
+        if let Some(newer) = page.events.iter().position(|e| e.id > overrun.until) {
+            page.events.truncate(newer);
+            page.more = false;
+        }
+        Ok(page)
     }
 
     /// Reactor `index` has stopped (shutdown done, or it failed): its inbox is dropped and
@@ -202,6 +343,8 @@ impl Hub {
         let mut mail = self.inboxes[index].mail();
         mail.closed = true;
         mail.events = Vec::new();
+        mail.bytes = 0;
+        mail.overrun = None;
     }
 
     /// A page of `channel`'s history after `since` (see `History::read`).
@@ -308,6 +451,10 @@ mod tests {
     use super::*;
 
     fn hub(reactors: usize) -> Hub {
+        hub_with(reactors, InboxLimits::default())
+    }
+
+    fn hub_with(reactors: usize, inbox: InboxLimits) -> Hub {
         let history = HistoryLimits {
             events_per_channel: 10,
             max_bytes: 1 << 20,
@@ -319,7 +466,7 @@ mod tests {
             max_keys: 100,
             max_bytes: 1 << 20,
         };
-        Hub::new(reactors, history, idempotency, 1_000)
+        Hub::new(reactors, history, idempotency, inbox, 1_000)
     }
 
     fn event(channel: &str, message: &str) -> Event {
@@ -402,6 +549,158 @@ mod tests {
         }
         assert_eq!(hub.subscribers("a"), 0);
         assert!(hub.lock().subscribers.is_empty());
+    }
+
+    fn published(hub: &Hub, channel: &str, message: &str) -> EventId {
+        match hub.publish(&event(channel, message), None, 2_000) {
+            Accepted::Sequenced { id, .. } => id,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn page_ids(page: &Page) -> Vec<EventId> {
+        page.events.iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn should_stop_queuing_past_the_count_cap_and_say_exactly_what_was_dropped() {
+        let hub = hub_with(
+            2,
+            InboxLimits {
+                max_events: 3,
+                max_bytes: 1 << 20,
+            },
+        );
+        let sent: Vec<EventId> = ["a", "b", "c", "a", "a"]
+            .iter()
+            .map(|c| published(&hub, c, "m"))
+            .collect();
+        assert_eq!(ids(&hub.take_inbox(1, Vec::new())), sent[..3]);
+        // Nothing is queued while the overrun is not taken, even into the emptied inbox.
+        let late = published(&hub, "b", "m");
+        assert!(hub.take_inbox(1, Vec::new()).is_empty());
+        let overrun = hub.take_overrun(1).expect("overrun");
+        assert_eq!((overrun.after, overrun.until), (sent[2], late));
+        assert_eq!((overrun.dropped, overrun.cap), (3, InboxCap::Events));
+        let mut channels: Vec<&str> = overrun.channels.iter().flatten().map(|c| &**c).collect();
+        channels.sort();
+        assert_eq!(channels, ["a", "b"]);
+        assert_eq!(hub.take_overrun(1), None);
+        // Queuing again, right after `until`.
+        let next = published(&hub, "a", "m");
+        assert_eq!(ids(&hub.take_inbox(1, Vec::new())), [next]);
+        // The history has the gap, and the read stops at `until` though `next` is newer.
+        let size = PageSize::events(10);
+        let page = hub
+            .read_dropped("a", &overrun, overrun.after, size)
+            .unwrap();
+        assert_eq!(
+            (page_ids(&page), page.more),
+            (vec![sent[3], sent[4]], false)
+        );
+        let page = hub
+            .read_dropped("a", &overrun, overrun.after, PageSize::events(1))
+            .unwrap();
+        assert_eq!((page_ids(&page), page.more), (vec![sent[3]], true));
+        let page = hub.read_dropped("a", &overrun, sent[3], size).unwrap();
+        assert_eq!(page_ids(&page), [sent[4]]);
+        assert_eq!(
+            page_ids(
+                &hub.read_dropped("b", &overrun, overrun.after, size)
+                    .unwrap()
+            ),
+            [late]
+        );
+    }
+
+    #[test]
+    fn should_take_one_event_of_any_size_then_stop_at_the_byte_cap() {
+        let hub = hub_with(
+            2,
+            InboxLimits {
+                max_events: 100,
+                max_bytes: 10,
+            },
+        );
+        let first = published(&hub, "a", "larger than ten bytes");
+        let second = published(&hub, "a", "x");
+        assert_eq!(ids(&hub.take_inbox(1, Vec::new())), [first]);
+        let overrun = hub.take_overrun(1).expect("overrun");
+        assert_eq!(
+            (overrun.after, overrun.until, overrun.cap),
+            (first, second, InboxCap::Bytes)
+        );
+        // The byte count starts again with the inbox.
+        let third = published(&hub, "a", "x");
+        assert_eq!(ids(&hub.take_inbox(1, Vec::new())), [third]);
+        assert_eq!(hub.take_overrun(1), None);
+    }
+
+    #[test]
+    fn should_forget_which_channels_when_more_than_an_inbox_holds() {
+        let hub = hub_with(
+            2,
+            InboxLimits {
+                max_events: 2,
+                max_bytes: 1 << 20,
+            },
+        );
+        for channel in ["a", "b", "c", "d"] {
+            published(&hub, channel, "m");
+        }
+        let overrun = hub.take_overrun(1).expect("overrun");
+        assert_eq!(overrun.channels.map(|c| c.len()), Some(2));
+        hub.take_inbox(1, Vec::new());
+        for channel in ["a", "b", "c", "d", "e"] {
+            published(&hub, channel, "m");
+        }
+        let overrun = hub.take_overrun(1).expect("overrun");
+        assert_eq!((overrun.dropped, overrun.channels), (3, None));
+    }
+
+    #[test]
+    fn should_refuse_to_read_a_gap_the_history_no_longer_covers() {
+        // HISTORY_LEN is 10 here: 12 events on "a" rotate the first two out.
+        let hub = hub_with(
+            2,
+            InboxLimits {
+                max_events: 1,
+                max_bytes: 1 << 20,
+            },
+        );
+        for n in 0..12 {
+            published(&hub, "a", &n.to_string());
+        }
+        hub.take_inbox(1, Vec::new());
+        let overrun = hub.take_overrun(1).expect("overrun");
+        assert_eq!(overrun.dropped, 11);
+        assert!(
+            hub.read_dropped("a", &overrun, overrun.after, PageSize::events(100))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn should_wake_a_reactor_that_overran_and_keep_nothing_once_it_stopped() {
+        let hub = hub_with(
+            2,
+            InboxLimits {
+                max_events: 1,
+                max_bytes: 1 << 20,
+            },
+        );
+        published(&hub, "a", "m");
+        published(&hub, "a", "m");
+        hub.take_inbox(1, Vec::new());
+        hub.wake_others(0);
+        assert!(
+            hub.inboxes[1].mail().woken,
+            "an overrun alone is worth a wake-up"
+        );
+        hub.close_inbox(1);
+        published(&hub, "a", "m");
+        assert_eq!(hub.take_overrun(1), None);
+        assert!(!hub.has_mail(1));
     }
 
     #[test]

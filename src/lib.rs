@@ -25,7 +25,8 @@
 //! - `channel`      channel names, lists, resume points, Redis names
 //! - `idempotency`  the embedded broker's recent `Idempotency-Key`s (capped in count, bytes,
 //!   age): a retried publish is answered, not delivered again
-//! - `hub`          embedded: ids, history and idempotency for every reactor; their inboxes
+//! - `hub`          embedded: ids, history and idempotency for every reactor; their inboxes,
+//!   capped (what an overrun dropped is read back from the history)
 //! - `history`      the embedded broker's recent events per channel (capped in bytes, channels,
 //!   age); pages of it
 //! - `replay`       a resuming subscriber: which page next, what to do with live events meanwhile

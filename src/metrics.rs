@@ -86,6 +86,11 @@ pub mod limit {
     /// An occupancy watch refused: the connection's cap (subscriptions and watches
     /// together), or `MAX_SUBSCRIBED_CHANNELS` channels watched.
     pub const OCCUPANCY_WATCHES: &str = "occupancy_watches";
+    /// Embedded, several reactors: a reactor's inbox reached `INBOX_MAX_EVENTS`; what did not
+    /// fit was delivered from the history (or its channels' subscribers told to reset).
+    pub const INBOX_EVENTS: &str = "inbox_events";
+    /// The same for `INBOX_MAX_BYTES`.
+    pub const INBOX_BYTES: &str = "inbox_bytes";
 }
 
 fn add_all<K: Ord + Copy>(mine: &mut BTreeMap<K, u64>, theirs: &BTreeMap<K, u64>) {

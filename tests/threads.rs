@@ -469,3 +469,127 @@ fn max_subscribed_channels_counts_every_reactors_channels() {
         ) == Some(3.0)
     });
 }
+
+/// Publishes `count` events in one `POST /events/batch`, alternating over `channels`, each
+/// numbered in its message: one request, so one turn of the reactor it lands on, while the
+/// other reactors' inboxes fill (they are woken once that turn ends).
+fn publish_batch(port: u16, channels: &[&str], count: usize) -> Vec<(String, String)> {
+    let events: Vec<Value> = (0..count)
+        .map(|i| {
+            let channel = channels[i % channels.len()];
+            serde_json::json!({"type": "b", "message": format!("{channel}-{i}"), "channel": channel})
+        })
+        .collect();
+    let body = Value::Array(events.clone()).to_string();
+    let reply = post(port, "/events/batch", Some("application/json"), &body);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["ok"], count, "{}", reply.body);
+    events
+        .iter()
+        .map(|e| {
+            let channel = e["channel"].as_str().unwrap().to_string();
+            (channel, e["message"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// `INBOX_MAX_EVENTS` 2: a batch of 40 overruns the inbox of every reactor but the one that
+/// publishes. Those reactors get the rest from the history: every client on every reactor
+/// gets every event, each channel in its one order, and the overrun is counted.
+#[test]
+fn a_reactor_whose_inbox_overran_delivers_the_rest_from_the_history() {
+    let herald = Herald::with(&["--threads", "2"], &[("INBOX_MAX_EVENTS", "2")]);
+    let mut clients = clients_on_several_reactors(&herald, "/ws?channels=orders,deploys", 16);
+    let published = publish_batch(herald.port, &["orders", "deploys"], 40);
+    let mut first_ids: Option<Vec<String>> = None;
+    for client in &mut clients {
+        let mut got: Vec<(String, String, String)> = (0..published.len())
+            .map(|_| {
+                let event = next_event(client);
+                assert_eq!(event["type"], "b", "a notice instead of an event: {event}");
+                let field = |name: &str| event[name].as_str().unwrap().to_string();
+                (field("channel"), field("message"), field("id"))
+            })
+            .collect();
+        for channel in ["orders", "deploys"] {
+            let expected: Vec<&String> = published
+                .iter()
+                .filter(|(c, _)| c == channel)
+                .map(|(_, m)| m)
+                .collect();
+            let mine: Vec<&(String, String, String)> =
+                got.iter().filter(|(c, _, _)| c == channel).collect();
+            let messages: Vec<&String> = mine.iter().map(|(_, m, _)| m).collect();
+            assert_eq!(messages, expected, "{channel}: every event, in order");
+            assert!(
+                mine.windows(2).all(|w| id_key(&w[0].2) < id_key(&w[1].2)),
+                "{channel}: ids increase"
+            );
+        }
+        // Every reactor delivered the same ids (each channel's one order).
+        got.sort_by_key(|(_, _, id)| id_key(id));
+        let ids: Vec<String> = got.into_iter().map(|(_, _, id)| id).collect();
+        assert_eq!(ids, *first_ids.get_or_insert_with(|| ids.clone()));
+    }
+    wait_until("the overrun counted", || {
+        metric(
+            herald.port,
+            "herald_limit_hits_total{limit=\"inbox_events\"}",
+        )
+        .is_some_and(|n| n >= 1.0)
+    });
+    // Queuing goes on afterwards, for everyone.
+    publish_to(herald.port, "orders", "after", "1");
+    for client in &mut clients {
+        assert_eq!(next_event(client)["type"], "after");
+    }
+    assert!(
+        herald.log().contains("INBOX_MAX_EVENTS"),
+        "{}",
+        herald.log()
+    );
+}
+
+/// With `HISTORY_LEN` 4 the history no longer holds what an overrun dropped: the clients of
+/// the reactor that overran get a reset notice from the last event they got, never a silent
+/// gap, then live events again.
+#[test]
+fn an_overrun_the_history_cannot_cover_sends_a_reset_notice() {
+    let herald = Herald::with(
+        &["--threads", "2"],
+        &[("INBOX_MAX_EVENTS", "2"), ("HISTORY_LEN", "4")],
+    );
+    let mut clients = clients_on_several_reactors(&herald, "/ws?channels=orders", 16);
+    let published = publish_batch(herald.port, &["orders"], 40);
+    publish_to(herald.port, "orders", "probe", "probe");
+    let mut resets = 0;
+    for client in &mut clients {
+        let mut got = Vec::new();
+        let mut last_id = None;
+        loop {
+            let event = next_event(client);
+            if event["op"] == "reset" {
+                assert_eq!(event["channel"], "orders", "{event}");
+                assert_eq!(event["since"].as_str(), last_id.as_deref(), "{event}");
+                resets += 1;
+                let probe = next_event(client);
+                assert_eq!(probe["type"], "probe", "{probe}");
+                break;
+            }
+            assert_eq!(event["channel"], "orders", "{event}");
+            if event["type"] == "probe" {
+                assert_eq!(got.len(), published.len(), "every event before the probe");
+                break;
+            }
+            got.push(event["message"].as_str().unwrap().to_string());
+            last_id = event["id"].as_str().map(str::to_string);
+        }
+        let expected: Vec<&String> = published.iter().map(|(_, m)| m).collect();
+        assert_eq!(
+            got.iter().collect::<Vec<_>>(),
+            expected[..got.len()],
+            "in order, no gap"
+        );
+    }
+    assert!(resets > 0, "no client was on a reactor that overran");
+}

@@ -21,6 +21,7 @@ mod auth;
 mod http;
 mod occupancy;
 mod outcome;
+mod overrun;
 mod pending;
 mod per_ip;
 pub mod process;

@@ -64,6 +64,7 @@ impl Process {
                 reactors,
                 history,
                 config.idempotency,
+                config.inbox,
                 broker::now_ms(),
             ))
         });

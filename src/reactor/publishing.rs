@@ -471,6 +471,7 @@ impl Reactor {
             self.deliver_shared(&event);
         }
         self.inbox = events;
+        self.recover_overrun();
     }
 
     /// One event from the hub to this reactor's subscribers of its channel. Its frames are
