@@ -7,6 +7,9 @@
 //!   catch-up from the newest id it delivered (`begin`).
 //! - Once the subscription is confirmed again the reactor reads the stream after that id
 //!   (`reads_due`, `read_sent`; a read lost with the link is sent again: `read_lost`).
+//! - A subscription lost again while the read is out makes that read's answer worthless
+//!   (`read_overtaken`): Redis may have run it before events the lost subscription never
+//!   brought, so the catch-up stays and reads again once the subscription is back.
 //! - Live messages meanwhile are held (`on_live` -> `Hold`), in bytes within a budget
 //!   (`MAX_PENDING_BYTES`, over every channel) and in time (`holding_since`, answered by the
 //!   reactor after `REDIS_TIMEOUT_MS`): past either, the catch-up is given up
@@ -59,6 +62,8 @@ pub struct Finished {
 struct CatchUp {
     since: EventId,
     read_sent: bool,
+    /// The subscription was lost again while the read was out.
+    overtaken: bool,
     held: Vec<LiveMessage>,
     /// When the first live message was held: the reactor gives the catch-up up
     /// `REDIS_TIMEOUT_MS` later at the latest.
@@ -77,15 +82,18 @@ pub struct CatchUps {
 
 impl CatchUps {
     /// The subscription of `channel` was lost; it had delivered up to `since`. A channel
-    /// already catching up keeps its first point (nothing after it was delivered since).
+    /// already catching up keeps its first point (nothing after it was delivered since); if
+    /// its read is out, that read cannot cover what this loss misses (`read_overtaken`).
     pub fn begin(&mut self, channel: String, since: EventId) {
         self.seams.remove(&channel);
-        self.active.entry(channel).or_insert(CatchUp {
+        let catch_up = self.active.entry(channel).or_insert(CatchUp {
             since,
             read_sent: false,
+            overtaken: false,
             held: Vec::new(),
             holding_since: None,
         });
+        catch_up.overtaken = catch_up.read_sent;
     }
 
     pub fn is_active(&self, channel: &str) -> bool {
@@ -108,11 +116,20 @@ impl CatchUps {
         }
     }
 
-    /// The read was lost with the link (not refused by Redis): it is due again.
+    /// The read was lost with the link (not refused by Redis), or overtaken: it is due again.
     pub fn read_lost(&mut self, channel: &str) {
         if let Some(catch_up) = self.active.get_mut(channel) {
             catch_up.read_sent = false;
+            catch_up.overtaken = false;
         }
+    }
+
+    /// Whether the subscription of `channel` was lost again while its read was out. The
+    /// answer must then not end the catch-up: events published after Redis ran the read and
+    /// before the subscription is back are in neither the page nor the live stream. (The
+    /// page is dropped whole; the next read, from the same point, brings it again.)
+    pub fn read_overtaken(&self, channel: &str) -> bool {
+        self.active.get(channel).is_some_and(|c| c.overtaken)
     }
 
     /// A live message on `channel`. `budget`: the most bytes held over every channel.
@@ -257,6 +274,28 @@ mod tests {
             Live::Deliver(_)
         ));
         assert_eq!(c.on_live("a", message(Some(49), "y"), 100), Live::Skip);
+    }
+
+    #[test]
+    fn should_read_again_when_the_subscription_is_lost_while_the_read_is_out() {
+        let mut c = CatchUps::default();
+        c.begin("a".into(), id(10));
+        // Lost again before the read went out: nothing to undo.
+        c.begin("a".into(), id(10));
+        assert!(!c.read_overtaken("a"));
+        c.read_sent("a");
+        assert_eq!(c.on_live("a", message(Some(11), "11"), 100), Live::Held);
+        // Lost again while the read is out: Redis may have run it before events the lost
+        // subscription never brought. Its answer must not end the catch-up.
+        c.begin("a".into(), id(11));
+        assert!(c.read_overtaken("a"));
+        c.read_lost("a");
+        assert!(!c.read_overtaken("a"));
+        assert_eq!(c.reads_due(|_| true), vec![("a".to_string(), id(10))]);
+        c.read_sent("a");
+        assert!(!c.read_overtaken("a"));
+        // What it held meanwhile is kept for the seam.
+        assert_eq!(c.finish("a").unwrap().held, vec![message(Some(11), "11")]);
     }
 
     #[test]

@@ -825,9 +825,10 @@ impl Reactor {
             }
             Pending::Occupancy(work) => self.on_occupancy_reply(work, reply),
             Pending::CatchUp { channel, since } => {
-                if reply.is_err() {
-                    // The read was lost with the link, not refused by Redis: read again once
-                    // the link is back. What the catch-up holds meanwhile is still bounded by
+                if reply.is_err() || self.catch_ups.read_overtaken(&channel) {
+                    // The read was lost with the link, not refused by Redis, or the
+                    // subscription was lost again meanwhile: read again once both are back.
+                    // What the catch-up holds meanwhile is still bounded by
                     // MAX_PENDING_BYTES and REDIS_TIMEOUT_MS (`relay`, `expire_redis_work`).
                     self.catch_ups.read_lost(&channel);
                     return self.continue_catch_ups();
