@@ -286,6 +286,75 @@ impl Broker {
         }
     }
 
+    /// The Redis side, for what only it has: its links' sockets and timers, commands of
+    /// other modules (occupancy), reads that wait for the link (`Coordinator`).
+    pub fn redis(&self) -> Option<&RedisBroker> {
+        match self {
+            Broker::Embedded(_) => None,
+            Broker::Redis(redis) => Some(redis),
+        }
+    }
+
+    pub fn redis_mut(&mut self) -> Option<&mut RedisBroker> {
+        match self {
+            Broker::Embedded(_) => None,
+            Broker::Redis(redis) => Some(redis),
+        }
+    }
+
+    /// The process's hub, when embedded: its counts over every reactor, its gauges.
+    pub fn hub(&self) -> Option<&Arc<Hub>> {
+        match self {
+            Broker::Embedded(embedded) => Some(&embedded.hub),
+            Broker::Redis(_) => None,
+        }
+    }
+
+    /// Whether work waits on Redis (and its caps apply): false when embedded, where every
+    /// publish and read is answered at once.
+    pub fn waits(&self) -> bool {
+        matches!(self, Broker::Redis(_))
+    }
+
+    /// A local client joined `channel`; `first`: the channel's first here. Embedded, the hub
+    /// counts every client of the process; with Redis, the channel is subscribed to once.
+    pub fn joined(&mut self, channel: &str, first: bool) {
+        match self {
+            Broker::Embedded(embedded) => embedded.hub.count_subscriber(channel, true),
+            Broker::Redis(redis) if first => redis.subscribe(channel),
+            Broker::Redis(_) => {}
+        }
+    }
+
+    /// A local client left `channel`; `last`: no one is left here.
+    pub fn left(&mut self, channel: &str, last: bool) {
+        match self {
+            Broker::Embedded(embedded) => embedded.hub.count_subscriber(channel, false),
+            Broker::Redis(redis) if last => redis.unsubscribe(channel),
+            Broker::Redis(_) => {}
+        }
+    }
+
+    /// The end of a reactor's turn, before it flushes: embedded, the other reactors are
+    /// woken if this one published (they write meanwhile).
+    pub fn end_turn(&mut self) {
+        if let Broker::Embedded(embedded) = self {
+            embedded.wake_others();
+        }
+    }
+
+    /// When the Redis links next need the reactor (connects, stalls, idle checks).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.redis().map(RedisBroker::next_deadline)
+    }
+
+    /// The reactor is stopping: embedded, nothing more is kept for it in the hub.
+    pub fn close(&self, reactor: usize) {
+        if let Broker::Embedded(embedded) = self {
+            embedded.hub.close_inbox(reactor);
+        }
+    }
+
     /// For `/health`: `embedded`, or the Redis link state: `connected`, `stalled` (Redis
     /// stopped answering: a command or a handshake timed out, and no new connection has been
     /// answered since), `disconnected`, or on a cluster `degraded` (some shards reachable,
@@ -551,7 +620,7 @@ impl RedisBroker {
         Publish::Pending
     }
 
-    fn read_history(&mut self, channel: &str, since: Option<EventId>, size: PageSize) -> Read {
+    pub fn read_history(&mut self, channel: &str, since: Option<EventId>, size: PageSize) -> Read {
         let redis_channel = self.names.channel(channel);
         let slot = key_slot(redis_channel.as_bytes());
         let stream = match &self.links {

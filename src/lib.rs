@@ -6,7 +6,8 @@
 //! ```text
 //! client readable -> scratch buffer -> Conn tail -> http::parse | ws::frame
 //!   -> http::route -> Action::Publish(event) -> Broker
-//!        Embedded: -> Fanout                     Redis: PUBLISH, waiter queued (FIFO)
+//!        Embedded: -> hub -> every reactor's inbox -> Fanout
+//!        Redis: PUBLISH, waiter recorded (coordinator's FIFO) -> reply -> Answer -> reactor
 //! Redis SUB readable -> resp::cmd::Decoder (limits) -> payload (event shape, size checked) -> Fanout
 //! Fanout::deliver -> ws::frame::text once -> Bytes -> OutQueue::push(clone) per subscriber
 //! end of turn -> flush each dirty Conn (writev) -> leftovers? ask WRITABLE -> flush again
@@ -20,6 +21,8 @@
 //! - `auth`         JWT verification, channel patterns, grants and their expiry (no sockets)
 //! - `ws`           the upgrade handshake; frames in (validated) and out (built once)
 //! - `broker`       embedded or Redis: where a publish goes
+//! - `coordinator`  what waits on Redis (commands in flight, parked publishes, replays waiting
+//!   for the link, catch-ups), its caps and timeouts, what each reply means (no sockets)
 //! - `resp`         RESP commands and replies (redis-protocol, within limits); the Redis link;
 //!   Redis Cluster slots, redirects and the slot map (`resp::cluster`, no sockets)
 //! - `channel`      channel names, lists, resume points, Redis names
@@ -48,6 +51,7 @@ pub mod catch_up;
 pub mod channel;
 pub mod config;
 pub mod conn;
+pub mod coordinator;
 pub mod event;
 pub mod fanout;
 pub mod history;

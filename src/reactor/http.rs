@@ -10,19 +10,18 @@
 use bytes::Bytes;
 use serde_json::json;
 
-use super::pending::{HistoryRequest, HttpWaiter, Pending};
 use super::process::Report;
 use super::{CLOSE_TIMEOUT_SECS, Reactor};
-use crate::broker::{self, Broker, Read};
+use crate::broker::{Read, RedisBroker};
 use crate::conn::{CloseReason, Phase};
+use crate::coordinator::ReadFailure;
+use crate::coordinator::pending::{HistoryRequest, HttpWaiter, Pending};
 use crate::history::{Page, PageSize, TooOld};
 use crate::http::parse::{Method, Parsed, Request, parse};
 use crate::http::publish::largest_frame_bytes;
 use crate::http::reply::Reply;
 use crate::http::route::{self, Action, route};
 use crate::metrics::{ClusterCounts, Gauges, Metrics, limit};
-use crate::resp::cmd;
-use crate::resp::link::LinkFailure;
 
 /// The interim answer to `Expect: 100-continue` (RFC 9110 15.2.1).
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -89,7 +88,7 @@ impl Reactor {
                     }
                 }
                 Action::PublishBatch(items) => {
-                    use super::outcome::Shape;
+                    use crate::coordinator::outcome::Shape;
                     self.publish_group(key, keep_alive, Shape::Batch, None, items);
                 }
                 Action::History {
@@ -218,7 +217,7 @@ impl Reactor {
             }
             Read::Pending => {
                 self.conns[request.key].await_broker();
-                self.pending.push_back(Pending::HttpHistory(request));
+                self.redis_work.sent(Pending::HttpHistory(request));
             }
         }
     }
@@ -227,24 +226,14 @@ impl Reactor {
     pub(super) fn answer_history(
         &mut self,
         request: HistoryRequest,
-        reply: Result<cmd::Reply, LinkFailure>,
+        result: Result<Result<Page, TooOld>, ReadFailure>,
     ) {
-        let reply = match reply {
+        let reply = match result {
+            Ok(result) => history_reply(&request, result),
             Err(failure) if failure.timed_out => {
                 Reply::json(504, &json!({ "error": "redis timeout" }))
             }
-            reply => match reply
-                .map_err(|failure| failure.reason)
-                .and_then(|r| broker::parse_history(r, request.since))
-            {
-                Ok(result) => {
-                    if let Ok(page) = &result {
-                        self.confirm_ids(&page.events);
-                    }
-                    history_reply(&request, result)
-                }
-                Err(why) => Reply::error(503, &why),
-            },
+            Err(failure) => Reply::error(503, &failure.reason),
         };
         let reply = reply.for_head(request.head_only);
         self.answer_waiting(request.key, request.serial, reply, request.keep_alive);
@@ -293,17 +282,16 @@ impl Reactor {
             (200, "ok")
         };
         let (_, gauges) = self.process_metrics();
-        let redis = match &self.broker {
-            Broker::Embedded(_) => serde_json::Value::Null,
+        let state_of_links = self.broker.state();
+        let redis = match gauges.redis_up {
+            None => serde_json::Value::Null,
             // Each reactor has its own links: say so if some other reactor's are down.
-            broker if gauges.redis_up == Some(false) && broker.state() == "connected" => {
-                json!("partial")
-            }
-            broker => json!(broker.state()),
+            Some(false) if state_of_links == "connected" => json!("partial"),
+            Some(_) => json!(state_of_links),
         };
         let mut body = json!({
             "status": state,
-            "broker": if matches!(self.broker, Broker::Embedded(_)) { "embedded" } else { "redis" },
+            "broker": if self.broker.waits() { "redis" } else { "embedded" },
             "redis": redis,
             "connections": self.process.connections(),
             "websockets": gauges.websockets,
@@ -315,9 +303,7 @@ impl Reactor {
         if let Some(e) = self.broker.last_error() {
             body["redis_error"] = json!(e);
         }
-        if let Broker::Redis(redis) = &self.broker
-            && let Some(shards) = redis.shards()
-        {
+        if let Some(shards) = self.broker.redis().and_then(RedisBroker::shards) {
             body["shards"] = shards
                 .iter()
                 .map(|shard| {
@@ -357,8 +343,8 @@ impl Reactor {
             }
             (std::borrow::Cow::Owned(metrics), gauges)
         };
-        if let Broker::Embedded(embedded) = &self.broker {
-            let (history, idempotency) = embedded.hub.gauges();
+        if let Some(hub) = self.broker.hub() {
+            let (history, idempotency) = hub.gauges();
             gauges.history = Some(history);
             gauges.idempotency = Some(idempotency);
         }
@@ -379,18 +365,16 @@ impl Reactor {
             http: self.conns.len() - self.websockets - self.sse_streams,
             websockets: self.websockets,
             sse: self.sse_streams,
-            redis_up: match &self.broker {
-                Broker::Embedded(_) => None,
-                Broker::Redis(redis) => Some(redis.is_ready()),
-            },
-            cluster: match &self.broker {
-                Broker::Redis(redis) => redis.cluster_counts().map(|c| ClusterCounts {
+            redis_up: self.broker.redis().map(RedisBroker::is_ready),
+            cluster: self
+                .broker
+                .redis()
+                .and_then(RedisBroker::cluster_counts)
+                .map(|c| ClusterCounts {
                     redirects: c.redirects,
                     refreshes: c.refreshes,
                     failovers: c.failovers,
                 }),
-                Broker::Embedded(_) => None,
-            },
             ..Gauges::default()
         }
     }

@@ -1,6 +1,6 @@
 //! The reactor: one thread, one mio `Poll`, every socket it accepted. It owns its connections
-//! (a slab keyed by token), its fan-out table, its broker (Redis: its own links) and the one
-//! scratch buffer every socket is read into. A process runs one reactor per `--threads`, each
+//! (a slab keyed by token), its fan-out table, its broker (Redis: its own links, and the
+//! coordinator of what waits on them) and the one scratch buffer every socket is read into. A process runs one reactor per `--threads`, each
 //! of this same shape, with its own listener on the port (SO_REUSEPORT); they share only the
 //! `Process` (connection limits, shutdown, reports) and, embedded, the hub (ids, history, and
 //! each reactor's inbox of events to deliver).
@@ -20,9 +20,7 @@
 mod auth;
 mod http;
 mod occupancy;
-mod outcome;
 mod overrun;
-mod pending;
 mod per_ip;
 pub mod process;
 mod publishing;
@@ -44,9 +42,10 @@ use slab::Slab;
 
 use crate::auth::GrantTable;
 use crate::broker::Broker;
-use crate::catch_up::CatchUps;
 use crate::config::Config;
 use crate::conn::{Became, CloseReason, Conn, Outbox, Phase};
+use crate::coordinator::Coordinator;
+use crate::coordinator::outcome::Group;
 use crate::fanout::Fanout;
 use crate::http::reply::Reply;
 use crate::hub::SharedEvent;
@@ -57,9 +56,7 @@ use crate::sse;
 use crate::static_files::StaticFiles;
 use crate::ws::deflate::{Deflater, Inflater};
 use crate::ws::frame::{self, close_code};
-use pending::{AwaitingRedis, PendingQueue};
 use process::{Process, Refusal, Stage};
-use publishing::ParkedPublishes;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNAL: Token = Token(usize::MAX - 4);
@@ -113,20 +110,15 @@ pub struct Reactor {
     grants: GrantTable,
     fanout: Fanout,
     broker: Broker,
-    /// What each outstanding Redis command is for, oldest first (replies come in order).
-    pending: PendingQueue,
-    /// Replays that wait for Redis (link up, subscription confirmed) before reading history.
-    awaiting_redis: AwaitingRedis,
-    /// Publishes waiting for their channel's Redis subscription to be confirmed.
-    parked: ParkedPublishes,
+    /// With Redis: what waits on it (commands in flight, parked publishes, replays waiting
+    /// for the link, catch-ups) and what each reply means; the reactor applies its answers.
+    redis_work: Coordinator,
     /// Embedded: the events the hub handed this reactor, taken at once; kept for its
     /// allocation between turns.
     inbox: Vec<Arc<SharedEvent>>,
     /// Publishes answered together (`"channels"`, batches) with members still waiting: at
     /// most one per connection (it waits for the answer), each member pending or parked.
-    groups: Slab<outcome::Group>,
-    /// Channels reading what they missed while the Redis subscription was down.
-    catch_ups: CatchUps,
+    groups: Slab<Group>,
     /// Subscribers per channel (here and, with Redis, elsewhere), and who watches them.
     occupancy: crate::occupancy::Occupancy,
     metrics: Metrics,
@@ -196,6 +188,7 @@ impl Reactor {
         let broker = Broker::for_reactor(&config, process.hub(), index);
         let outbox = Outbox::new(config.limits.max_queued_bytes);
         let occupancy = new_occupancy(&config);
+        let redis_work = Coordinator::new(&config.limits);
         let mut reactor = Reactor {
             index,
             process,
@@ -210,10 +203,7 @@ impl Reactor {
             grants: GrantTable::default(),
             fanout: Fanout::default(),
             broker,
-            pending: PendingQueue::default(),
-            awaiting_redis: AwaitingRedis::default(),
-            catch_ups: CatchUps::default(),
-            parked: ParkedPublishes::default(),
+            redis_work,
             inbox: Vec::new(),
             occupancy,
             groups: Slab::new(),
@@ -312,10 +302,8 @@ impl Reactor {
                 self.start_closing();
             }
             self.flush_links();
-            if let Broker::Embedded(embedded) = &mut self.broker {
-                // Before this reactor's own flush, so the others write meanwhile.
-                embedded.wake_others();
-            }
+            // Before this reactor's own flush, so the others write meanwhile.
+            self.broker.end_turn();
             self.close_over_cap();
             self.flush_dirty();
             self.reap();
@@ -338,10 +326,10 @@ impl Reactor {
         if let Some(at) = self.accept_paused_until {
             deadline = deadline.min(at);
         }
-        if let Broker::Redis(redis) = &self.broker {
-            deadline = deadline.min(redis.next_deadline());
+        if let Some(at) = self.broker.next_deadline() {
+            deadline = deadline.min(at);
         }
-        if let Some(at) = self.redis_work_deadline() {
+        if let Some(at) = self.redis_work.deadline() {
             deadline = deadline.min(at);
         }
         if let Some(at) = self.occupancy_deadline() {
@@ -779,7 +767,7 @@ impl Reactor {
             }
             self.unsubscribe_all(key);
             self.grants.detach(key);
-            self.awaiting_redis.retain(|waiting| waiting.key != key);
+            self.redis_work.forget_connection(key);
             let mut conn = self.conns.remove(key);
             self.process.release(self.index, key);
             match conn.became() {
@@ -794,11 +782,11 @@ impl Reactor {
     /// The once-a-second pass over every connection: head and idle timeouts, heartbeats,
     /// lingering closes, and memory an idle connection no longer needs.
     fn sweep(&mut self, at: Instant) {
-        if let Broker::Embedded(embedded) = &self.broker
+        if let Some(hub) = self.broker.hub()
             && self.index == 0
         {
             // The hub is the process's: one reactor expires it.
-            embedded.hub.sweep(crate::broker::now_ms());
+            hub.sweep(crate::broker::now_ms());
             self.count_hub_evictions();
         }
         self.report();
@@ -947,7 +935,7 @@ impl Reactor {
             self.index,
             self.conns.len(),
             self.websockets,
-            self.pending.len(),
+            self.redis_work.outstanding(),
             self.config.shutdown_grace
         );
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
@@ -988,7 +976,7 @@ impl Reactor {
                 }
                 true
             }
-            Some(_) => self.conns.is_empty() && self.pending.is_empty(),
+            Some(_) => self.conns.is_empty() && self.redis_work.outstanding() == 0,
         }
     }
 
@@ -1050,9 +1038,7 @@ fn new_occupancy(config: &Config) -> crate::occupancy::Occupancy {
 /// the hub: the reactors still serving through their grace time keep nothing for it.
 impl Drop for Reactor {
     fn drop(&mut self) {
-        if let Broker::Embedded(embedded) = &self.broker {
-            embedded.hub.close_inbox(self.index);
-        }
+        self.broker.close(self.index);
     }
 }
 

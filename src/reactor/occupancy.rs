@@ -10,9 +10,8 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::Reactor;
-use super::pending::{HttpWaiter, OccupancyWork, Pending};
 use crate::auth::Grant;
-use crate::broker::Broker;
+use crate::coordinator::pending::{HttpWaiter, OccupancyWork, Pending};
 use crate::http::reply::Reply;
 use crate::metrics::limit;
 use crate::occupancy::{self, Update, WatchRefused, Watching};
@@ -53,7 +52,7 @@ impl Reactor {
     }
 
     fn send_occupancy_work(&mut self, now: Instant) {
-        let Broker::Redis(redis) = &mut self.broker else {
+        let Some(redis) = self.broker.redis_mut() else {
             return;
         };
         let ready = redis.commands_ready();
@@ -62,39 +61,38 @@ impl Reactor {
             return;
         };
         let mut flushes = 0;
-        if let Some(flush) = work.flush {
-            let mut resync = flush.resync;
-            let mut batches = flush.counts.chunks(occupancy::FLUSH_BATCH).peekable();
+        let flush = Pending::Occupancy(OccupancyWork::Flush);
+        if let Some(plan) = work.flush {
+            let mut resync = plan.resync;
+            let mut batches = plan.counts.chunks(occupancy::FLUSH_BATCH).peekable();
             if batches.peek().is_none() {
                 // Nothing changed: the flush still renews this replica's expiry.
                 let args = keys.flush_command(ttl, resync, &[]);
-                redis.command(&args);
+                self.redis_work.ask(redis, &args, flush);
                 flushes += 1;
-            }
-            for batch in batches {
-                let args = keys.flush_command(ttl, resync, batch);
-                redis.command(&args);
-                flushes += 1;
-                resync = false;
+            } else {
+                for batch in batches {
+                    let args = keys.flush_command(ttl, resync, batch);
+                    let flush = Pending::Occupancy(OccupancyWork::Flush);
+                    self.redis_work.ask(redis, &args, flush);
+                    flushes += 1;
+                    resync = false;
+                }
             }
         }
         let read = (!work.read.is_empty()).then(|| {
             let args = keys.count_command(work.read.iter().map(|c| &**c));
-            redis.command(&args);
-            work.read
+            let channels = work.read;
+            let watched = OccupancyWork::Watched {
+                channels,
+                round: true,
+            };
+            self.redis_work
+                .ask(redis, &args, Pending::Occupancy(watched));
         });
-        for _ in 0..flushes {
-            self.pending
-                .push_back(Pending::Occupancy(OccupancyWork::Flush));
-        }
         self.occupancy.flush_sent(flushes);
-        if let Some(channels) = read {
+        if read.is_some() {
             self.occupancy.read_sent();
-            self.pending
-                .push_back(Pending::Occupancy(OccupancyWork::Watched {
-                    channels,
-                    round: true,
-                }));
         }
     }
 
@@ -102,7 +100,7 @@ impl Reactor {
     /// (closed now, reconnecting to other replicas) are not counted twice until they expire.
     /// The process exits once Redis answered (or the grace ran out).
     pub(super) fn leave_occupancy(&mut self) {
-        let Broker::Redis(redis) = &mut self.broker else {
+        let Some(redis) = self.broker.redis_mut() else {
             return;
         };
         if !self.occupancy.leave() || !redis.commands_ready() {
@@ -111,9 +109,8 @@ impl Reactor {
         let Some(keys) = self.occupancy.redis_keys() else {
             return;
         };
-        redis.command(&keys.leave_command());
-        self.pending
-            .push_back(Pending::Occupancy(OccupancyWork::Leave));
+        let leave = Pending::Occupancy(OccupancyWork::Leave);
+        self.redis_work.ask(redis, &keys.leave_command(), leave);
     }
 
     /// One update, framed once and queued on each watcher still open.
@@ -188,16 +185,16 @@ impl Reactor {
 
     /// Embedded: subscribers of `name` on every reactor (the hub's count).
     fn embedded_total(&self, name: &str) -> u32 {
-        match &self.broker {
-            Broker::Embedded(embedded) => saturate(embedded.hub.subscribers(name)),
-            Broker::Redis(_) => self.occupancy.local(name),
+        match self.broker.hub() {
+            Some(hub) => saturate(hub.subscribers(name)),
+            None => self.occupancy.local(name),
         }
     }
 
     /// Embedded with several reactors: subscribers of `name` on the other reactors. `None`
     /// with one reactor (nothing elsewhere) and with Redis (read from Redis instead).
     fn other_reactors(&self, name: &str) -> Option<u32> {
-        if self.process.reactors() == 1 || !matches!(self.broker, Broker::Embedded(_)) {
+        if self.process.reactors() == 1 || self.broker.waits() {
             return None;
         }
         let total = self.embedded_total(name);
@@ -208,16 +205,14 @@ impl Reactor {
     /// other reactors, from the hub, so watchers here hear of joins and leaves there (at most
     /// a second late; coalesced like every update).
     pub(super) fn refresh_other_reactors(&mut self, now: Instant) {
-        let Broker::Embedded(embedded) = &self.broker else {
+        let Some(hub) = self.broker.hub() else {
             return;
         };
         if self.process.reactors() == 1 || self.occupancy.watched_channels() == 0 {
             return;
         }
         let names: Vec<String> = self.occupancy.watched_names().map(str::to_string).collect();
-        let totals = embedded
-            .hub
-            .subscribers_of(names.iter().map(String::as_str));
+        let totals = hub.subscribers_of(names.iter().map(String::as_str));
         for (name, total) in names.iter().zip(totals) {
             let others = saturate(total).saturating_sub(self.occupancy.local(name));
             self.occupancy.set_elsewhere(name, others, now);
@@ -229,25 +224,29 @@ impl Reactor {
     /// the local count, corrected by a later round.
     fn read_elsewhere(&mut self, name: &str, now: Instant) {
         let busy = self.refuse_read().is_some();
-        let ready = matches!(&self.broker, Broker::Redis(redis) if redis.commands_ready());
+        let ready = self
+            .broker
+            .redis()
+            .is_some_and(|redis| redis.commands_ready());
         if busy || !ready {
             return self.occupancy.elsewhere_unavailable(name, now);
         }
-        let (Broker::Redis(redis), Some(keys)) = (&mut self.broker, self.occupancy.redis_keys())
+        let (Some(redis), Some(keys)) = (self.broker.redis_mut(), self.occupancy.redis_keys())
         else {
             return;
         };
-        redis.command(&keys.count_command([name]));
-        self.pending
-            .push_back(Pending::Occupancy(OccupancyWork::Watched {
-                channels: vec![name.into()],
-                round: false,
-            }));
+        let watched = OccupancyWork::Watched {
+            channels: vec![name.into()],
+            round: false,
+        };
+        let args = keys.count_command([name]);
+        self.redis_work
+            .ask(redis, &args, Pending::Occupancy(watched));
     }
 
     /// `GET /channels/<channel>`: local subscribers, plus the other replicas' with Redis.
     pub(super) fn answer_occupancy(&mut self, waiter: HttpWaiter, channel: String) {
-        let Broker::Redis(redis) = &mut self.broker else {
+        let Some(redis) = self.broker.redis_mut() else {
             let count = self.embedded_total(&channel);
             let reply = count_reply(&channel, count);
             return self.send_http(waiter, reply);
@@ -272,12 +271,12 @@ impl Reactor {
         limit: usize,
         grant: Option<Grant>,
     ) {
-        let Broker::Redis(redis) = &mut self.broker else {
+        let Some(redis) = self.broker.redis_mut() else {
             // Embedded: the hub counts every reactor's subscribers.
-            let Broker::Embedded(embedded) = &self.broker else {
+            let Some(hub) = self.broker.hub() else {
                 return;
             };
-            let (page, next) = embedded.hub.subscriber_page(after.as_deref(), limit);
+            let (page, next) = hub.subscriber_page(after.as_deref(), limit);
             let entries = page.into_iter().map(|(name, n)| (name, saturate(n)));
             let reply = self.list_reply(entries, next, grant.as_ref());
             return self.send_http(waiter, reply);
@@ -310,12 +309,12 @@ impl Reactor {
         if let Some(busy) = self.refuse_read() {
             return self.send_http(waiter, Reply::error(503, &busy));
         }
-        let Broker::Redis(redis) = &mut self.broker else {
+        let Some(redis) = self.broker.redis_mut() else {
             return;
         };
-        redis.command(command);
         self.conns[waiter.key].await_broker();
-        self.pending.push_back(Pending::Occupancy(work(waiter)));
+        self.redis_work
+            .ask(redis, command, Pending::Occupancy(work(waiter)));
     }
 
     /// `{"channels":[{"channel":..,"subscribers":N}..],"next":..}` with this replica's live
@@ -345,9 +344,10 @@ impl Reactor {
     /// With Redis, a listing's counts are the other replicas'; ours are added live. Embedded,
     /// the listing's counts are already ours.
     fn local_unless_embedded(&self, name: &str) -> u32 {
-        match self.broker {
-            Broker::Redis(_) => self.occupancy.local(name),
-            Broker::Embedded(_) => 0,
+        if self.broker.waits() {
+            self.occupancy.local(name)
+        } else {
+            0
         }
     }
 

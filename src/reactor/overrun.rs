@@ -18,7 +18,6 @@ use std::sync::Arc;
 use log::error;
 
 use super::Reactor;
-use crate::broker::Broker;
 use crate::history::{PageSize, TooOld};
 use crate::hub::{Hub, InboxCap, Overrun};
 use crate::metrics::limit;
@@ -27,13 +26,13 @@ impl Reactor {
     /// Embedded: delivers from the history what the hub dropped for this reactor since its
     /// inbox overran, if it did. Called right after the inbox is taken and delivered.
     pub(super) fn recover_overrun(&mut self) {
-        let Broker::Embedded(embedded) = &self.broker else {
+        let Some(hub) = self.broker.hub() else {
             return;
         };
-        let Some(overrun) = embedded.hub.take_overrun(self.index) else {
+        let Some(overrun) = hub.take_overrun(self.index) else {
             return;
         };
-        let hub = Arc::clone(&embedded.hub);
+        let hub = Arc::clone(hub);
         let (cap, setting, value) = match overrun.cap {
             InboxCap::Events => (
                 limit::INBOX_EVENTS,

@@ -1,21 +1,15 @@
 //! Publishing and history, the reactor's side: a request goes to the broker; an event comes
-//! back (at once when embedded, through the Redis subscription otherwise) and is framed once
-//! per transport and handed to the fan-out; Redis replies are matched, in order, to the
-//! requests that wait for them.
-//!
-//! Everything waiting on Redis is bounded: in count (`MAX_PENDING_PUBLISHES`,
-//! `MAX_PENDING_READS`; beyond them a 503, or a reset notice where a subscriber waits), in bytes
-//! (`MAX_PENDING_BYTES`: events of publishes not yet answered, live events a catch-up holds)
-//! and in time (`REDIS_TIMEOUT_MS`: the link resets a stalled Redis, failing what was sent;
-//! the reactor's timers answer what was never sent: parked publishes, replays waiting for the
-//! link, catch-ups holding live events).
+//! back (from the hub's inbox when embedded, through the Redis subscription otherwise) and is
+//! framed once per transport and handed to the fan-out. What waits on Redis meanwhile, its
+//! caps and what each reply means are the coordinator's (`crate::coordinator`, no sockets);
+//! this file applies its answers to connections and subscribers.
 //!
 //! Messages from the subscription are other programs' too: each is checked before it reaches
 //! a client (an event's shape, a size some subscriber can take) and its id is believed only
 //! if Redis's clock vouches for it (`RedisBroker::trusts_id`). Ids decide nothing about live
 //! delivery: Redis delivers a channel in order, so live messages are never dropped for their
 //! id. Only the seam after a catch-up drops late live copies of events the history just
-//! delivered, by ids Redis's stream returned.
+//! delivered, by ids Redis's stream returned (`catch_up.rs`).
 
 use std::time::Instant;
 
@@ -23,14 +17,15 @@ use bytes::Bytes;
 use log::error;
 
 use super::Reactor;
-use super::outcome::{Group, Member, Outcome, Shape, single_reply};
-use super::pending::{Pending, Slot};
-use crate::broker::{self, Broker, Publish, Read};
+use crate::broker::{self, Publish};
 use crate::catch_up::{Live, LiveMessage};
 use crate::conn::Phase;
+use crate::coordinator::outcome::{Group, Member, Outcome, Shape, single_reply};
+use crate::coordinator::pending::{Parked, Pending, Slot, event_bytes};
+use crate::coordinator::{Answer, Retry, Unread};
 use crate::event::{Event, EventId};
 use crate::fanout::{Deflated, Frames};
-use crate::history::{Page, PageSize, StoredEvent, TooOld};
+use crate::history::{Page, TooOld};
 use crate::http::publish::{BatchItem, Publication, largest_frame_bytes};
 use crate::http::reply::Reply;
 use crate::hub::SharedEvent;
@@ -40,61 +35,17 @@ use crate::resp::cmd;
 use crate::resp::link::LinkFailure;
 use crate::{event, sse, ws::frame};
 
-/// A publish held until this replica's subscription to its channel is confirmed.
-#[derive(Debug)]
-pub(super) struct Parked {
-    key: usize,
-    serial: u32,
-    keep_alive: bool,
-    event: Event,
-    idempotency_key: Option<String>,
-    since: Instant,
-    slot: Option<Slot>,
-}
-
-/// Publishes held for a subscription, oldest first, with the bytes of their events.
-#[derive(Debug, Default)]
-pub(super) struct ParkedPublishes {
-    list: Vec<Parked>,
-    bytes: usize,
-}
-
-impl ParkedPublishes {
-    fn push(&mut self, parked: Parked) {
-        self.bytes += event_bytes(&parked.event);
-        self.list.push(parked);
-    }
-
-    fn take_all(&mut self) -> Vec<Parked> {
-        self.bytes = 0;
-        std::mem::take(&mut self.list)
-    }
-
-    fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    fn oldest(&self) -> Option<Instant> {
-        self.list.first().map(|p| p.since)
-    }
-}
-
 /// Room for a frame's header (or an SSE record's field names and id) and a queue's handle.
 const FRAMING_MARGIN: usize = 64;
-
-/// About what an event weighs while it waits: its JSON is its fields and some punctuation.
-fn event_bytes(event: &Event) -> usize {
-    event.kind.len() + event.message.len() + event.channel.len() + 64
-}
 
 impl Reactor {
     /// Whether local clients of `channel` would get an event only live (so the Redis
     /// subscription must be confirmed first). Clients that are resuming get it from the
     /// history (a replay, or the channel catching up after a lost subscription).
     fn needs_live_subscription(&self, channel: &str) -> bool {
-        self.fanout.lookup(channel).is_some()
-            && !self.catch_ups.is_active(channel)
-            && !self.awaiting_redis.iter().any(|r| &*r.channel == channel)
+        let joined_here = self.fanout.lookup(channel).is_some();
+        self.redis_work
+            .needs_live_subscription(channel, joined_here)
     }
 
     /// A publish request: one event to one channel, answered alone; or one event to the
@@ -232,7 +183,7 @@ impl Reactor {
                 Some((Outcome::failed(503, why), event))
             }
             Publish::Pending => {
-                self.pending.push_back(Pending::Publish {
+                self.redis_work.sent(Pending::Publish {
                     key,
                     serial: self.conns[key].serial(),
                     keep_alive,
@@ -245,7 +196,7 @@ impl Reactor {
                 None
             }
             Publish::AwaitSubscription => {
-                self.parked.push(Parked {
+                self.redis_work.park(Parked {
                     key,
                     serial: self.conns[key].serial(),
                     keep_alive,
@@ -289,10 +240,10 @@ impl Reactor {
     /// their window ended) into `/metrics`, with one log line per interval for the keys: those
     /// no longer stop a retry. Called after a publish and by the once-a-second sweep.
     pub(super) fn count_hub_evictions(&mut self) {
-        let broker::Broker::Embedded(embedded) = &self.broker else {
+        let Some(hub) = self.broker.hub() else {
             return;
         };
-        let (history, keys) = embedded.hub.take_evictions();
+        let (history, keys) = hub.take_evictions();
         self.metrics
             .limit_hits(limit::HISTORY_CHANNELS, history.channels);
         self.metrics.limit_hits(limit::HISTORY_BYTES, history.bytes);
@@ -311,141 +262,103 @@ impl Reactor {
     /// With Redis: why a publish cannot wait for it now (too many, or too many bytes, already
     /// waiting), counted and logged once per interval; `None` if it may go ahead.
     fn refuse_publish(&mut self, key: usize, event: &Event) -> Option<String> {
-        if !matches!(self.broker, Broker::Redis(_)) {
+        if !self.broker.waits() {
             return None;
         }
-        let limits = &self.config.limits;
-        let waiting = self.pending.publishes() + self.parked.len();
-        let waiting_bytes =
-            self.pending.publish_bytes() + self.parked.bytes + self.catch_ups.held_bytes();
-        let (cap, why) = if waiting >= limits.max_pending_publishes {
-            let why = format!(
-                "too many publishes waiting on Redis (MAX_PENDING_PUBLISHES {})",
-                limits.max_pending_publishes
-            );
-            (limit::PENDING_PUBLISHES, why)
-        } else if waiting_bytes + event_bytes(event) > limits.max_pending_bytes {
-            let why = format!(
-                "too many bytes waiting on Redis (MAX_PENDING_BYTES {})",
-                limits.max_pending_bytes
-            );
-            (limit::PENDING_BYTES, why)
-        } else {
-            return None;
-        };
-        self.metrics.limit_hit(cap);
-        self.warn_peer(key, cap, &format!("publish refused (503): {why}"));
-        Some(why)
+        let refusal = self.redis_work.admit_publish(event).err()?;
+        self.metrics.limit_hit(refusal.limit());
+        let warning = format!("publish refused (503): {refusal}");
+        self.warn_peer(key, refusal.limit(), &warning);
+        Some(refusal.to_string())
     }
 
     /// With Redis: why a history read cannot wait for it now (`MAX_PENDING_READS` reached),
     /// counted and logged once per interval; `None` if it may go ahead.
     pub(super) fn refuse_read(&mut self) -> Option<String> {
-        if !matches!(self.broker, Broker::Redis(_)) {
+        if !self.broker.waits() {
             return None;
         }
-        let max = self.config.limits.max_pending_reads;
-        if self.pending.reads() + self.awaiting_redis.len() < max {
-            return None;
-        }
-        let why = format!("too many history reads waiting on Redis (MAX_PENDING_READS {max})");
-        self.metrics.limit_hit(limit::PENDING_READS);
-        self.warnings.warn(
-            limit::PENDING_READS,
-            &format!("history read refused: {why}"),
-        );
-        Some(why)
+        let refusal = self.redis_work.admit_read().err()?;
+        self.metrics.limit_hit(refusal.limit());
+        self.warnings
+            .warn(refusal.limit(), &format!("history read refused: {refusal}"));
+        Some(refusal.to_string())
     }
 
     /// Sends the publishes held for a subscription that is now confirmed; answers 503 to
     /// those held too long or whose Redis link went down (`give_up`).
     pub(super) fn retry_parked(&mut self, give_up: Option<&str>) {
-        let timeout = self.config.limits.redis_timeout;
-        for parked in self.parked.take_all() {
-            let alive = self
+        let conns = &self.conns;
+        let alive = |parked: &Parked| {
+            conns
+                .get(parked.key)
+                .is_some_and(|c| c.serial() == parked.serial && c.phase() == Phase::AwaitingBroker)
+        };
+        let retries = self.redis_work.take_parked(give_up, alive, Instant::now());
+        for retry in retries {
+            let (parked, why) = match retry {
+                Retry::Again(parked) => {
+                    let needs_live = self.needs_live_subscription(&parked.event.channel);
+                    let idempotency_key = parked.idempotency_key.as_deref();
+                    match self
+                        .broker
+                        .publish(&parked.event, needs_live, idempotency_key)
+                    {
+                        Publish::AwaitSubscription => {
+                            self.redis_work.park(parked);
+                            continue;
+                        }
+                        Publish::Pending => {
+                            self.redis_work.sent(parked.sent());
+                            continue;
+                        }
+                        Publish::Unavailable(why) => (parked, why),
+                        Publish::Sequenced { .. } | Publish::Duplicate(_) => {
+                            unreachable!("bug: an embedded publish was parked")
+                        }
+                    }
+                }
+                Retry::GiveUp {
+                    parked,
+                    why,
+                    timed_out,
+                } => {
+                    if timed_out {
+                        self.metrics.limit_hit(limit::REDIS_TIMEOUT);
+                    }
+                    (parked, why)
+                }
+            };
+            let still_waiting = self
                 .conns
                 .get(parked.key)
                 .is_some_and(|c| c.serial() == parked.serial && c.phase() == Phase::AwaitingBroker);
-            if !alive && parked.slot.is_none() {
-                continue;
+            if still_waiting {
+                self.warn_peer(
+                    parked.key,
+                    "publish refused",
+                    &format!("publish refused: {why}"),
+                );
             }
-            let expired = parked.since.elapsed() >= timeout;
-            let outcome = match give_up {
-                Some(why) => Publish::Unavailable(why.to_string()),
-                // Its group still needs an outcome to be complete (and freed).
-                None if !alive => Publish::Unavailable("the connection is gone".into()),
-                None if expired => {
-                    self.metrics.limit_hit(limit::REDIS_TIMEOUT);
-                    Publish::Unavailable(
-                        "Redis unavailable: the channel's subscription was not confirmed in time"
-                            .into(),
-                    )
-                }
-                None => {
-                    let needs_live = self.needs_live_subscription(&parked.event.channel);
-                    let idempotency_key = parked.idempotency_key.as_deref();
-                    self.broker
-                        .publish(&parked.event, needs_live, idempotency_key)
-                }
-            };
-            match outcome {
-                Publish::AwaitSubscription => self.parked.push(parked),
-                Publish::Pending => self.pending.push_back(Pending::Publish {
-                    key: parked.key,
-                    serial: parked.serial,
-                    keep_alive: parked.keep_alive,
-                    bytes: event_bytes(&parked.event),
-                    kind: parked.event.kind,
-                    channel: parked.event.channel,
-                    since: parked.since,
-                    slot: parked.slot,
-                }),
-                Publish::Unavailable(why) => {
-                    if alive {
-                        let warning = format!("publish refused: {why}");
-                        self.warn_peer(parked.key, "publish refused", &warning);
-                    }
-                    let waiter = (parked.key, parked.serial, parked.keep_alive);
-                    let outcome = Outcome::failed(503, why);
-                    self.settle(waiter, parked.slot, parked.event, outcome);
-                }
-                Publish::Sequenced { .. } | Publish::Duplicate(_) => {
-                    unreachable!("bug: an embedded publish was parked")
-                }
-            }
+            let waiter = (parked.key, parked.serial, parked.keep_alive);
+            self.settle(waiter, parked.slot, parked.event, Outcome::failed(503, why));
         }
-    }
-
-    /// The earliest moment some work waiting on Redis, but not sent to it, must be answered
-    /// without it (what was sent is the link's to time out).
-    pub(super) fn redis_work_deadline(&self) -> Option<Instant> {
-        let oldest = [
-            self.parked.oldest(),
-            self.awaiting_redis.oldest(),
-            self.catch_ups.oldest_holding(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()?;
-        Some(oldest + self.config.limits.redis_timeout)
     }
 
     /// Answers what waited on Redis for `REDIS_TIMEOUT_MS` without being sent: parked
     /// publishes (503), replays (a reset notice), catch-ups (held events released after a
     /// reset notice).
     pub(super) fn expire_redis_work(&mut self, now: Instant) {
-        let Some(cutoff) = now.checked_sub(self.config.limits.redis_timeout) else {
-            return;
-        };
-        if self.parked.oldest().is_some_and(|t| t <= cutoff) {
+        let expired = self.redis_work.expire(now);
+        if expired.parked {
             self.retry_parked(None);
         }
-        for waiting in self.awaiting_redis.take_waiting_since(cutoff) {
+        for waiting in expired.replays {
             self.metrics.limit_hit(limit::REDIS_TIMEOUT);
             let why = "Redis unavailable: the history could not be read in time";
             self.give_up_waiting_replay(waiting, why);
         }
-        for channel in self.catch_ups.holding_since(cutoff) {
+        for channel in expired.catch_ups {
             self.metrics.limit_hit(limit::REDIS_TIMEOUT);
             let why = "Redis did not answer in time".to_string();
             self.finish_catch_up(&channel, Err(why));
@@ -461,11 +374,11 @@ impl Reactor {
     /// Embedded: delivers what the hub handed this reactor since the last call, in the hub's
     /// one order (its own publishes included).
     pub(super) fn deliver_inbox(&mut self) {
-        let Broker::Embedded(embedded) = &self.broker else {
+        let Some(hub) = self.broker.hub() else {
             return;
         };
         let spare = std::mem::take(&mut self.inbox);
-        let mut events = embedded.hub.take_inbox(self.index, spare);
+        let mut events = hub.take_inbox(self.index, spare);
         self.metrics.events_received += events.len() as u64;
         for event in events.drain(..) {
             self.deliver_shared(&event);
@@ -588,7 +501,7 @@ impl Reactor {
         let id = self.trusted_id(payload);
         // Until the command link has read Redis's clock no id can be judged: not the payload's
         // fault, so not counted against it.
-        let clock_known = matches!(&self.broker, Broker::Redis(redis) if redis.knows_clock());
+        let clock_known = self.broker.redis().is_some_and(|redis| redis.knows_clock());
         if inspected.has_id && id.is_none() && clock_known {
             self.metrics.limit_hit(limit::REDIS_MESSAGE_ID);
             self.warnings.warn(
@@ -621,17 +534,14 @@ impl Reactor {
 
     /// The id at the front of a payload, if Redis's clock says it can be Herald's own.
     fn trusted_id(&self, payload: &[u8]) -> Option<EventId> {
-        let Broker::Redis(redis) = &self.broker else {
-            return None;
-        };
+        let redis = self.broker.redis()?;
         event::peek_id(payload).filter(|&id| redis.trusts_id(id, broker::now_ms()))
     }
 
     /// Hands a checked message to a catch-up in progress, or past the seam to the clients
     /// (`catch_up.rs` decides which).
     fn relay(&mut self, channel: &str, message: LiveMessage) {
-        let budget = self.config.limits.max_pending_bytes;
-        match self.catch_ups.on_live(channel, message, budget) {
+        match self.redis_work.on_live(channel, message) {
             Live::Held | Live::Skip => {}
             Live::Deliver(message) => {
                 self.fan_out(channel, message.id, &message.payload, Some(&message.kind));
@@ -639,6 +549,7 @@ impl Reactor {
             Live::GiveUp(message) => {
                 // Holding more would grow without bound if Redis never answers the read:
                 // give the catch-up up (subscribers get a reset) and go live.
+                let budget = self.config.limits.max_pending_bytes;
                 self.metrics.limit_hit(limit::PENDING_BYTES);
                 self.warnings.warn(
                     limit::PENDING_BYTES,
@@ -652,9 +563,7 @@ impl Reactor {
 
     /// The local channel a Redis channel carries, if it is one of ours.
     pub(super) fn local_channel(&self, redis_channel: &[u8]) -> Option<String> {
-        let Broker::Redis(redis) = &self.broker else {
-            return None;
-        };
+        let redis = self.broker.redis()?;
         let redis_channel = std::str::from_utf8(redis_channel).ok()?;
         redis.names.local(redis_channel).map(str::to_string)
     }
@@ -668,186 +577,106 @@ impl Reactor {
     /// `begin_catch_up` for the channels `lost` picks (on a Redis Cluster, those whose
     /// shard subscription was lost; the others never stopped receiving).
     pub(super) fn begin_catch_up_of(&mut self, lost: impl Fn(&str) -> bool) {
-        for (channel, since) in self.fanout.last_ids() {
-            if !lost(&channel) {
-                continue;
-            }
-            self.catch_ups.begin(channel, since);
-        }
+        let channels = self.fanout.last_ids().into_iter();
+        self.redis_work
+            .begin_catch_ups(channels.filter(|(channel, _)| lost(channel)));
     }
 
     /// Channels whose subscription is confirmed again, with the command link up: read what
     /// they missed.
     pub(super) fn continue_catch_ups(&mut self) {
-        let Broker::Redis(redis) = &self.broker else {
+        let Some(redis) = self.broker.redis_mut() else {
             return;
         };
-        let ready = self
-            .catch_ups
-            .reads_due(|channel| redis.can_replay(channel));
-        for (channel, since) in ready {
-            if let Some(why) = self.refuse_read() {
-                self.finish_catch_up(&channel, Err(why));
-                continue;
+        let unread = self
+            .redis_work
+            .read_catch_ups(redis, self.config.history_len);
+        for (channel, why) in unread {
+            if let Unread::Refused(refusal) = why {
+                self.metrics.limit_hit(refusal.limit());
+                let warning = format!("channel {channel}: catch-up read refused: {refusal}");
+                self.warnings.warn(refusal.limit(), &warning);
             }
-            self.catch_ups.read_sent(&channel);
-            match self.broker.read_history(
-                &channel,
-                Some(since),
-                PageSize::events(self.config.history_len),
-            ) {
-                Read::Pending => self.pending.push_back(Pending::CatchUp { channel, since }),
-                Read::Unavailable(why) => self.finish_catch_up(&channel, Err(why)),
-                Read::Done(result) => self.finish_catch_up(&channel, Ok(result)),
-            }
+            self.finish_catch_up(&channel, Err(why.to_string()));
         }
     }
 
     /// Delivers the missed events, then the live ones held meanwhile (minus those the history
     /// already had). If the history cannot cover the gap, subscribers are told to reset.
     fn finish_catch_up(&mut self, channel: &str, result: Result<Result<Page, TooOld>, String>) {
-        let Some(catch_up) = self.catch_ups.finish(channel) else {
+        let still_joined = self.fanout.lookup(channel).is_some();
+        let Some(caught_up) = self
+            .redis_work
+            .finish_catch_up(channel, result, still_joined)
+        else {
             return;
         };
-        let mut seam = catch_up.since;
-        match result {
-            Ok(Ok(page)) => {
-                if !page.events.is_empty() {
-                    log::info!(
-                        "channel {channel}: delivering {} events missed while the Redis subscription was down",
-                        page.events.len()
-                    );
-                }
-                for stored in page.events {
-                    seam = seam.max(stored.id);
-                    self.broadcast(channel, Some(stored.id), &stored.json);
-                }
-                if page.more {
-                    let reason = "more was missed than one history read holds";
-                    self.reset_channel(channel, catch_up.since, reason);
-                }
-            }
-            Ok(Err(TooOld { reason })) => self.reset_channel(channel, catch_up.since, reason),
-            Err(why) => {
-                self.warnings.warn(
-                    "catch-up failed",
-                    &format!("channel {channel}: cannot read what was missed: {why}"),
-                );
-                self.reset_channel(channel, catch_up.since, "history unavailable");
-            }
+        if let Some(why) = &caught_up.failure {
+            self.warnings.warn(
+                "catch-up failed",
+                &format!("channel {channel}: cannot read what was missed: {why}"),
+            );
         }
-        if seam > catch_up.since && self.fanout.lookup(channel).is_some() {
-            self.catch_ups.set_seam(channel, seam);
+        if !caught_up.missed.is_empty() {
+            log::info!(
+                "channel {channel}: delivering {} events missed while the Redis subscription was down",
+                caught_up.missed.len()
+            );
+        }
+        for stored in &caught_up.missed {
+            self.broadcast(channel, Some(stored.id), &stored.json);
+        }
+        if let Some(reason) = caught_up.reset {
+            self.reset_channel(channel, caught_up.since, reason);
         }
         // Through the seam: those the history already delivered are dropped.
-        for message in catch_up.held {
+        for message in caught_up.held {
             self.relay(channel, message);
         }
     }
 
     /// The reply to the oldest outstanding Redis command.
     pub(super) fn on_redis_reply(&mut self, reply: Result<cmd::Reply, LinkFailure>) {
-        let Some(pending) = self.pending.pop_front() else {
+        let Some(answer) = self.redis_work.on_reply(reply) else {
             error!("bug: a Redis reply with no request waiting for it");
             return;
         };
-        match pending {
-            Pending::Publish {
+        if let (Some(id), Some(redis)) = (answer.confirmed_id(), self.broker.redis_mut()) {
+            redis.confirmed(id);
+        }
+        match answer {
+            Answer::Publish {
                 key,
                 serial,
                 keep_alive,
-                kind,
-                channel,
-                since,
                 slot,
-                bytes: _,
+                event,
+                outcome,
+                waited,
+                warning,
             } => {
-                let outcome = match reply {
-                    Ok(reply) => match broker::parse_published(reply) {
-                        Ok(published) => {
-                            if published.duplicate {
-                                self.metrics.publish_duplicates += 1;
-                            } else {
-                                self.metrics.events_published += 1;
-                            }
-                            self.metrics.publish_latency.observe(since.elapsed());
-                            if let Broker::Redis(redis) = &mut self.broker {
-                                redis.confirmed(published.id);
-                            }
-                            Outcome::Published {
-                                id: published.id,
-                                receivers: published.receivers,
-                                duplicate: published.duplicate,
-                            }
-                        }
-                        Err(why) => {
-                            self.warn_peer(
-                                key,
-                                "publish failed",
-                                &format!("publish failed: {why}"),
-                            );
-                            Outcome::failed(503, why)
-                        }
-                    },
-                    Err(failure) => {
-                        let (status, what) = if failure.timed_out {
-                            (504, "publish timed out")
-                        } else {
-                            (503, "publish failed")
-                        };
-                        self.warn_peer(
-                            key,
-                            what,
-                            &format!("{what}, outcome unknown: {}", failure.reason),
-                        );
-                        unknown_outcome(status, &failure)
+                if let Outcome::Published { duplicate, .. } = outcome {
+                    if duplicate {
+                        self.metrics.publish_duplicates += 1;
+                    } else {
+                        self.metrics.events_published += 1;
                     }
-                };
-                let event = Event {
-                    kind,
-                    message: String::new(),
-                    channel,
-                };
+                    self.metrics.publish_latency.observe(waited);
+                }
+                if let Some((kind, message)) = warning {
+                    self.warn_peer(key, kind, &message);
+                }
                 self.settle((key, serial, keep_alive), slot, event, outcome);
             }
-            Pending::HttpHistory(request) => self.answer_history(request, reply),
-            Pending::Replay(page_read) => {
-                let since = Some(page_read.after());
-                let result = reply
-                    .map_err(|failure| failure.reason)
-                    .and_then(|r| broker::parse_history(r, since));
-                if let Ok(Ok(page)) = &result {
-                    self.confirm_ids(&page.events);
-                }
+            Answer::History { request, result } => self.answer_history(request, result),
+            Answer::ReplayPage { page_read, result } => {
                 let key = page_read.key();
                 self.on_replay_page(page_read, result);
                 self.continue_replay(key);
             }
-            Pending::Occupancy(work) => self.on_occupancy_reply(work, reply),
-            Pending::CatchUp { channel, since } => {
-                if reply.is_err() || self.catch_ups.read_overtaken(&channel) {
-                    // The read was lost with the link, not refused by Redis, or the
-                    // subscription was lost again meanwhile: read again once both are back.
-                    // What the catch-up holds meanwhile is still bounded by
-                    // MAX_PENDING_BYTES and REDIS_TIMEOUT_MS (`relay`, `expire_redis_work`).
-                    self.catch_ups.read_lost(&channel);
-                    return self.continue_catch_ups();
-                }
-                let result = reply
-                    .map_err(|failure| failure.reason)
-                    .and_then(|r| broker::parse_history(r, Some(since)));
-                if let Ok(Ok(page)) = &result {
-                    self.confirm_ids(&page.events);
-                }
-                self.finish_catch_up(&channel, result);
-            }
-        }
-    }
-
-    /// Ids read from a stream are Redis's own: they may be trusted when they arrive live.
-    pub(super) fn confirm_ids(&mut self, events: &[StoredEvent]) {
-        if let (Some(last), Broker::Redis(redis)) = (events.last(), &mut self.broker) {
-            redis.confirmed(last.id);
+            Answer::Occupancy { work, reply } => self.on_occupancy_reply(work, reply),
+            Answer::CatchUpRead { channel, result } => self.finish_catch_up(&channel, result),
+            Answer::CatchUpLost => self.continue_catch_ups(),
         }
     }
 
@@ -870,22 +699,6 @@ impl Reactor {
         self.conns[key].broker_answered();
         self.send_reply(key, reply, keep_alive, false);
         self.resume_reading(key);
-    }
-}
-
-/// The outcome of a publish Redis may or may not have run: the link failed after it was
-/// sent. A retry may deliver the event twice, unless it carries an idempotency key (README:
-/// "Publishing when Redis stalls").
-fn unknown_outcome(status: u16, failure: &LinkFailure) -> Outcome {
-    let error = if failure.timed_out {
-        "redis timeout".to_string()
-    } else {
-        failure.reason.clone()
-    };
-    Outcome::Failed {
-        status,
-        error,
-        unknown: true,
     }
 }
 

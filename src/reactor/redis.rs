@@ -1,20 +1,19 @@
 //! The Redis links, the reactor's side: drive their sockets and timers, and turn what they
 //! report (messages, confirmed subscriptions, replies, ups and downs) into work for the
-//! reactor. (What waits on Redis meanwhile is in `pending.rs`.)
+//! reactor. (What waits on Redis meanwhile, and what each reply means: `crate::coordinator`.)
 
 use std::time::Instant;
 
 use mio::Token;
 
 use super::Reactor;
-use crate::broker::Broker;
 use crate::occupancy::RedisKeys;
 use crate::resp::cluster::tagged_prefix;
 use crate::resp::link::{LinkEvent, Role};
 
 impl Reactor {
     pub(super) fn on_link_ready(&mut self, token: Token) {
-        let Broker::Redis(redis) = &mut self.broker else {
+        let Some(redis) = self.broker.redis_mut() else {
             return;
         };
         redis.on_ready(
@@ -28,18 +27,18 @@ impl Reactor {
 
     /// Whether a poll token belongs to a Redis link.
     pub(super) fn is_link_token(&self, token: Token) -> bool {
-        matches!(&self.broker, Broker::Redis(redis) if redis.owns(token))
+        self.broker.redis().is_some_and(|redis| redis.owns(token))
     }
 
     pub(super) fn on_link_wake(&mut self) {
-        if let Broker::Redis(redis) = &mut self.broker {
+        if let Some(redis) = self.broker.redis_mut() {
             redis.on_wake(self.poll.registry(), &mut self.link_events);
         }
         self.drain_link_events();
     }
 
     pub(super) fn flush_links(&mut self) {
-        if let Broker::Redis(redis) = &mut self.broker {
+        if let Some(redis) = self.broker.redis_mut() {
             redis.flush(self.poll.registry(), &mut self.link_events);
         }
         self.drain_link_events();
@@ -47,7 +46,7 @@ impl Reactor {
 
     /// The Redis links' timers: connection attempts, stalls, idle checks, slot-map reads.
     pub(super) fn on_link_timers(&mut self, now: Instant) {
-        if let Broker::Redis(redis) = &mut self.broker {
+        if let Some(redis) = self.broker.redis_mut() {
             redis.on_timer(
                 now,
                 self.poll.registry(),

@@ -8,9 +8,9 @@
 use serde_json::json;
 
 use super::Reactor;
-use super::pending::{PageRead, Pending, WaitingReplay};
-use crate::broker::{Broker, Read};
+use crate::broker::Read;
 use crate::conn::Phase;
+use crate::coordinator::pending::{PageRead, Pending, WaitingReplay};
 use crate::event::EventId;
 use crate::history::{Page, PageSize, TooOld};
 use crate::replay::Replay;
@@ -67,11 +67,11 @@ impl Reactor {
             let Some(replay) = conn.replay.as_mut() else {
                 return;
             };
-            if let Broker::Redis(redis) = &self.broker
+            if let Some(redis) = self.broker.redis()
                 && !redis.can_replay(&name)
             {
                 replay.unread(read);
-                self.awaiting_redis.push(WaitingReplay {
+                self.redis_work.await_link(WaitingReplay {
                     key,
                     serial,
                     channel: name.into(),
@@ -85,7 +85,7 @@ impl Reactor {
             let page_read = PageRead { key, serial, read };
             match self.broker.read_history(&name, Some(read.after), size) {
                 Read::Pending => {
-                    self.pending.push_back(Pending::Replay(page_read));
+                    self.redis_work.sent(Pending::Replay(page_read));
                     return;
                 }
                 Read::Unavailable(why) => self.on_replay_page(page_read, Err(why)),
@@ -96,12 +96,12 @@ impl Reactor {
 
     /// Replays that waited for Redis and may read now.
     pub(super) fn continue_waiting_replays(&mut self) {
-        let Broker::Redis(redis) = &self.broker else {
+        let Some(redis) = self.broker.redis() else {
             return;
         };
         let ready = self
-            .awaiting_redis
-            .take_ready(|w| redis.can_replay(&w.channel));
+            .redis_work
+            .replays_ready(|channel| redis.can_replay(channel));
         for waiting in ready {
             if self
                 .conns

@@ -10,7 +10,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Reactor;
-use crate::broker::Broker;
 use crate::channel::{self, Wanted};
 use crate::conn::Phase;
 use crate::event::EventId;
@@ -108,11 +107,7 @@ impl Reactor {
             self.process.count_channel(true);
         }
         self.note_subscribers(name, Instant::now());
-        match &mut self.broker {
-            Broker::Embedded(embedded) => embedded.hub.count_subscriber(name, true),
-            Broker::Redis(redis) if first => redis.subscribe(name),
-            Broker::Redis(_) => {}
-        }
+        self.broker.joined(name, first);
         if let Some(since) = since {
             self.start_replay(key, name, since);
         }
@@ -129,9 +124,7 @@ impl Reactor {
         match self.fanout.unsubscribe(&mut self.conns, key, channel) {
             None => false,
             Some(emptied) => {
-                if let Broker::Embedded(embedded) = &self.broker {
-                    embedded.hub.count_subscriber(name, false);
-                }
+                self.broker.left(name, emptied.is_some());
                 if let Some(name) = emptied {
                     self.forget_channel(&name);
                 }
@@ -144,22 +137,18 @@ impl Reactor {
     /// Leaves every channel and ends every occupancy watch (the connection is going away).
     pub(super) fn unsubscribe_all(&mut self, key: usize) {
         self.occupancy.forget_watcher(key);
-        if let Broker::Embedded(embedded) = &self.broker {
-            for subscription in &self.conns[key].subs {
-                let name = self.fanout.name(subscription.channel);
-                embedded.hub.count_subscriber(name, false);
-            }
-        }
         let now = Instant::now();
         while let Some(sub) = self.conns[key].subs.last().copied() {
             match self.fanout.unsubscribe(&mut self.conns, key, sub.channel) {
                 Some(Some(name)) => {
+                    self.broker.left(&name, true);
                     self.forget_channel(&name);
                     self.occupancy.set_local(&name, 0, now);
                 }
                 Some(None) => {
                     let left = self.fanout.subscribers(sub.channel).len();
                     let name = self.fanout.name(sub.channel);
+                    self.broker.left(name, false);
                     let left = u32::try_from(left).unwrap_or(u32::MAX);
                     self.occupancy.set_local(name, left, now);
                 }
@@ -168,13 +157,11 @@ impl Reactor {
         }
     }
 
-    /// No local client wants the channel any more: stop receiving it from Redis.
+    /// No local client wants the channel any more (the broker was told: `Broker::left`):
+    /// it no longer counts against `MAX_SUBSCRIBED_CHANNELS`, and no seam is kept for it.
     fn forget_channel(&mut self, name: &str) {
         self.process.count_channel(false);
-        self.catch_ups.forget_seam(name);
-        if let Broker::Redis(redis) = &mut self.broker {
-            redis.unsubscribe(name);
-        }
+        self.redis_work.forget_channel(name);
     }
 
     /// `{"op":"subscribe"|"unsubscribe","channel":...,"since":...}`, each acknowledged; anything

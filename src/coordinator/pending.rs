@@ -1,20 +1,21 @@
-//! What waits on Redis. Commands on the command link are answered in the order they were
-//! sent, so a FIFO of `Pending` records (`PendingQueue`, counted by kind for the caps) matches
-//! each reply to the request that waits for it (hiredis's callback queue); replays that cannot
-//! read yet wait in `AwaitingRedis` (answered by `REDIS_TIMEOUT_MS` at the latest). The counts
-//! are what `MAX_PENDING_PUBLISHES`, `MAX_PENDING_READS` and `MAX_PENDING_BYTES` cap. Plain data: the modules that send a command build its
-//! record, `publishing.rs` dispatches the reply back to them.
+//! The records of what waits on Redis, plain data counted for the caps. Commands on the
+//! command link are answered in the order they were sent, so a FIFO of `Pending` records
+//! (`PendingQueue`, counted by kind) matches each reply to the request that waits for it
+//! (hiredis's callback queue). Publishes parked until their channel's subscription is
+//! confirmed wait in `ParkedPublishes`, replays that cannot read yet in `AwaitingRedis`. The
+//! counts are what `MAX_PENDING_PUBLISHES`, `MAX_PENDING_READS` and `MAX_PENDING_BYTES` cap;
+//! `REDIS_TIMEOUT_MS` bounds how long each waits (`Coordinator::expire`).
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::event::EventId;
+use crate::event::{Event, EventId};
 use crate::replay::NextRead;
 
 /// What an outstanding Redis command is for. Replies arrive in the order commands were
 /// sent, so a FIFO of these matches each reply to its purpose.
 #[derive(Debug)]
-pub(super) enum Pending {
+pub enum Pending {
     Publish {
         key: usize,
         serial: u32,
@@ -40,7 +41,7 @@ pub(super) enum Pending {
 
 /// What an occupancy script call is for.
 #[derive(Debug)]
-pub(super) enum OccupancyWork {
+pub enum OccupancyWork {
     /// This replica's counts written (and its expiry renewed).
     Flush,
     /// This replica's counts taken out of Redis (shutting down).
@@ -60,7 +61,7 @@ pub(super) enum OccupancyWork {
 impl OccupancyWork {
     /// Asked for by a client (counted against `MAX_PENDING_READS`), not by the reactor's
     /// own clock (bounded by it: one flush round and one read out at a time).
-    pub(super) fn is_request(&self) -> bool {
+    pub fn is_request(&self) -> bool {
         matches!(
             self,
             OccupancyWork::Count(..)
@@ -72,38 +73,38 @@ impl OccupancyWork {
 
 /// An HTTP request waiting for Redis, to answer when it replies.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct HttpWaiter {
-    pub(super) key: usize,
-    pub(super) serial: u32,
-    pub(super) keep_alive: bool,
-    pub(super) head_only: bool,
+pub struct HttpWaiter {
+    pub key: usize,
+    pub serial: u32,
+    pub keep_alive: bool,
+    pub head_only: bool,
 }
 
 /// Which member of which group (a slab key of the reactor's publish groups) a publish is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Slot {
-    pub(super) group: usize,
-    pub(super) index: usize,
+pub struct Slot {
+    pub group: usize,
+    pub index: usize,
 }
 
 /// A `GET /events/<channel>` being answered: at once (embedded), or when Redis replies.
 #[derive(Debug)]
-pub(super) struct HistoryRequest {
-    pub(super) key: usize,
-    pub(super) serial: u32,
-    pub(super) keep_alive: bool,
-    pub(super) head_only: bool,
-    pub(super) channel: String,
-    pub(super) since: Option<EventId>,
-    pub(super) limit: usize,
+pub struct HistoryRequest {
+    pub key: usize,
+    pub serial: u32,
+    pub keep_alive: bool,
+    pub head_only: bool,
+    pub channel: String,
+    pub since: Option<EventId>,
+    pub limit: usize,
 }
 
 /// A page read that is out at Redis, for one subscriber.
 #[derive(Debug, Clone)]
-pub(super) struct PageRead {
-    pub(super) key: usize,
-    pub(super) serial: u32,
-    pub(super) read: NextRead,
+pub struct PageRead {
+    pub key: usize,
+    pub serial: u32,
+    pub read: NextRead,
 }
 
 impl PageRead {
@@ -118,7 +119,7 @@ impl PageRead {
 
 /// Commands sent to Redis and not yet answered, oldest first, counted by kind.
 #[derive(Debug, Default)]
-pub(super) struct PendingQueue {
+pub struct PendingQueue {
     queue: VecDeque<Pending>,
     publishes: usize,
     /// Bytes of the events of `publishes` (their commands sit in the link's output buffer,
@@ -180,7 +181,7 @@ impl PendingQueue {
 
 /// A subscriber whose next page waits for Redis (link up, subscription confirmed).
 #[derive(Debug)]
-pub(super) struct WaitingReplay {
+pub struct WaitingReplay {
     pub key: usize,
     pub serial: u32,
     pub channel: Box<str>,
@@ -188,7 +189,7 @@ pub(super) struct WaitingReplay {
 
 /// Replays waiting for Redis before they can read their history, oldest first.
 #[derive(Debug, Default)]
-pub(super) struct AwaitingRedis {
+pub struct AwaitingRedis {
     entries: VecDeque<(Instant, WaitingReplay)>,
 }
 
@@ -199,6 +200,10 @@ impl AwaitingRedis {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &WaitingReplay> {
@@ -237,4 +242,72 @@ impl AwaitingRedis {
         }
         taken
     }
+}
+
+/// A publish held until this replica's subscription to its channel is confirmed.
+#[derive(Debug)]
+pub struct Parked {
+    pub key: usize,
+    pub serial: u32,
+    pub keep_alive: bool,
+    pub event: Event,
+    pub idempotency_key: Option<String>,
+    pub since: Instant,
+    pub slot: Option<Slot>,
+}
+
+impl Parked {
+    /// Its record once sent to Redis (it keeps its age: the wait began when it was parked).
+    pub fn sent(self) -> Pending {
+        Pending::Publish {
+            key: self.key,
+            serial: self.serial,
+            keep_alive: self.keep_alive,
+            bytes: event_bytes(&self.event),
+            kind: self.event.kind,
+            channel: self.event.channel,
+            since: self.since,
+            slot: self.slot,
+        }
+    }
+}
+
+/// Publishes held for a subscription, oldest first, with the bytes of their events.
+#[derive(Debug, Default)]
+pub struct ParkedPublishes {
+    list: Vec<Parked>,
+    bytes: usize,
+}
+
+impl ParkedPublishes {
+    pub fn push(&mut self, parked: Parked) {
+        self.bytes += event_bytes(&parked.event);
+        self.list.push(parked);
+    }
+
+    pub fn take_all(&mut self) -> Vec<Parked> {
+        self.bytes = 0;
+        std::mem::take(&mut self.list)
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn oldest(&self) -> Option<Instant> {
+        self.list.first().map(|p| p.since)
+    }
+}
+
+/// About what an event weighs while it waits: its JSON is its fields and some punctuation.
+pub fn event_bytes(event: &Event) -> usize {
+    event.kind.len() + event.message.len() + event.channel.len() + 64
 }

@@ -16,7 +16,7 @@ use crate::http::reply::Reply;
 
 /// What became of one publish to one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Outcome {
+pub enum Outcome {
     Published {
         id: EventId,
         receivers: i64,
@@ -32,7 +32,7 @@ pub(super) enum Outcome {
 }
 
 impl Outcome {
-    pub(super) fn failed(status: u16, error: impl Into<String>) -> Outcome {
+    pub fn failed(status: u16, error: impl Into<String>) -> Outcome {
         Outcome::Failed {
             status,
             error: error.into(),
@@ -41,7 +41,7 @@ impl Outcome {
     }
 
     /// A refusal reply (`{"error":...}`) as the outcome of one member of a group.
-    pub(super) fn from_reply(reply: &Reply) -> Outcome {
+    pub fn from_reply(reply: &Reply) -> Outcome {
         let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
         let error = body["error"].as_str().unwrap_or("refused");
         Outcome::failed(reply.status, error)
@@ -58,7 +58,7 @@ impl Outcome {
 /// One member of a group: what it was (absent for a batch item that was not an event) and
 /// what became of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(super) struct Member {
+pub struct Member {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,7 +103,7 @@ impl Serialize for Outcome {
 
 /// The reply to a single publish: `{"published":true,"type","channel","id","receivers"}` (with
 /// `"duplicate":true` for a duplicate), or the failure's status and error.
-pub(super) fn single_reply(kind: &str, channel: &str, outcome: Outcome) -> Reply {
+pub fn single_reply(kind: &str, channel: &str, outcome: Outcome) -> Reply {
     match outcome {
         Outcome::Published {
             id,
@@ -130,7 +130,7 @@ pub(super) fn single_reply(kind: &str, channel: &str, outcome: Outcome) -> Reply
 
 /// What kind of request a group answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Shape {
+pub enum Shape {
     /// One event to the channels a publish named: `200` only if all went out.
     Channels,
     /// `POST /events/batch`: `200` with one result per event, each its own verdict.
@@ -140,7 +140,7 @@ pub(super) enum Shape {
 /// Publishes answered together, for one request. Members are filled in as their outcomes
 /// arrive; the reply goes once none is missing.
 #[derive(Debug)]
-pub(super) struct Group {
+pub struct Group {
     pub key: usize,
     pub serial: u32,
     pub keep_alive: bool,
@@ -152,7 +152,7 @@ pub(super) struct Group {
 }
 
 impl Group {
-    pub(super) fn new(
+    pub fn new(
         (key, serial, keep_alive): (usize, u32, bool),
         shape: Shape,
         kind: Option<String>,
@@ -170,7 +170,7 @@ impl Group {
     }
 
     /// Records a member's outcome; true once every member has one.
-    pub(super) fn record(&mut self, index: usize, member: Member) -> bool {
+    pub fn record(&mut self, index: usize, member: Member) -> bool {
         if let Some(slot) = self.members.get_mut(index)
             && slot.is_none()
         {
@@ -180,14 +180,14 @@ impl Group {
         self.missing == 0
     }
 
-    pub(super) fn is_complete(&self) -> bool {
+    pub fn is_complete(&self) -> bool {
         self.missing == 0
     }
 
     /// The reply, once complete. Channels: `{"published":bool,"type":..,"results":[..]}`,
     /// 200 only if every channel went out, else the worst failure's status. Batch:
     /// `{"ok":n,"failed":n,"results":[..]}`, 200.
-    pub(super) fn reply(self) -> Reply {
+    pub fn reply(self) -> Reply {
         let kind = self.kind;
         let members: Vec<Member> = self.members.into_iter().flatten().collect();
         let failed = members
