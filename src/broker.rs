@@ -28,15 +28,14 @@ use std::time::Instant;
 use bytes::Bytes;
 use mio::{Registry, Token, Waker};
 
-use crate::channel::RedisNames;
-
+use crate::channel::{RedisNames, key_beside};
 use crate::config::{ClusterMode, Config, RedisUrl};
 use crate::event::{self, Event, EventId};
 use crate::history::{HistoryLimits, Page, PageSize, StoredEvent, TooOld};
 use crate::http::route::MAX_HISTORY_LIMIT;
 use crate::hub::{Accepted, Hub};
 use crate::ratelog::truncate_error;
-use crate::resp::cluster::{TopologyCounts, key_beside, key_slot};
+use crate::resp::cluster::{TopologyCounts, key_slot};
 use crate::resp::cmd::{Reply, RespLimits};
 use crate::resp::link::{LinkEvent, LinkSettings, RedisLink, Role};
 use crate::resp::shards::{ShardLinks, ShardState};

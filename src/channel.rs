@@ -3,7 +3,9 @@
 //! The default channel is `events`, the tutorial's: its Redis channel is `CHANNEL` (default
 //! `events`). Channel `orders` travels on `<prefix>:orders` (prefix default `events`, so
 //! `events:orders`, as the tutorial's tips suggest). Each channel's history is a capped Redis
-//! stream at `<redis channel>:history`.
+//! stream at `<redis channel>:history`. On a Redis Cluster it is `{<redis channel>}:history`
+//! instead (a hash tag), so that it shares the shard channel's slot and one script can
+//! append and publish (`key_beside`).
 
 use crate::event::EventId;
 
@@ -124,6 +126,57 @@ impl RedisNames {
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix(':')?;
         validate(name).ok().map(|_| name)
+    }
+}
+
+// ---- Redis Cluster: which names share a slot ---------------------------------------------
+
+/// The part of a key that is hashed: the bytes between the first `{` and the first `}` after
+/// it, if there is at least one; else the whole key.
+pub fn hash_tag(key: &[u8]) -> &[u8] {
+    let Some(open) = key.iter().position(|&b| b == b'{') else {
+        return key;
+    };
+    let rest = &key[open + 1..];
+    match rest.iter().position(|&b| b == b'}') {
+        Some(close) if close > 0 => &rest[..close],
+        _ => key,
+    }
+}
+
+/// A key that lives in the same slot as `channel`: `{channel}:suffix`, or `channel:suffix`
+/// when the channel already carries a hash tag (wrapping it again would hash `{` and miss).
+/// `None` for a channel with braces but no tag (`a{}b`, `a}b`): no key can share its slot,
+/// as a tag never holds a `}` (`check_shard_channel` refuses such names at start).
+pub fn key_beside(channel: &str, suffix: &str) -> Option<String> {
+    let tag = hash_tag(channel.as_bytes());
+    if tag.len() < channel.len() {
+        Some(format!("{channel}:{suffix}"))
+    } else if channel.contains(['{', '}']) {
+        None
+    } else {
+        Some(format!("{{{channel}}}:{suffix}"))
+    }
+}
+
+/// A prefix for keys that must all live in one slot (occupancy's, whose scripts read every
+/// replica's keys): the prefix as a hash tag, `{events}`, unless it already holds one.
+pub fn tagged_prefix(prefix: &str) -> String {
+    if hash_tag(prefix.as_bytes()).len() < prefix.len() {
+        prefix.to_string()
+    } else {
+        format!("{{{prefix}}}")
+    }
+}
+
+/// A Redis channel name (`CHANNEL`, or `CHANNEL_PREFIX` and a channel) usable in cluster
+/// mode: its history stream must be able to share its slot (`key_beside`).
+pub fn check_shard_channel(channel: &str) -> Result<(), String> {
+    match key_beside(channel, "history") {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "{channel:?} has braces but no hash tag ({{...}} with something inside): in cluster mode its history could not share its slot"
+        )),
     }
 }
 

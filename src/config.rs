@@ -497,7 +497,7 @@ impl Config {
         if redis.is_some() && cli.redis_cluster != ClusterMode::Off {
             // In cluster mode a channel's history stream must share its slot.
             for name in [&cli.channel, &cli.channel_prefix] {
-                crate::resp::cluster::check_shard_channel(name)
+                crate::channel::check_shard_channel(name)
                     .map_err(|why| ConfigError::Invalid("CHANNEL or CHANNEL_PREFIX", why))?;
             }
         }

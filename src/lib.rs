@@ -25,7 +25,8 @@
 //!   for the link, catch-ups), its caps and timeouts, what each reply means (no sockets)
 //! - `resp`         RESP commands and replies (redis-protocol, within limits); the Redis link;
 //!   Redis Cluster slots, redirects and the slot map (`resp::cluster`, no sockets)
-//! - `channel`      channel names, lists, resume points, Redis names
+//! - `channel`      channel names, lists, resume points, Redis names (hash tags: which share a
+//!   Redis Cluster slot)
 //! - `idempotency`  the embedded broker's recent `Idempotency-Key`s (capped in count, bytes,
 //!   age): a retried publish is answered, not delivered again
 //! - `hub`          embedded: ids, history and idempotency for every reactor; their inboxes,

@@ -9,7 +9,8 @@ use std::net::TcpStream;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use herald::resp::cluster::{ClusterReply, NodeAddr, key_beside, key_slot, parse_cluster_shards};
+use herald::channel::key_beside;
+use herald::resp::cluster::{ClusterReply, NodeAddr, key_slot, parse_cluster_shards};
 use herald::resp::cmd::{self, Decoder, Reply, RespLimits};
 use support::cluster::RedisCluster;
 use support::*;

@@ -59,63 +59,7 @@ impl Reactor {
         );
     }
 
-    /// `{"op":"refresh","token":...}`: a new token for the same subject before the old one
-    /// expires. Channels the new token no longer covers are left, each with a notice; a
-    /// refused refresh leaves the connection as it was (its old grant still runs out).
-    pub(super) fn refresh_grant(&mut self, key: usize, token: Option<&str>) {
-        let Some(auth) = &self.config.auth else {
-            let error = "auth is off: nothing to refresh";
-            return self.send_notice(key, json!({ "op": "error", "error": error }));
-        };
-        let verified = auth.verify(token.unwrap_or(""));
-        let old_sub = self.grants.get(key).map(|g| g.sub().to_string());
-        let grant = match verified {
-            Ok(grant) if old_sub.as_deref().is_none_or(|old| old == grant.sub()) => grant,
-            Ok(grant) => {
-                let denial = Denial {
-                    sub: Some(grant.sub().into()),
-                    ..Denial::new(Refusal::Subject)
-                };
-                return self.refuse_refresh(key, &denial);
-            }
-            Err(refusal) => {
-                let denial = Denial {
-                    sub: old_sub.map(Into::into),
-                    ..Denial::new(refusal)
-                };
-                return self.refuse_refresh(key, &denial);
-            }
-        };
-        let exp = grant.exp();
-        self.grants.attach(key, grant);
-        self.send_notice(key, json!({ "op": "refreshed", "exp": exp }));
-        let names: Vec<String> = self.conns[key]
-            .subs
-            .iter()
-            .map(|sub| self.fanout.name(sub.channel).to_string())
-            .collect();
-        for name in names {
-            if !self.may_subscribe(key, &name) {
-                self.unsubscribe_from(key, &name);
-                self.send_notice(
-                    key,
-                    json!({ "op": "unsubscribed", "channel": name, "reason": "forbidden" }),
-                );
-            }
-        }
-        // Occupancy of a channel it may no longer read is no longer its business either.
-        for name in self.occupancy.watched_by(key) {
-            if !self.may_subscribe(key, &name) {
-                self.occupancy.unwatch(key, &name);
-                self.send_notice(
-                    key,
-                    json!({ "op": "occupancy", "channel": name, "watching": false, "reason": "forbidden" }),
-                );
-            }
-        }
-    }
-
-    fn refuse_refresh(&mut self, key: usize, denial: &Denial) {
+    pub(super) fn refuse_refresh(&mut self, key: usize, denial: &Denial) {
         self.record_denial(key, denial);
         let refusal = denial.refusal;
         self.send_notice(

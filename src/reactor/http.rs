@@ -10,12 +10,12 @@
 use bytes::Bytes;
 use serde_json::json;
 
+use super::Reactor;
 use super::process::Report;
-use super::{CLOSE_TIMEOUT_SECS, Reactor};
 use crate::broker::{Read, RedisBroker};
 use crate::conn::{CloseReason, Phase};
 use crate::coordinator::ReadFailure;
-use crate::coordinator::pending::{HistoryRequest, HttpWaiter, Pending};
+use crate::coordinator::pending::{HistoryRequest, Pending};
 use crate::history::{Page, PageSize, TooOld};
 use crate::http::parse::{Method, Parsed, Request, parse};
 use crate::http::publish::largest_frame_bytes;
@@ -222,56 +222,6 @@ impl Reactor {
         }
     }
 
-    /// Redis answered a history read (or did not, in time).
-    pub(super) fn answer_history(
-        &mut self,
-        request: HistoryRequest,
-        result: Result<Result<Page, TooOld>, ReadFailure>,
-    ) {
-        let reply = match result {
-            Ok(result) => history_reply(&request, result),
-            Err(failure) if failure.timed_out => {
-                Reply::json(504, &json!({ "error": "redis timeout" }))
-            }
-            Err(failure) => Reply::error(503, &failure.reason),
-        };
-        let reply = reply.for_head(request.head_only);
-        self.answer_waiting(request.key, request.serial, reply, request.keep_alive);
-    }
-
-    fn http_waiter(&self, key: usize, keep_alive: bool, head_only: bool) -> HttpWaiter {
-        HttpWaiter {
-            key,
-            serial: self.conns[key].serial(),
-            keep_alive,
-            head_only,
-        }
-    }
-
-    /// Queues a reply; closes after it when asked to or when the request was not keep-alive.
-    pub(super) fn send_reply(
-        &mut self,
-        key: usize,
-        reply: Reply,
-        keep_alive: bool,
-        head_only: bool,
-    ) {
-        let close = reply.close || !keep_alive;
-        self.metrics.responded(reply.status);
-        let now = self.clock();
-        let conn = &mut self.conns[key];
-        let (head, body) = reply.encode(!close, head_only);
-        conn.queue(key, head, &mut self.outbox);
-        if let Some(body) = body {
-            conn.queue(key, body, &mut self.outbox);
-        }
-        if close {
-            conn.begin_closing(now + CLOSE_TIMEOUT_SECS);
-        } else {
-            conn.deadline = now + self.config.limits.idle_timeout_secs;
-        }
-    }
-
     /// Readiness: 200 "ok" while serving; 503 "draining" from SIGTERM on, so a readiness
     /// probe takes this replica out of the load balancer (liveness is `/livez`). Counts are
     /// the whole process's: the other reactors' as of their last report (a second at most).
@@ -379,13 +329,21 @@ impl Reactor {
         }
     }
 
-    /// Parses what waited in the tail, and reads again if the socket may hold more. Called when
-    /// a connection may go on: its Redis answer came, or its queue drained after parsing had
-    /// stopped at the cap (the requests already buffered must not wait for new bytes).
-    pub(super) fn resume_reading(&mut self, key: usize) {
-        if self.conns[key].phase() == Phase::ReadingRequest {
-            self.resume_input(key);
-        }
+    /// Redis answered a history read (or did not, in time).
+    pub(super) fn answer_history(
+        &mut self,
+        request: HistoryRequest,
+        result: Result<Result<Page, TooOld>, ReadFailure>,
+    ) {
+        let reply = match result {
+            Ok(result) => history_reply(&request, result),
+            Err(failure) if failure.timed_out => {
+                Reply::json(504, &json!({ "error": "redis timeout" }))
+            }
+            Err(failure) => Reply::error(503, &failure.reason),
+        };
+        let reply = reply.for_head(request.head_only);
+        self.answer_waiting(request.key, request.serial, reply, request.keep_alive);
     }
 }
 

@@ -17,7 +17,9 @@
 //! Data flows one way: socket readable -> scratch -> Conn tail -> http::parse | ws::frame ->
 //! route -> broker -> fanout (frame once) -> OutQueues -> dirty list -> flush.
 
+mod admission;
 mod auth;
+mod delivery;
 mod http;
 mod occupancy;
 mod overrun;
@@ -25,6 +27,7 @@ mod per_ip;
 pub mod process;
 mod publishing;
 mod redis;
+mod replies;
 mod resume;
 mod subscriptions;
 mod websocket;
@@ -135,6 +138,9 @@ pub struct Reactor {
     spare_dirty: Vec<usize>,
     /// Connections with input left to read (budget ran out, or reading resumed).
     read_later: Vec<usize>,
+    /// Connections whose waiting request was answered (key, serial): their pipelined
+    /// requests are parsed next in the loop.
+    resume_later: Vec<(usize, u32)>,
     /// Connections marked `Closed`, freed at the end of the turn.
     closed: Vec<usize>,
     /// Subscribers replaying history whose queue drained: read their next page.
@@ -215,6 +221,7 @@ impl Reactor {
             outbox,
             spare_dirty: Vec::new(),
             read_later: Vec::new(),
+            resume_later: Vec::new(),
             closed: Vec::new(),
             refill: Vec::new(),
             link_events: Vec::new(),
@@ -288,6 +295,11 @@ impl Reactor {
                     }
                 }
             }
+            for (key, serial) in std::mem::take(&mut self.resume_later) {
+                if self.conns.get(key).is_some_and(|c| c.serial() == serial) {
+                    self.resume_reading(key);
+                }
+            }
             for key in std::mem::take(&mut self.read_later) {
                 self.on_readable(key, Drain::ToEnd);
             }
@@ -319,7 +331,9 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, next_sweep: Instant) -> Duration {
-        if self.outbox.has_dirty() || !self.read_later.is_empty() || !self.refill.is_empty() {
+        let work_left =
+            !self.read_later.is_empty() || !self.resume_later.is_empty() || !self.refill.is_empty();
+        if self.outbox.has_dirty() || work_left {
             return Duration::ZERO;
         }
         let mut deadline = next_sweep;
@@ -339,12 +353,6 @@ impl Reactor {
             deadline = deadline.min(at);
         }
         deadline.saturating_duration_since(Instant::now())
-    }
-
-    /// Seconds since start: the coarse clock of connection deadlines, read once per turn (a
-    /// clock read per request was a visible share of a publish's CPU).
-    fn clock(&self) -> u32 {
-        self.now_secs
     }
 
     // ---- accepting --------------------------------------------------------------------
@@ -547,11 +555,6 @@ impl Reactor {
         }
     }
 
-    fn begin_closing(&mut self, key: usize) {
-        let deadline = self.clock() + CLOSE_TIMEOUT_SECS;
-        self.conns[key].begin_closing(deadline);
-    }
-
     fn on_timers(&mut self, now: Instant) {
         if self.accept_paused_until.is_some_and(|at| now >= at) {
             self.accept_paused_until = None;
@@ -737,25 +740,6 @@ impl Reactor {
 
     // ---- closing and timers -----------------------------------------------------------------
 
-    /// Marks a connection closed; it is freed at the end of the turn.
-    fn close_now(&mut self, key: usize, why: CloseReason, detail: &str) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if !conn.close() {
-            return;
-        }
-        self.closed.push(key);
-        if why != CloseReason::Done {
-            self.metrics.closed(why);
-            self.log_peer(
-                key,
-                log::Level::Debug,
-                &format!("closed ({}): {detail}", why.label()),
-            );
-        }
-    }
-
     fn reap(&mut self) {
         for key in std::mem::take(&mut self.closed) {
             if self
@@ -912,11 +896,6 @@ impl Reactor {
         );
     }
 
-    /// True from the first SIGTERM on: `/health` says draining, replies close.
-    fn is_stopping(&self) -> bool {
-        self.drain_until.is_some() || self.shutdown_deadline.is_some()
-    }
-
     /// Stop accepting, tell every WebSocket we are going away (1001) so pages reconnect
     /// elsewhere, let in-flight requests and publishes finish, flush, then exit.
     fn start_closing(&mut self) {
@@ -982,28 +961,13 @@ impl Reactor {
 
     // ---- helpers ----------------------------------------------------------------------------
 
-    /// A warning a peer caused, logged through `RateLog`: at most one line per `kind` per
-    /// interval, however many peers or requests cause it.
-    fn warn_peer(&mut self, key: usize, kind: &'static str, message: &str) {
-        let peer = self
-            .conns
-            .get(key)
-            .and_then(|c| c.stream.peer_addr().ok())
-            .map_or_else(|| "?".to_string(), |a| a.to_string());
-        self.warnings
-            .warn(kind, &format!("conn {key} {peer}: {message}"));
-    }
-
-    fn log_peer(&self, key: usize, level: log::Level, message: &str) {
-        if !log::log_enabled!(level) {
-            return;
+    /// Parses what waited in the tail, and reads again if the socket may hold more. Called when
+    /// a connection may go on: its Redis answer came, or its queue drained after parsing had
+    /// stopped at the cap (the requests already buffered must not wait for new bytes).
+    pub(super) fn resume_reading(&mut self, key: usize) {
+        if self.conns[key].phase() == Phase::ReadingRequest {
+            self.resume_input(key);
         }
-        let peer = self
-            .conns
-            .get(key)
-            .and_then(|c| c.stream.peer_addr().ok())
-            .map_or_else(|| "?".to_string(), |a| a.to_string());
-        log::log!(level, "conn {key} {peer}: {message}");
     }
 }
 
@@ -1024,7 +988,7 @@ fn new_occupancy(config: &Config) -> crate::occupancy::Occupancy {
             let cluster = config.redis_cluster == crate::config::ClusterMode::On
                 || config.redis_seeds.len() > 1;
             let prefix = if cluster {
-                crate::resp::cluster::tagged_prefix(&config.channel_prefix)
+                crate::channel::tagged_prefix(&config.channel_prefix)
             } else {
                 config.channel_prefix.clone()
             };

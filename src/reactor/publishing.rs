@@ -14,7 +14,6 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use log::error;
 
 use super::Reactor;
 use crate::broker::{self, Publish};
@@ -22,18 +21,13 @@ use crate::catch_up::{Live, LiveMessage};
 use crate::conn::Phase;
 use crate::coordinator::outcome::{Group, Member, Outcome, Shape, single_reply};
 use crate::coordinator::pending::{Parked, Pending, Slot, event_bytes};
-use crate::coordinator::{Answer, Retry, Unread};
+use crate::coordinator::{Retry, Unread};
+use crate::event;
 use crate::event::{Event, EventId};
-use crate::fanout::{Deflated, Frames};
 use crate::history::{Page, TooOld};
 use crate::http::publish::{BatchItem, Publication, largest_frame_bytes};
-use crate::http::reply::Reply;
-use crate::hub::SharedEvent;
 use crate::metrics::limit;
 use crate::ratelog::truncate_error;
-use crate::resp::cmd;
-use crate::resp::link::LinkFailure;
-use crate::{event, sse, ws::frame};
 
 /// Room for a frame's header (or an SSE record's field names and id) and a queue's handle.
 const FRAMING_MARGIN: usize = 64;
@@ -213,7 +207,7 @@ impl Reactor {
     /// A publish that waited is decided: answer its connection, or record it in its group
     /// and answer the group's connection once the group is complete. Groups are completed
     /// even when their connection is gone, so none is left behind.
-    fn settle(
+    pub(super) fn settle(
         &mut self,
         waiter: (usize, u32, bool),
         slot: Option<Slot>,
@@ -257,32 +251,6 @@ impl Reactor {
                 ),
             );
         }
-    }
-
-    /// With Redis: why a publish cannot wait for it now (too many, or too many bytes, already
-    /// waiting), counted and logged once per interval; `None` if it may go ahead.
-    fn refuse_publish(&mut self, key: usize, event: &Event) -> Option<String> {
-        if !self.broker.waits() {
-            return None;
-        }
-        let refusal = self.redis_work.admit_publish(event).err()?;
-        self.metrics.limit_hit(refusal.limit());
-        let warning = format!("publish refused (503): {refusal}");
-        self.warn_peer(key, refusal.limit(), &warning);
-        Some(refusal.to_string())
-    }
-
-    /// With Redis: why a history read cannot wait for it now (`MAX_PENDING_READS` reached),
-    /// counted and logged once per interval; `None` if it may go ahead.
-    pub(super) fn refuse_read(&mut self) -> Option<String> {
-        if !self.broker.waits() {
-            return None;
-        }
-        let refusal = self.redis_work.admit_read().err()?;
-        self.metrics.limit_hit(refusal.limit());
-        self.warnings
-            .warn(refusal.limit(), &format!("history read refused: {refusal}"));
-        Some(refusal.to_string())
     }
 
     /// Sends the publishes held for a subscription that is now confirmed; answers 503 to
@@ -365,12 +333,6 @@ impl Reactor {
         }
     }
 
-    /// Frames an event read from Redis's history (its id inside) once per transport and
-    /// queues the same bytes on every subscriber of the channel. Returns how many got it.
-    pub(super) fn broadcast(&mut self, channel: &str, id: Option<EventId>, json: &[u8]) -> usize {
-        self.fan_out(channel, id, json, None)
-    }
-
     /// Embedded: delivers what the hub handed this reactor since the last call, in the hub's
     /// one order (its own publishes included).
     pub(super) fn deliver_inbox(&mut self) {
@@ -385,81 +347,6 @@ impl Reactor {
         }
         self.inbox = events;
         self.recover_overrun();
-    }
-
-    /// One event from the hub to this reactor's subscribers of its channel. Its frames are
-    /// built once in the process (the first reactor that needs one builds it); here each is
-    /// wrapped once into this reactor's non-atomic handle, and every subscriber gets a clone.
-    fn deliver_shared(&mut self, event: &SharedEvent) {
-        let Some(channel) = self.fanout.lookup(&event.channel) else {
-            return;
-        };
-        self.fanout.delivered(channel, event.id);
-        let sse = self
-            .fanout
-            .has_sse_subscribers(channel)
-            .then(|| event.sse_record(sse::event_record));
-        let deflater = &mut self.deflater;
-        let ws_deflated = (event.json.len() >= self.config.compress_min_bytes
-            && self.fanout.has_deflate_subscribers(channel))
-        .then(|| {
-            event.ws_deflated(|json| {
-                let compressed = deflater.compress(json)?;
-                Some(frame::compressed_text(compressed))
-            })
-        })
-        .flatten()
-        .map(|bytes| Deflated {
-            frame: bytes.into(),
-            payload_len: event.json.len(),
-        });
-        let frames = Frames {
-            id: Some(event.id),
-            ws: event.ws_frame(frame::text).into(),
-            sse: sse.map(Into::into),
-            ws_deflated,
-        };
-        let queued = self
-            .fanout
-            .deliver(channel, &frames, &mut self.conns, &mut self.outbox);
-        self.metrics.events_delivered += queued as u64;
-    }
-
-    /// `broadcast` for a message from the subscription: `id` only if trusted, and the SSE
-    /// record built with that id (not whatever `"id"` the payload carries) and `kind`.
-    fn fan_out(
-        &mut self,
-        channel: &str,
-        id: Option<EventId>,
-        json: &[u8],
-        relayed_kind: Option<&str>,
-    ) -> usize {
-        let Some(channel) = self.fanout.lookup(channel) else {
-            return 0;
-        };
-        if let Some(id) = id {
-            // The newest id delivered: where a catch-up resumes if the subscription drops.
-            self.fanout.delivered(channel, id);
-        }
-        let sse = self
-            .fanout
-            .has_sse_subscribers(channel)
-            .then(|| match relayed_kind {
-                None => sse::event_record(json),
-                Some(kind) => sse::record(id.map(|id| id.to_string()).as_deref(), Some(kind), json),
-            });
-        let ws_deflated = self.deflated_event(channel, json);
-        let frames = Frames {
-            id,
-            ws: frame::text(json).into(),
-            sse: sse.map(Into::into),
-            ws_deflated,
-        };
-        let queued = self
-            .fanout
-            .deliver(channel, &frames, &mut self.conns, &mut self.outbox);
-        self.metrics.events_delivered += queued as u64;
-        queued
     }
 
     /// A message on one of our Redis channels: relayed as published if it is shaped like an
@@ -603,7 +490,11 @@ impl Reactor {
 
     /// Delivers the missed events, then the live ones held meanwhile (minus those the history
     /// already had). If the history cannot cover the gap, subscribers are told to reset.
-    fn finish_catch_up(&mut self, channel: &str, result: Result<Result<Page, TooOld>, String>) {
+    pub(super) fn finish_catch_up(
+        &mut self,
+        channel: &str,
+        result: Result<Result<Page, TooOld>, String>,
+    ) {
         let still_joined = self.fanout.lookup(channel).is_some();
         let Some(caught_up) = self
             .redis_work
@@ -633,72 +524,6 @@ impl Reactor {
         for message in caught_up.held {
             self.relay(channel, message);
         }
-    }
-
-    /// The reply to the oldest outstanding Redis command.
-    pub(super) fn on_redis_reply(&mut self, reply: Result<cmd::Reply, LinkFailure>) {
-        let Some(answer) = self.redis_work.on_reply(reply) else {
-            error!("bug: a Redis reply with no request waiting for it");
-            return;
-        };
-        if let (Some(id), Some(redis)) = (answer.confirmed_id(), self.broker.redis_mut()) {
-            redis.confirmed(id);
-        }
-        match answer {
-            Answer::Publish {
-                key,
-                serial,
-                keep_alive,
-                slot,
-                event,
-                outcome,
-                waited,
-                warning,
-            } => {
-                if let Outcome::Published { duplicate, .. } = outcome {
-                    if duplicate {
-                        self.metrics.publish_duplicates += 1;
-                    } else {
-                        self.metrics.events_published += 1;
-                    }
-                    self.metrics.publish_latency.observe(waited);
-                }
-                if let Some((kind, message)) = warning {
-                    self.warn_peer(key, kind, &message);
-                }
-                self.settle((key, serial, keep_alive), slot, event, outcome);
-            }
-            Answer::History { request, result } => self.answer_history(request, result),
-            Answer::ReplayPage { page_read, result } => {
-                let key = page_read.key();
-                self.on_replay_page(page_read, result);
-                self.continue_replay(key);
-            }
-            Answer::Occupancy { work, reply } => self.on_occupancy_reply(work, reply),
-            Answer::CatchUpRead { channel, result } => self.finish_catch_up(&channel, result),
-            Answer::CatchUpLost => self.continue_catch_ups(),
-        }
-    }
-
-    /// Answers a request that waited for Redis, if its connection is still the same one,
-    /// then lets that connection's pipelined requests go on.
-    pub(super) fn answer_waiting(
-        &mut self,
-        key: usize,
-        serial: u32,
-        reply: Reply,
-        keep_alive: bool,
-    ) {
-        let alive = self
-            .conns
-            .get(key)
-            .is_some_and(|c| c.serial() == serial && c.is_awaiting_broker());
-        if !alive {
-            return;
-        }
-        self.conns[key].broker_answered();
-        self.send_reply(key, reply, keep_alive, false);
-        self.resume_reading(key);
     }
 }
 

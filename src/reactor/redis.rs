@@ -7,9 +7,14 @@ use std::time::Instant;
 use mio::Token;
 
 use super::Reactor;
+use crate::channel::tagged_prefix;
+use crate::coordinator::Answer;
+use crate::coordinator::outcome::Outcome;
 use crate::occupancy::RedisKeys;
-use crate::resp::cluster::tagged_prefix;
+use crate::resp::cmd;
+use crate::resp::link::LinkFailure;
 use crate::resp::link::{LinkEvent, Role};
+use log::error;
 
 impl Reactor {
     pub(super) fn on_link_ready(&mut self, token: Token) {
@@ -99,5 +104,58 @@ impl Reactor {
             }
         }
         self.link_events = events;
+    }
+
+    /// A link came up or a subscription was confirmed: replays and catch-ups that waited for
+    /// Redis may read their history now.
+    pub(super) fn on_redis_progress(&mut self) {
+        self.continue_waiting_replays();
+        self.continue_catch_ups();
+        self.retry_parked(None);
+    }
+
+    /// The reply to the oldest outstanding Redis command.
+    pub(super) fn on_redis_reply(&mut self, reply: Result<cmd::Reply, LinkFailure>) {
+        let Some(answer) = self.redis_work.on_reply(reply) else {
+            error!("bug: a Redis reply with no request waiting for it");
+            return;
+        };
+        if let (Some(id), Some(redis)) = (answer.confirmed_id(), self.broker.redis_mut()) {
+            redis.confirmed(id);
+        }
+        match answer {
+            Answer::Publish {
+                key,
+                serial,
+                keep_alive,
+                slot,
+                event,
+                outcome,
+                waited,
+                warning,
+            } => {
+                if let Outcome::Published { duplicate, .. } = outcome {
+                    if duplicate {
+                        self.metrics.publish_duplicates += 1;
+                    } else {
+                        self.metrics.events_published += 1;
+                    }
+                    self.metrics.publish_latency.observe(waited);
+                }
+                if let Some((kind, message)) = warning {
+                    self.warn_peer(key, kind, &message);
+                }
+                self.settle((key, serial, keep_alive), slot, event, outcome);
+            }
+            Answer::History { request, result } => self.answer_history(request, result),
+            Answer::ReplayPage { page_read, result } => {
+                let key = page_read.key();
+                self.on_replay_page(page_read, result);
+                self.continue_replay(key);
+            }
+            Answer::Occupancy { work, reply } => self.on_occupancy_reply(work, reply),
+            Answer::CatchUpRead { channel, result } => self.finish_catch_up(&channel, result),
+            Answer::CatchUpLost => self.continue_catch_ups(),
+        }
     }
 }

@@ -10,13 +10,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Reactor;
+use crate::auth::{Denial, Refusal};
 use crate::channel::{self, Wanted};
-use crate::conn::Phase;
 use crate::event::EventId;
 use crate::metrics::limit;
 use crate::sse;
 use crate::ws::deflate::Agreement;
-use crate::ws::{frame, handshake};
+use crate::ws::handshake;
 
 /// A control message from a WebSocket client: `{"op":"subscribe","channel":"orders"}`.
 #[derive(Deserialize)]
@@ -233,40 +233,59 @@ impl Reactor {
         }
     }
 
-    /// A link came up or a subscription was confirmed: replays and catch-ups that waited for
-    /// Redis may read their history now.
-    pub(super) fn on_redis_progress(&mut self) {
-        self.continue_waiting_replays();
-        self.continue_catch_ups();
-        self.retry_parked(None);
-    }
-
-    /// Tells every subscriber of a channel that events may be missing (the history could not
-    /// cover a gap): like a client's own reset, they should reload.
-    pub(super) fn reset_channel(&mut self, name: &str, since: EventId, reason: &str) {
-        let Some(channel) = self.fanout.lookup(name) else {
-            return;
+    /// `{"op":"refresh","token":...}`: a new token for the same subject before the old one
+    /// expires. Channels the new token no longer covers are left, each with a notice; a
+    /// refused refresh leaves the connection as it was (its old grant still runs out).
+    pub(super) fn refresh_grant(&mut self, key: usize, token: Option<&str>) {
+        let Some(auth) = &self.config.auth else {
+            let error = "auth is off: nothing to refresh";
+            return self.send_notice(key, json!({ "op": "error", "error": error }));
         };
-        let keys = self.fanout.subscribers(channel).to_vec();
-        let notice =
-            json!({ "op": "reset", "channel": name, "since": since.to_string(), "reason": reason });
-        for key in keys {
-            self.send_notice(key, notice.clone());
-        }
-    }
-
-    /// A message for this subscriber alone (acknowledgement, error, reset).
-    pub(super) fn send_notice(&mut self, key: usize, notice: serde_json::Value) {
-        let body = notice.to_string();
-        let conn = &mut self.conns[key];
-        let bytes = match conn.phase() {
-            Phase::WebSocket => frame::text(body.as_bytes()),
-            Phase::Sse => {
-                let op = notice["op"].as_str().unwrap_or("notice");
-                sse::record(None, Some(op), body.as_bytes())
+        let verified = auth.verify(token.unwrap_or(""));
+        let old_sub = self.grants.get(key).map(|g| g.sub().to_string());
+        let grant = match verified {
+            Ok(grant) if old_sub.as_deref().is_none_or(|old| old == grant.sub()) => grant,
+            Ok(grant) => {
+                let denial = Denial {
+                    sub: Some(grant.sub().into()),
+                    ..Denial::new(Refusal::Subject)
+                };
+                return self.refuse_refresh(key, &denial);
             }
-            _ => return,
+            Err(refusal) => {
+                let denial = Denial {
+                    sub: old_sub.map(Into::into),
+                    ..Denial::new(refusal)
+                };
+                return self.refuse_refresh(key, &denial);
+            }
         };
-        conn.queue(key, bytes, &mut self.outbox);
+        let exp = grant.exp();
+        self.grants.attach(key, grant);
+        self.send_notice(key, json!({ "op": "refreshed", "exp": exp }));
+        let names: Vec<String> = self.conns[key]
+            .subs
+            .iter()
+            .map(|sub| self.fanout.name(sub.channel).to_string())
+            .collect();
+        for name in names {
+            if !self.may_subscribe(key, &name) {
+                self.unsubscribe_from(key, &name);
+                self.send_notice(
+                    key,
+                    json!({ "op": "unsubscribed", "channel": name, "reason": "forbidden" }),
+                );
+            }
+        }
+        // Occupancy of a channel it may no longer read is no longer its business either.
+        for name in self.occupancy.watched_by(key) {
+            if !self.may_subscribe(key, &name) {
+                self.occupancy.unwatch(key, &name);
+                self.send_notice(
+                    key,
+                    json!({ "op": "occupancy", "channel": name, "watching": false, "reason": "forbidden" }),
+                );
+            }
+        }
     }
 }

@@ -5,9 +5,7 @@
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::Reactor;
-use crate::channel::ChannelId;
 use crate::conn::{CloseReason, Phase};
-use crate::fanout::Deflated;
 use crate::metrics::limit;
 use crate::ws::deflate::InflateError;
 use crate::ws::frame::{self, Message, close_code};
@@ -213,23 +211,5 @@ impl Reactor {
                 self.config.limits.max_queued_bytes
             ),
         );
-    }
-}
-
-impl Reactor {
-    /// An event's text frame compressed once for the channel's permessage-deflate
-    /// subscribers: only if it has some, and the event is at least `COMPRESS_MIN_BYTES` and
-    /// compresses (RFC 7692: any message may go plain, RSV1 unset).
-    pub(super) fn deflated_event(&mut self, channel: ChannelId, json: &[u8]) -> Option<Deflated> {
-        if json.len() < self.config.compress_min_bytes
-            || !self.fanout.has_deflate_subscribers(channel)
-        {
-            return None;
-        }
-        let compressed = self.deflater.compress(json)?;
-        Some(Deflated {
-            frame: frame::compressed_text(compressed).into(),
-            payload_len: json.len(),
-        })
     }
 }

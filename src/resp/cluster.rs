@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 use redis_protocol::resp2::types::BytesFrame;
 use thiserror::Error;
 
+use crate::channel::hash_tag;
+
 /// Slots in a Redis Cluster.
 pub const SLOTS: u16 = 16384;
 /// How often the slot map is read when nothing asks for it sooner: a reshard done while no
@@ -62,58 +64,9 @@ pub fn crc16(bytes: &[u8]) -> u16 {
     crc
 }
 
-/// The part of a key that is hashed: the bytes between the first `{` and the first `}` after
-/// it, if there is at least one; else the whole key.
-pub fn hash_tag(key: &[u8]) -> &[u8] {
-    let Some(open) = key.iter().position(|&b| b == b'{') else {
-        return key;
-    };
-    let rest = &key[open + 1..];
-    match rest.iter().position(|&b| b == b'}') {
-        Some(close) if close > 0 => &rest[..close],
-        _ => key,
-    }
-}
-
 /// The slot of a key or shard channel.
 pub fn key_slot(key: &[u8]) -> u16 {
     crc16(hash_tag(key)) % SLOTS
-}
-
-/// A key that lives in the same slot as `channel`: `{channel}:suffix`, or `channel:suffix`
-/// when the channel already carries a hash tag (wrapping it again would hash `{` and miss).
-/// `None` for a channel with braces but no tag (`a{}b`, `a}b`): no key can share its slot,
-/// as a tag never holds a `}` (`check_shard_channel` refuses such names at start).
-pub fn key_beside(channel: &str, suffix: &str) -> Option<String> {
-    let tag = hash_tag(channel.as_bytes());
-    if tag.len() < channel.len() {
-        Some(format!("{channel}:{suffix}"))
-    } else if channel.contains(['{', '}']) {
-        None
-    } else {
-        Some(format!("{{{channel}}}:{suffix}"))
-    }
-}
-
-/// A prefix for keys that must all live in one slot (occupancy's, whose scripts read every
-/// replica's keys): the prefix as a hash tag, `{events}`, unless it already holds one.
-pub fn tagged_prefix(prefix: &str) -> String {
-    if hash_tag(prefix.as_bytes()).len() < prefix.len() {
-        prefix.to_string()
-    } else {
-        format!("{{{prefix}}}")
-    }
-}
-
-/// A Redis channel name (`CHANNEL`, or `CHANNEL_PREFIX` and a channel) usable in cluster
-/// mode: its history stream must be able to share its slot (`key_beside`).
-pub fn check_shard_channel(channel: &str) -> Result<(), String> {
-    match key_beside(channel, "history") {
-        Some(_) => Ok(()),
-        None => Err(format!(
-            "{channel:?} has braces but no hash tag ({{...}} with something inside): in cluster mode its history could not share its slot"
-        )),
-    }
 }
 
 /// A node's address as the cluster announces it.
@@ -610,6 +563,7 @@ fn compare(old: &SlotMap, new: &SlotMap) -> MapChange {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::{check_shard_channel, key_beside, tagged_prefix};
     use bytes::Bytes;
 
     /// Slots Redis computes (`CLUSTER KEYSLOT`), from the specification and redis-cli.
