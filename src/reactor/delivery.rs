@@ -49,9 +49,14 @@ impl Reactor {
             sse: sse.map(Into::into),
             ws_deflated,
         };
+        self.deliver_frames(channel, &frames)
+    }
+
+    /// Queues `frames` on every subscriber of `channel` (each its transport's); how many.
+    fn deliver_frames(&mut self, channel: ChannelId, frames: &Frames) -> usize {
         let queued = self
             .fanout
-            .deliver(channel, &frames, &mut self.conns, &mut self.outbox);
+            .deliver(channel, frames, &mut self.conns, &mut self.outbox);
         self.metrics.events_delivered += queued as u64;
         queued
     }
@@ -88,10 +93,7 @@ impl Reactor {
             sse: sse.map(Into::into),
             ws_deflated,
         };
-        let queued = self
-            .fanout
-            .deliver(channel, &frames, &mut self.conns, &mut self.outbox);
-        self.metrics.events_delivered += queued as u64;
+        self.deliver_frames(channel, &frames);
     }
 
     /// An event's text frame compressed once for the channel's permessage-deflate
