@@ -7,9 +7,12 @@
 //!   catch-up from the newest id it delivered (`begin`).
 //! - Once the subscription is confirmed again the reactor reads the stream after that id
 //!   (`reads_due`, `read_sent`; a read lost with the link is sent again: `read_lost`).
-//! - A subscription lost again while the read is out makes that read's answer worthless
-//!   (`read_overtaken`): Redis may have run it before events the lost subscription never
-//!   brought, so the catch-up stays and reads again once the subscription is back.
+//! - Only the answer to the read a catch-up waits for may end it (`expects`). A subscription
+//!   lost again while the read is out makes that read worthless: Redis may have run it before
+//!   events the lost subscription never brought, and ending the catch-up with it would leave
+//!   them in neither the page nor the live stream (a silent gap). So `begin` forgets the read
+//!   out, the catch-up reads again once the subscription is back, and the old answer, like an
+//!   answer for a catch-up given up since, is ignored.
 //! - Live messages meanwhile are held (`on_live` -> `Hold`), in bytes within a budget
 //!   (`MAX_PENDING_BYTES`, over every channel) and in time (`holding_since`, answered by the
 //!   reactor after `REDIS_TIMEOUT_MS`): past either, the catch-up is given up
@@ -58,12 +61,15 @@ pub struct Finished {
     pub held: Vec<LiveMessage>,
 }
 
+/// One history read sent for a catch-up: a reply is matched to the catch-up it was sent for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadToken(u64);
+
 #[derive(Debug)]
 struct CatchUp {
     since: EventId,
-    read_sent: bool,
-    /// The subscription was lost again while the read was out.
-    overtaken: bool,
+    /// The read out, whose answer ends the catch-up; `None`: a read is due.
+    read: Option<ReadToken>,
     held: Vec<LiveMessage>,
     /// When the first live message was held: the reactor gives the catch-up up
     /// `REDIS_TIMEOUT_MS` later at the latest.
@@ -78,22 +84,23 @@ pub struct CatchUps {
     seams: HashMap<String, EventId>,
     /// Bytes of live messages held, over every channel (counted in `MAX_PENDING_BYTES`).
     held_bytes: usize,
+    /// Reads sent so far: the next `ReadToken`.
+    reads_sent: u64,
 }
 
 impl CatchUps {
     /// The subscription of `channel` was lost; it had delivered up to `since`. A channel
-    /// already catching up keeps its first point (nothing after it was delivered since); if
-    /// its read is out, that read cannot cover what this loss misses (`read_overtaken`).
+    /// already catching up keeps its first point (nothing after it was delivered since) but
+    /// not its read, if one is out: that read cannot cover what this loss misses.
     pub fn begin(&mut self, channel: String, since: EventId) {
         self.seams.remove(&channel);
         let catch_up = self.active.entry(channel).or_insert(CatchUp {
             since,
-            read_sent: false,
-            overtaken: false,
+            read: None,
             held: Vec::new(),
             holding_since: None,
         });
-        catch_up.overtaken = catch_up.read_sent;
+        catch_up.read = None;
     }
 
     pub fn is_active(&self, channel: &str) -> bool {
@@ -105,31 +112,37 @@ impl CatchUps {
     pub fn reads_due(&self, can_read: impl Fn(&str) -> bool) -> Vec<(String, EventId)> {
         self.active
             .iter()
-            .filter(|(channel, c)| !c.read_sent && can_read(channel))
+            .filter(|(channel, c)| c.read.is_none() && can_read(channel))
             .map(|(channel, c)| (channel.clone(), c.since))
             .collect()
     }
 
-    pub fn read_sent(&mut self, channel: &str) {
+    /// A read of `channel`'s missed events is sent: the token its answer must show.
+    pub fn read_sent(&mut self, channel: &str) -> ReadToken {
+        self.reads_sent += 1;
+        let read = ReadToken(self.reads_sent);
         if let Some(catch_up) = self.active.get_mut(channel) {
-            catch_up.read_sent = true;
+            catch_up.read = Some(read);
         }
+        read
     }
 
-    /// The read was lost with the link (not refused by Redis), or overtaken: it is due again.
-    pub fn read_lost(&mut self, channel: &str) {
-        if let Some(catch_up) = self.active.get_mut(channel) {
-            catch_up.read_sent = false;
-            catch_up.overtaken = false;
-        }
+    /// Whether the answer to `read` is the one the catch-up of `channel` waits for; any
+    /// other is stale (sent before the subscription was lost again, or for a catch-up given
+    /// up since) and must be ignored.
+    pub fn expects(&self, channel: &str, read: ReadToken) -> bool {
+        self.active
+            .get(channel)
+            .is_some_and(|c| c.read == Some(read))
     }
 
-    /// Whether the subscription of `channel` was lost again while its read was out. The
-    /// answer must then not end the catch-up: events published after Redis ran the read and
-    /// before the subscription is back are in neither the page nor the live stream. (The
-    /// page is dropped whole; the next read, from the same point, brings it again.)
-    pub fn read_overtaken(&self, channel: &str) -> bool {
-        self.active.get(channel).is_some_and(|c| c.overtaken)
+    /// The read was lost with the link (not refused by Redis): it is due again.
+    pub fn read_lost(&mut self, channel: &str, read: ReadToken) {
+        if let Some(catch_up) = self.active.get_mut(channel)
+            && catch_up.read == Some(read)
+        {
+            catch_up.read = None;
+        }
     }
 
     /// A live message on `channel`. `budget`: the most bytes held over every channel.
@@ -220,8 +233,9 @@ mod tests {
         let mut c = CatchUps::default();
         c.begin("a".into(), id(10));
         assert_eq!(c.reads_due(|_| true), vec![("a".to_string(), id(10))]);
-        c.read_sent("a");
+        let read = c.read_sent("a");
         assert!(c.reads_due(|_| true).is_empty());
+        assert!(c.expects("a", read));
         // Live 12 and 13 arrive while the read is out.
         assert_eq!(c.on_live("a", message(Some(12), "12"), 100), Live::Held);
         assert_eq!(c.on_live("a", message(Some(13), "13"), 100), Live::Held);
@@ -280,22 +294,35 @@ mod tests {
     fn should_read_again_when_the_subscription_is_lost_while_the_read_is_out() {
         let mut c = CatchUps::default();
         c.begin("a".into(), id(10));
-        // Lost again before the read went out: nothing to undo.
-        c.begin("a".into(), id(10));
-        assert!(!c.read_overtaken("a"));
-        c.read_sent("a");
+        let first = c.read_sent("a");
         assert_eq!(c.on_live("a", message(Some(11), "11"), 100), Live::Held);
         // Lost again while the read is out: Redis may have run it before events the lost
-        // subscription never brought. Its answer must not end the catch-up.
+        // subscription never brought. Its answer must not end the catch-up; a new read is
+        // due from the same point once the subscription is back.
         c.begin("a".into(), id(11));
-        assert!(c.read_overtaken("a"));
-        c.read_lost("a");
-        assert!(!c.read_overtaken("a"));
+        assert!(!c.expects("a", first));
         assert_eq!(c.reads_due(|_| true), vec![("a".to_string(), id(10))]);
-        c.read_sent("a");
-        assert!(!c.read_overtaken("a"));
+        let second = c.read_sent("a");
+        assert!(c.expects("a", second) && !c.expects("a", first));
+        // The old read's loss changes nothing for the new one.
+        c.read_lost("a", first);
+        assert!(c.expects("a", second));
         // What it held meanwhile is kept for the seam.
         assert_eq!(c.finish("a").unwrap().held, vec![message(Some(11), "11")]);
+    }
+
+    #[test]
+    fn should_ignore_an_answer_for_a_catch_up_given_up_since() {
+        let mut c = CatchUps::default();
+        c.begin("a".into(), id(10));
+        let old = c.read_sent("a");
+        // Given up (held too long: a reset notice), then lost again: a new catch-up.
+        c.finish("a");
+        assert!(!c.expects("a", old));
+        c.begin("a".into(), id(20));
+        assert!(!c.expects("a", old));
+        let new = c.read_sent("a");
+        assert!(c.expects("a", new));
     }
 
     #[test]
@@ -303,8 +330,8 @@ mod tests {
         let mut c = CatchUps::default();
         c.begin("a".into(), id(1));
         c.begin("b".into(), id(1));
-        c.read_sent("a");
-        c.read_lost("a");
+        let read = c.read_sent("a");
+        c.read_lost("a", read);
         let mut due = c.reads_due(|channel| channel == "a");
         due.sort();
         assert_eq!(due, vec![("a".to_string(), id(1))]);

@@ -120,8 +120,9 @@ pub enum Answer {
         channel: String,
         result: Result<Result<Page, TooOld>, String>,
     },
-    /// A catch-up's read was lost with the link (not refused by Redis), or overtaken by a new
-    /// loss of the subscription: it is due again once both are back (`read_catch_ups`).
+    /// A catch-up's read was lost with the link (not refused by Redis), or is stale (sent
+    /// before the subscription was lost again, or for a catch-up given up since): nothing
+    /// to finish; what is due goes out once the links are back (`read_catch_ups`).
     CatchUpLost,
 }
 
@@ -408,17 +409,19 @@ impl Coordinator {
                 Answer::ReplayPage { page_read, result }
             }
             Pending::Occupancy(work) => Answer::Occupancy { work, reply },
-            Pending::CatchUp { channel, .. }
-                if reply.is_err() || self.catch_ups.read_overtaken(&channel) =>
-            {
-                // The read was lost with the link, not refused by Redis, or the subscription
-                // was lost again meanwhile (the page may miss what it never brought): read
-                // again once both are back. What the catch-up holds meanwhile is still
-                // bounded by MAX_PENDING_BYTES and REDIS_TIMEOUT_MS (`on_live`, `expire`).
-                self.catch_ups.read_lost(&channel);
+            // Stale: its page may miss what a lost subscription never brought, so it must not
+            // end the catch-up (`catch_up.rs`); the read that may is due or out already.
+            Pending::CatchUp { channel, read, .. } if !self.catch_ups.expects(&channel, read) => {
                 Answer::CatchUpLost
             }
-            Pending::CatchUp { channel, since } => {
+            Pending::CatchUp { channel, read, .. } if reply.is_err() => {
+                // The read was lost with the link, not refused by Redis: read again once the
+                // link is back. What the catch-up holds meanwhile is still bounded by
+                // MAX_PENDING_BYTES and REDIS_TIMEOUT_MS (`on_live`, `expire`).
+                self.catch_ups.read_lost(&channel, read);
+                Answer::CatchUpLost
+            }
+            Pending::CatchUp { channel, since, .. } => {
                 let result = reply
                     .map_err(|failure| failure.reason)
                     .and_then(|r| broker::parse_history(r, Some(since)));
@@ -453,9 +456,13 @@ impl Coordinator {
                 unread.push((channel, Unread::Refused(refusal)));
                 continue;
             }
-            self.catch_ups.read_sent(&channel);
+            let read = self.catch_ups.read_sent(&channel);
             match redis.read_history(&channel, Some(since), PageSize::events(events)) {
-                Read::Pending => self.pending.push_back(Pending::CatchUp { channel, since }),
+                Read::Pending => self.pending.push_back(Pending::CatchUp {
+                    channel,
+                    since,
+                    read,
+                }),
                 Read::Unavailable(why) => unread.push((channel, Unread::Unavailable(why))),
                 Read::Done(_) => unreachable!("bug: Redis answered a read before it was sent"),
             }
@@ -701,9 +708,11 @@ mod tests {
     #[test]
     fn should_count_reads_sent_and_replays_waiting_for_the_link() {
         let mut c = coordinator(10, 10_000, 2);
+        let read = c.catch_ups.read_sent("a");
         c.sent(Pending::CatchUp {
             channel: "a".into(),
             since: id(1),
+            read,
         });
         assert_eq!(c.admit_read(), Ok(()));
         c.await_link(WaitingReplay {
@@ -904,14 +913,45 @@ mod tests {
     fn should_read_a_catch_up_again_when_its_read_was_lost_with_the_link() {
         let mut c = coordinator(10, 10_000, 10);
         c.begin_catch_ups([("news".to_string(), id(5))]);
+        let read = c.catch_ups.read_sent("news");
         c.sent(Pending::CatchUp {
             channel: "news".into(),
             since: id(5),
+            read,
         });
         assert!(matches!(
             c.on_reply(Err(lost(false))),
             Some(Answer::CatchUpLost)
         ));
         assert!(c.is_catching_up("news"));
+    }
+
+    #[test]
+    fn should_not_end_a_catch_up_with_a_read_sent_before_the_subscription_was_lost_again() {
+        let mut c = coordinator(10, 10_000, 10);
+        c.begin_catch_ups([("news".to_string(), id(5))]);
+        let old = c.catch_ups.read_sent("news");
+        c.sent(Pending::CatchUp {
+            channel: "news".into(),
+            since: id(5),
+            read: old,
+        });
+        // Lost again while the read is out; back, and read again.
+        c.begin_catch_ups([("news".to_string(), id(5))]);
+        let new = c.catch_ups.read_sent("news");
+        c.sent(Pending::CatchUp {
+            channel: "news".into(),
+            since: id(5),
+            read: new,
+        });
+        // The old read's answer: nothing after 5 then, which is no longer the whole story.
+        let page = history_reply("5-0", &[], false);
+        assert!(matches!(c.on_reply(Ok(page)), Some(Answer::CatchUpLost)));
+        assert!(c.is_catching_up("news"));
+        let page = history_reply("5-0", &[("6-0", "{}")], false);
+        let Some(Answer::CatchUpRead { result, .. }) = c.on_reply(Ok(page)) else {
+            panic!("the new read's answer ends the catch-up");
+        };
+        assert_eq!(result.unwrap().unwrap().events[0].id, id(6));
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use crate::catch_up::ReadToken;
 use crate::event::{Event, EventId};
 use crate::replay::NextRead;
 
@@ -34,6 +35,8 @@ pub enum Pending {
     CatchUp {
         channel: String,
         since: EventId,
+        /// Which read it is: only the one its catch-up waits for may end it.
+        read: ReadToken,
     },
     /// Subscriber counts written to or read from Redis (`reactor/occupancy.rs`).
     Occupancy(OccupancyWork),
