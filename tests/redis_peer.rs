@@ -407,6 +407,8 @@ fn behind_the_proxy_with_a_client(
     let herald = herald_on(&proxy.url(), env);
     wait_redis_connected(&herald);
     let other_replica = herald_on(&redis.url(), &[]);
+    // It publishes later: a replica refuses publishes until both its links are up.
+    wait_redis_connected(&other_replica);
     let mut client = ws_connect(herald.port, "/ws");
     wait_redis_connected(&herald);
     publish(herald.port, "first", "0");
@@ -858,6 +860,7 @@ fn foreign_messages_cannot_silence_a_channel_or_pose_as_notices() {
     let herald = herald_on(&redis.url(), &[]);
     wait_redis_connected(&herald);
     let other_replica = herald_on(&redis.url(), &[]);
+    wait_redis_connected(&other_replica);
     let mut client = ws_connect(herald.port, "/ws");
     let mut sse = TcpStream::connect(("127.0.0.1", herald.port)).unwrap();
     sse.set_read_timeout(Some(WAIT)).unwrap();
