@@ -12,7 +12,10 @@
 # Ir is counted in user space only (valgrind does not see the kernel); it is repeatable to
 # within a fraction of a percent from run to run, unlike wall time on a shared machine.
 #
-#   bench/callgrind.sh [-c 1000] [-e 100] [--in-flight 1] [--redis] [--herald-bin PATH] [--top 25]
+#   bench/callgrind.sh [-c 1000] [-e 100] [--in-flight 1] [--redis] [--threads 1] [--herald-bin PATH] [--top 25]
+#
+# --threads N runs Herald with N reactors. Valgrind runs one thread at a time, so turns and
+# batches differ from a real run; the instructions are what each reactor executed.
 #
 # Appends one JSON line to bench/out/<time>-callgrind.jsonl (kind "callgrind": the figures and
 # the top functions of the publish phase), keeps the callgrind.out.* files next to it, prints a
@@ -22,7 +25,7 @@ export CG_ARGS="$*"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BENCH="$ROOT/bench"
 OUT_DIR="$BENCH/out"
-N=1000; M=100; INFLIGHT=1; USE_REDIS=0; TOP=25
+N=1000; M=100; INFLIGHT=1; USE_REDIS=0; TOP=25; THREADS=1
 HERALD_BIN="${HERALD_BIN:-}"; GEN_BIN="${GEN_BIN:-}"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -30,6 +33,7 @@ while [ $# -gt 0 ]; do
         -e|--events) M="$2"; shift 2 ;;
         --in-flight) INFLIGHT="$2"; shift 2 ;;
         --redis) USE_REDIS=1; shift ;;
+        --threads) THREADS="$2"; shift 2 ;;
         --herald-bin) HERALD_BIN="$2"; shift 2 ;;
         --top) TOP="$2"; shift 2 ;;
         -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -103,6 +107,7 @@ fi
 # ---- Herald under callgrind (valgrind runs it in the same process: $! is Herald)
 PORT="$(free_port)" || die "no free port"
 HARGS=(--port "$PORT" --bind 127.0.0.1 --log-level warn)
+[ "$THREADS" != 1 ] && HARGS+=(--threads "$THREADS")
 [ -n "$RURL" ] && HARGS+=(--redis "$RURL")
 valgrind --tool=callgrind --callgrind-out-file="$DIR/callgrind.out.%p" \
     "$PRIV/herald" "${HARGS[@]}" >"$DIR/herald.log" 2>&1 &
@@ -168,9 +173,11 @@ wait "$HPID" 2>/dev/null
 PIDS=()
 
 # ---- figures
-python3 - "$DIR" "$JSONL" "$N" "$M" "$INFLIGHT" "$MODE" "$COMMIT" "$DIRTY" "$TOP" <<'EOF'
+python3 - "$DIR" "$JSONL" "$N" "$M" "$INFLIGHT" "$MODE" "$COMMIT" "$DIRTY" "$TOP" "$THREADS" <<'EOF'
 import glob, json, os, re, subprocess, sys, time
-d, jsonl, n, m, inflight, mode, commit, dirty, top = sys.argv[1:]
+d, jsonl, n, m, inflight, mode, commit, dirty, top, threads = sys.argv[1:]
+if int(threads) > 1:
+    mode += f", {threads} reactors"  # its own row and top list in bench/report.py
 n, m, top = int(n), int(m), int(top)
 ir = {}
 files = {}
@@ -245,7 +252,7 @@ if "publish" in files:
 def short(l):
     return l
 top_txt = "\n".join(short(l) for l in lines)
-rec = {"kind": "callgrind", "date": time.strftime("%Y-%m-%d %H:%M"), "mode": mode, "clients": n,
+rec = {"kind": "callgrind", "date": time.strftime("%Y-%m-%d %H:%M"), "mode": mode, "threads": int(threads), "clients": n,
        "events": m, "in_flight": int(inflight), "deliveries": deliv, "generator_ok": gen.get("ok"),
        "lost": gen.get("lost"), "ir": ir,
        "ir_startup": ir.get("startup"), "ir_connect": ir.get("connect"),
