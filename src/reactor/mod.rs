@@ -17,6 +17,7 @@
 //! Data flows one way: socket readable -> scratch -> Conn tail -> http::parse | ws::frame ->
 //! route -> broker -> fanout (frame once) -> OutQueues -> dirty list -> flush.
 
+mod acceptor;
 mod admission;
 mod auth;
 mod delivery;
@@ -39,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use log::{debug, info, warn};
-use mio::net::{TcpListener, TcpStream, UnixStream};
+use mio::net::{TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
@@ -59,6 +60,7 @@ use crate::sse;
 use crate::static_files::StaticFiles;
 use crate::ws::deflate::{Deflater, Inflater};
 use crate::ws::frame::{self, close_code};
+use acceptor::{Accept, Acceptor};
 use process::{Process, Refusal, Stage};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -82,8 +84,6 @@ const FANOUT_FLUSH_BUDGET: Duration = Duration::from_micros(500);
 const FLUSHES_PER_CLOCK_READ: usize = 16;
 /// How long a closing connection may take to drain its last bytes and see the peer close.
 pub(super) const CLOSE_TIMEOUT_SECS: u32 = 5;
-/// After EMFILE and the like, accept again this much later instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// How far to read a readable socket.
@@ -97,13 +97,67 @@ enum Drain {
     UntilShortRead,
 }
 
+/// Work found during a turn and done by the loop later in it (or at the start of the next,
+/// without waiting in `poll`): what finds it (reading, flushing, Redis answers, timers)
+/// never calls up into what does it, and nothing is freed while the turn may still use it.
+#[derive(Debug, Default)]
+struct Later {
+    /// Connections with input left to read (budget ran out, or reading resumed).
+    read: Vec<usize>,
+    /// Connections whose waiting request was answered (key, serial): their pipelined
+    /// requests are parsed next.
+    resume: Vec<(usize, u32)>,
+    /// Subscribers replaying history whose queue drained: read their next page.
+    refill: Vec<usize>,
+    /// Connections marked `Closed`, freed at the end of the turn.
+    closed: Vec<usize>,
+}
+
+impl Later {
+    /// Whether the next turn has work before it may wait in `poll`.
+    fn has_work(&self) -> bool {
+        !(self.read.is_empty() && self.resume.is_empty() && self.refill.is_empty())
+    }
+}
+
+/// Where a reactor is in its life. SIGTERM: `Draining` (`DRAIN_SECS`: `/health` answers 503,
+/// everything else is served as before), then `Closing` (listener closed, 1001 sent, exit
+/// by `deadline` at the latest). Each reactor follows the process's `Stage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    Serving,
+    Draining { until: Instant },
+    Closing { deadline: Instant },
+}
+
+impl Life {
+    /// Draining or closing: readiness says 503, HTTP replies close their connection.
+    fn is_stopping(self) -> bool {
+        self != Life::Serving
+    }
+
+    /// Closing: no new connection, idle ones closed.
+    fn is_closing(self) -> bool {
+        matches!(self, Life::Closing { .. })
+    }
+
+    /// When the reactor must move on (drain over) or exit (grace over).
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Life::Serving => None,
+            Life::Draining { until } => Some(until),
+            Life::Closing { deadline } => Some(deadline),
+        }
+    }
+}
+
 pub struct Reactor {
     /// Which reactor of the process this is (0 when there is one).
     index: usize,
     process: Arc<Process>,
     poll: Poll,
-    listener: Option<TcpListener>,
-    local_addr: SocketAddr,
+    /// This reactor's listener, and the pause after running out of descriptors.
+    acceptor: Acceptor,
     signals: Option<UnixStream>,
     waker: Arc<Waker>,
     config: Config,
@@ -136,15 +190,8 @@ pub struct Reactor {
     outbox: Outbox,
     /// The previous turn's dirty list, emptied, kept for its allocation.
     spare_dirty: Vec<usize>,
-    /// Connections with input left to read (budget ran out, or reading resumed).
-    read_later: Vec<usize>,
-    /// Connections whose waiting request was answered (key, serial): their pipelined
-    /// requests are parsed next in the loop.
-    resume_later: Vec<(usize, u32)>,
-    /// Connections marked `Closed`, freed at the end of the turn.
-    closed: Vec<usize>,
-    /// Subscribers replaying history whose queue drained: read their next page.
-    refill: Vec<usize>,
+    /// Work found during the turn, done by the loop later in it (or in the next).
+    later: Later,
     link_events: Vec<LinkEvent>,
     started: Instant,
     /// Seconds since `started`, read once per turn (`clock`).
@@ -152,12 +199,8 @@ pub struct Reactor {
     next_serial: u32,
     websockets: usize,
     sse_streams: usize,
-    accept_paused_until: Option<Instant>,
-    last_accept_warning: Option<Instant>,
-    /// SIGTERM came: serving on, `/health` at 503, until then; the closing phase follows.
-    drain_until: Option<Instant>,
-    /// The closing phase: listener gone, 1001 sent; exit by then at the latest.
-    shutdown_deadline: Option<Instant>,
+    /// Serving, draining (SIGTERM came) or closing (1001 sent; exit by its deadline).
+    life: Life,
 }
 
 /// Binds the process's listeners: one per reactor, all on one port (the first picks it when
@@ -184,10 +227,8 @@ impl Reactor {
         index: usize,
         listener: std::net::TcpListener,
     ) -> io::Result<Reactor> {
-        listener.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(listener);
-        let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
+        let acceptor = Acceptor::new(listener, poll.registry(), LISTENER)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         process.attach(index, waker.clone());
         let statics = StaticFiles::new(config.static_dir.as_deref())?;
@@ -195,12 +236,11 @@ impl Reactor {
         let outbox = Outbox::new(config.limits.max_queued_bytes);
         let occupancy = new_occupancy(&config);
         let redis_work = Coordinator::new(&config.limits);
-        let mut reactor = Reactor {
+        Ok(Reactor {
             index,
             process,
             poll,
-            listener: Some(listener),
-            local_addr,
+            acceptor,
             signals: None,
             waker,
             config,
@@ -220,32 +260,19 @@ impl Reactor {
             inflater: Inflater::default(),
             outbox,
             spare_dirty: Vec::new(),
-            read_later: Vec::new(),
-            resume_later: Vec::new(),
-            closed: Vec::new(),
-            refill: Vec::new(),
+            later: Later::default(),
             link_events: Vec::new(),
             started: Instant::now(),
             now_secs: 0,
             next_serial: 0,
             websockets: 0,
             sse_streams: 0,
-            accept_paused_until: None,
-            last_accept_warning: None,
-            drain_until: None,
-            shutdown_deadline: None,
-        };
-        if let Some(listener) = reactor.listener.as_mut() {
-            reactor
-                .poll
-                .registry()
-                .register(listener, LISTENER, Interest::READABLE)?;
-        }
-        Ok(reactor)
+            life: Life::Serving,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.acceptor.local_addr()
     }
 
     pub fn static_source(&self) -> String {
@@ -295,21 +322,21 @@ impl Reactor {
                     }
                 }
             }
-            for (key, serial) in std::mem::take(&mut self.resume_later) {
+            for (key, serial) in std::mem::take(&mut self.later.resume) {
                 if self.conns.get(key).is_some_and(|c| c.serial() == serial) {
                     self.resume_reading(key);
                 }
             }
-            for key in std::mem::take(&mut self.read_later) {
+            for key in std::mem::take(&mut self.later.read) {
                 self.on_readable(key, Drain::ToEnd);
             }
-            for key in std::mem::take(&mut self.refill) {
+            for key in std::mem::take(&mut self.later.refill) {
                 self.continue_replay(key);
             }
             let now = Instant::now();
             self.on_timers(now);
             self.on_occupancy_timers(now);
-            if self.drain_until.is_some_and(|until| now >= until) {
+            if matches!(self.life, Life::Draining { until } if now >= until) {
                 self.process.close();
                 self.start_closing();
             }
@@ -331,13 +358,11 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, next_sweep: Instant) -> Duration {
-        let work_left =
-            !self.read_later.is_empty() || !self.resume_later.is_empty() || !self.refill.is_empty();
-        if self.outbox.has_dirty() || work_left {
+        if self.outbox.has_dirty() || self.later.has_work() {
             return Duration::ZERO;
         }
         let mut deadline = next_sweep;
-        if let Some(at) = self.accept_paused_until {
+        if let Some(at) = self.acceptor.paused_until() {
             deadline = deadline.min(at);
         }
         if let Some(at) = self.broker.next_deadline() {
@@ -349,7 +374,7 @@ impl Reactor {
         if let Some(at) = self.occupancy_deadline() {
             deadline = deadline.min(at);
         }
-        if let Some(at) = self.shutdown_deadline.or(self.drain_until) {
+        if let Some(at) = self.life.deadline() {
             deadline = deadline.min(at);
         }
         deadline.saturating_duration_since(Instant::now())
@@ -358,39 +383,15 @@ impl Reactor {
     // ---- accepting --------------------------------------------------------------------
 
     fn accept_all(&mut self) {
-        if self.accept_paused_until.is_some() {
-            return;
-        }
         loop {
-            let Some(listener) = self.listener.as_ref() else {
-                return;
-            };
-            match listener.accept() {
-                Ok((stream, peer)) => self.on_accepted(stream, peer),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_resource_exhaustion(&e) => {
-                    // The pending connection stays in the backlog; retry after a pause
-                    // (mio is edge-triggered: no new event would come for it).
+            match self.acceptor.accept(Instant::now()) {
+                Accept::Connection(stream, peer) => self.on_accepted(stream, peer),
+                Accept::Failed => self.metrics.accept_errors += 1,
+                Accept::Exhausted => {
                     self.metrics.accept_errors += 1;
-                    let now = Instant::now();
-                    if self
-                        .last_accept_warning
-                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
-                    {
-                        warn!(
-                            "accept failed ({e}); pausing accepts, still serving open connections"
-                        );
-                        self.last_accept_warning = Some(now);
-                    }
-                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
                     return;
                 }
-                Err(e) => {
-                    // ECONNABORTED and friends concern one would-be connection only.
-                    self.metrics.accept_errors += 1;
-                    debug!("accept: {e}");
-                }
+                Accept::Done => return,
             }
         }
     }
@@ -398,10 +399,10 @@ impl Reactor {
     fn on_accepted(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let key = self.conns.vacant_key();
-        let admitted = match self.shutdown_deadline {
-            Some(_) => Err(Refusal::AtConnectionLimit),
-            None if key >= MAX_KEY => Err(Refusal::AtConnectionLimit),
-            None => self.process.admit(self.index, key, peer.ip()),
+        let admitted = if self.life.is_closing() || key >= MAX_KEY {
+            Err(Refusal::AtConnectionLimit)
+        } else {
+            self.process.admit(self.index, key, peer.ip())
         };
         match admitted {
             Ok(()) => {}
@@ -471,7 +472,7 @@ impl Reactor {
             }
             if reads == READ_BUDGET {
                 conn.read_pending = true;
-                self.read_later.push(key);
+                self.later.read.push(key);
                 break;
             }
             match conn.stream.read(&mut scratch) {
@@ -556,8 +557,7 @@ impl Reactor {
     }
 
     fn on_timers(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some_and(|at| now >= at) {
-            self.accept_paused_until = None;
+        if self.acceptor.resume_if_due(now) {
             self.accept_all();
         }
         self.on_link_timers(now);
@@ -671,7 +671,7 @@ impl Reactor {
                 // the reply in flight (nginx's lingering close).
                 conn.shut_write();
                 conn.deadline = conn.deadline.min(self.now_secs + CLOSE_TIMEOUT_SECS);
-                if self.shutdown_deadline.is_some() {
+                if self.life.is_closing() {
                     // Shutting down: the kernel delivers what is queued after we close; do
                     // not hold the exit for peers slow to answer our close.
                     self.close_now(key, CloseReason::Done, "closed at shutdown");
@@ -708,7 +708,7 @@ impl Reactor {
             .is_some_and(|r| r.has_pages_to_read() && !r.is_reading())
             && backlog <= self.outbox.replay_page_bytes()
         {
-            self.refill.push(key);
+            self.later.refill.push(key);
         }
     }
 
@@ -725,7 +725,7 @@ impl Reactor {
             && !conn.is_read_paused()
         {
             conn.read_pending = false;
-            self.read_later.push(key);
+            self.later.read.push(key);
         }
     }
 
@@ -741,7 +741,7 @@ impl Reactor {
     // ---- closing and timers -----------------------------------------------------------------
 
     fn reap(&mut self) {
-        for key in std::mem::take(&mut self.closed) {
+        for key in std::mem::take(&mut self.later.closed) {
             if self
                 .conns
                 .get(key)
@@ -883,10 +883,12 @@ impl Reactor {
     /// terminate (endpoint updates propagate in seconds). A second signal skips the rest of
     /// the drain. Exit comes within drain + grace.
     fn begin_shutdown(&mut self) {
-        if self.shutdown_deadline.is_some() || self.drain_until.is_some() {
+        if self.life != Life::Serving {
             return;
         }
-        self.drain_until = Some(Instant::now() + self.config.drain);
+        self.life = Life::Draining {
+            until: Instant::now() + self.config.drain,
+        };
         info!(
             "reactor {}: draining for {:?}: /health answers 503, still serving {} connections ({} WebSockets); then closing",
             self.index,
@@ -899,15 +901,13 @@ impl Reactor {
     /// Stop accepting, tell every WebSocket we are going away (1001) so pages reconnect
     /// elsewhere, let in-flight requests and publishes finish, flush, then exit.
     fn start_closing(&mut self) {
-        if self.shutdown_deadline.is_some() {
+        if self.life.is_closing() {
             return;
         }
-        self.drain_until = None;
-        let deadline = Instant::now() + self.config.shutdown_grace;
-        self.shutdown_deadline = Some(deadline);
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
+        self.life = Life::Closing {
+            deadline: Instant::now() + self.config.shutdown_grace,
+        };
+        self.acceptor.close(self.poll.registry());
         self.leave_occupancy();
         info!(
             "reactor {}: shutting down: {} connections ({} WebSockets), {} publishes in flight; grace {:?}",
@@ -944,9 +944,9 @@ impl Reactor {
     }
 
     fn shutdown_complete(&self, now: Instant) -> bool {
-        match self.shutdown_deadline {
-            None => false,
-            Some(deadline) if now >= deadline => {
+        match self.life {
+            Life::Serving | Life::Draining { .. } => false,
+            Life::Closing { deadline } if now >= deadline => {
                 if !self.conns.is_empty() {
                     warn!(
                         "shutdown grace over with {} connections left; exiting",
@@ -955,7 +955,7 @@ impl Reactor {
                 }
                 true
             }
-            Some(_) => self.conns.is_empty() && self.redis_work.outstanding() == 0,
+            Life::Closing { .. } => self.conns.is_empty() && self.redis_work.outstanding() == 0,
         }
     }
 
@@ -1011,21 +1011,6 @@ impl Drop for Reactor {
 fn refuse_connection(stream: &mut TcpStream, why: &str) {
     let reply = Reply::error(503, why).closing();
     let _ = stream.write(&reply.to_bytes(false));
-}
-
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
-    )
-}
-
-/// errno values (Linux), without pulling in the libc crate for four constants.
-mod libc_errno {
-    pub const ENOMEM: i32 = 12;
-    pub const ENFILE: i32 = 23;
-    pub const EMFILE: i32 = 24;
-    pub const ENOBUFS: i32 = 105;
 }
 
 fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {

@@ -1,7 +1,7 @@
 //! What every part of the reactor does to one connection, at the bottom of its calls: queue
 //! a reply or a notice on it, answer a request that waited for Redis, close it, log against
 //! it, read the turn's clock. Nothing here parses or decides; it calls nothing above it (a
-//! request answered late has its pipelined requests parsed by the loop: `resume_later`).
+//! request answered late has its pipelined requests parsed by the loop: `Later::resume`).
 
 use super::CLOSE_TIMEOUT_SECS;
 use super::Reactor;
@@ -22,7 +22,7 @@ impl Reactor {
 
     /// True from the first SIGTERM on: `/health` says draining, replies close.
     pub(super) fn is_stopping(&self) -> bool {
-        self.drain_until.is_some() || self.shutdown_deadline.is_some()
+        self.life.is_stopping()
     }
 
     /// A warning a peer caused, logged through `RateLog`: at most one line per `kind` per
@@ -57,7 +57,7 @@ impl Reactor {
         if !conn.close() {
             return;
         }
-        self.closed.push(key);
+        self.later.closed.push(key);
         if why != CloseReason::Done {
             self.metrics.closed(why);
             self.log_peer(
@@ -155,6 +155,6 @@ impl Reactor {
         self.send_reply(key, reply, keep_alive, false);
         // Its pipelined requests go on in the loop (`Reactor::run`), not from here: answers
         // come from below (Redis replies, timers) and parsing is the loop's to start.
-        self.resume_later.push((key, serial));
+        self.later.resume.push((key, serial));
     }
 }
