@@ -16,9 +16,13 @@
 //! it grow without bound. Past a cap the hub stops queuing for that reactor and only notes
 //! the overrun (`Overrun`): the last id it queued, the newest it dropped, and which channels
 //! lost events. Every dropped event is in the history, so the reactor, when it next takes
-//! its inbox, delivers them from there (`take_overrun`, `read_dropped`), or tells the
+//! its inbox, delivers them from there (`take_inbox`, `read_dropped`), or tells the
 //! channel's subscribers to reset where the history no longer covers the gap. Ids are global
 //! and increasing, so the two ids say exactly what was dropped: after `after`, up to `until`.
+//! The inbox and its overrun are taken together, under one lock (`take_inbox`): taken apart,
+//! events queued in between (before an overrun that began in between) would come after the
+//! events the overrun recovers, out of order, and a second overrun would start below the
+//! first one's end and deliver its events again.
 //! The others are woken (their `mio::Waker`) by the publishing reactor once per turn, before
 //! it flushes (`wake_others`), not once per event: a reactor woken per event would take its
 //! inbox one event at a time and write each subscriber once per event, where one reactor
@@ -161,8 +165,8 @@ struct Mail {
     /// JSON bytes of `events` (`INBOX_MAX_BYTES`).
     bytes: usize,
     /// Set when an event did not fit: from then on nothing is queued until the reactor takes
-    /// the overrun (`take_overrun`), so what it gets from the history and what it finds in
-    /// its inbox afterwards meet exactly at `until`.
+    /// its inbox, so what it gets from the history and what it finds in its inbox afterwards
+    /// meet exactly at `until`.
     overrun: Option<Overrun>,
     /// A wake-up is on its way and the events are not taken yet: no need for another.
     woken: bool,
@@ -292,7 +296,7 @@ impl Hub {
                 continue;
             }
             let mut mail = inbox.mail();
-            if (mail.events.is_empty() && mail.overrun.is_none()) || mail.woken {
+            if mail.events.is_empty() || mail.woken {
                 continue;
             }
             mail.woken = true;
@@ -303,20 +307,20 @@ impl Hub {
         }
     }
 
-    /// Everything published since the last call, for reactor `index`, oldest first. `spare`
+    /// Everything published since the last call, for reactor `index`, oldest first, and, if
+    /// the inbox overran meanwhile, what the hub dropped after the last of those events (to
+    /// deliver next, from the history); queuing starts again with the next event. `spare`
     /// (emptied) becomes the new inbox, so neither side reallocates turn after turn.
-    pub fn take_inbox(&self, index: usize, spare: Vec<Arc<SharedEvent>>) -> Vec<Arc<SharedEvent>> {
+    pub fn take_inbox(
+        &self,
+        index: usize,
+        spare: Vec<Arc<SharedEvent>>,
+    ) -> (Vec<Arc<SharedEvent>>, Option<Overrun>) {
         let mut mail = self.inboxes[index].mail();
         mail.woken = false;
         mail.bytes = 0;
-        std::mem::replace(&mut mail.events, spare)
-    }
-
-    /// What the hub dropped for reactor `index` since its inbox overran, if it did; queuing
-    /// starts again with the next event. Take it after the inbox (`take_inbox`): the inbox
-    /// holds events up to `after`, and the events dropped in between are in `until`.
-    pub fn take_overrun(&self, index: usize) -> Option<Overrun> {
-        self.inboxes[index].mail().overrun.take()
+        let events = std::mem::replace(&mut mail.events, spare);
+        (events, mail.overrun.take())
     }
 
     /// A page of the events `overrun` dropped on `channel`, after `since` (`overrun.after`
@@ -481,6 +485,12 @@ mod tests {
         events.iter().map(|e| e.id).collect()
     }
 
+    /// Reactor `index`'s inbox, as ids, and its overrun.
+    fn take(hub: &Hub, index: usize) -> (Vec<EventId>, Option<Overrun>) {
+        let (events, overrun) = hub.take_inbox(index, Vec::new());
+        (ids(&events), overrun)
+    }
+
     #[test]
     fn should_hand_every_reactor_every_event_in_one_order() {
         let hub = hub(3);
@@ -495,8 +505,8 @@ mod tests {
         hub.wake_others(0); // no wakers attached: marks, wakes nothing
         assert!(hub.has_mail(1) && hub.has_mail(2));
         for reactor in 0..3 {
-            assert_eq!(ids(&hub.take_inbox(reactor, Vec::new())), published);
-            assert!(hub.take_inbox(reactor, Vec::new()).is_empty());
+            assert_eq!(take(&hub, reactor), (published.clone(), None));
+            assert_eq!(take(&hub, reactor), (vec![], None));
         }
         let page = hub.read_history("a", None, PageSize::events(10)).unwrap();
         assert_eq!(page.events.len(), 2);
@@ -513,7 +523,7 @@ mod tests {
             hub.publish(&event("a", "x"), Some("k"), 2_001),
             Accepted::Duplicate(id)
         );
-        assert_eq!(hub.take_inbox(1, Vec::new()).len(), 1);
+        assert_eq!(take(&hub, 1).0.len(), 1);
     }
 
     #[test]
@@ -523,7 +533,7 @@ mod tests {
         hub.close_inbox(1);
         hub.publish(&event("a", "y"), None, 2_001);
         assert!(!hub.has_mail(1));
-        assert_eq!(hub.take_inbox(0, Vec::new()).len(), 2);
+        assert_eq!(take(&hub, 0).0.len(), 2);
     }
 
     #[test]
@@ -571,24 +581,21 @@ mod tests {
                 max_bytes: 1 << 20,
             },
         );
-        let sent: Vec<EventId> = ["a", "b", "c", "a", "a"]
+        let sent: Vec<EventId> = ["a", "b", "c", "a", "a", "b"]
             .iter()
             .map(|c| published(&hub, c, "m"))
             .collect();
-        assert_eq!(ids(&hub.take_inbox(1, Vec::new())), sent[..3]);
-        // Nothing is queued while the overrun is not taken, even into the emptied inbox.
-        let late = published(&hub, "b", "m");
-        assert!(hub.take_inbox(1, Vec::new()).is_empty());
-        let overrun = hub.take_overrun(1).expect("overrun");
-        assert_eq!((overrun.after, overrun.until), (sent[2], late));
+        let (queued, overrun) = take(&hub, 1);
+        assert_eq!(queued, sent[..3]);
+        let overrun = overrun.expect("overrun");
+        assert_eq!((overrun.after, overrun.until), (sent[2], sent[5]));
         assert_eq!((overrun.dropped, overrun.cap), (3, InboxCap::Events));
         let mut channels: Vec<&str> = overrun.channels.iter().flatten().map(|c| &**c).collect();
         channels.sort();
         assert_eq!(channels, ["a", "b"]);
-        assert_eq!(hub.take_overrun(1), None);
         // Queuing again, right after `until`.
         let next = published(&hub, "a", "m");
-        assert_eq!(ids(&hub.take_inbox(1, Vec::new())), [next]);
+        assert_eq!(take(&hub, 1), (vec![next], None));
         // The history has the gap, and the read stops at `until` though `next` is newer.
         let size = PageSize::events(10);
         let page = hub
@@ -604,13 +611,44 @@ mod tests {
         assert_eq!((page_ids(&page), page.more), (vec![sent[3]], true));
         let page = hub.read_dropped("a", &overrun, sent[3], size).unwrap();
         assert_eq!(page_ids(&page), [sent[4]]);
-        assert_eq!(
-            page_ids(
-                &hub.read_dropped("b", &overrun, overrun.after, size)
-                    .unwrap()
-            ),
-            [late]
+        let page = hub
+            .read_dropped("b", &overrun, overrun.after, size)
+            .unwrap();
+        assert_eq!(page_ids(&page), [sent[5]]);
+    }
+
+    #[test]
+    fn should_take_an_overrun_with_the_inbox_it_follows_so_no_event_comes_twice() {
+        // A reactor delivering its inbox (a long turn) while the others publish: an overrun
+        // that begins meanwhile follows the events queued meanwhile, and the next inbox
+        // follows the overrun. Each event is in exactly one of them, in id order.
+        let hub = hub_with(
+            2,
+            InboxLimits {
+                max_events: 2,
+                max_bytes: 1 << 20,
+            },
         );
+        let mut delivered = Vec::new();
+        let recovered = |hub: &Hub, overrun: &Overrun| {
+            let page = hub
+                .read_dropped("a", overrun, overrun.after, PageSize::events(100))
+                .unwrap();
+            page_ids(&page)
+        };
+        for round in 0..4 {
+            for _ in 0..=round {
+                published(&hub, "a", "m");
+            }
+            let (queued, overrun) = take(&hub, 1);
+            delivered.extend(queued);
+            if let Some(overrun) = overrun {
+                assert_eq!(Some(&overrun.after), delivered.last());
+                delivered.extend(recovered(&hub, &overrun));
+            }
+        }
+        let page = hub.read_history("a", None, PageSize::events(100)).unwrap();
+        assert_eq!(delivered, page_ids(&page), "each once, in order");
     }
 
     #[test]
@@ -624,16 +662,16 @@ mod tests {
         );
         let first = published(&hub, "a", "larger than ten bytes");
         let second = published(&hub, "a", "x");
-        assert_eq!(ids(&hub.take_inbox(1, Vec::new())), [first]);
-        let overrun = hub.take_overrun(1).expect("overrun");
+        let (queued, overrun) = take(&hub, 1);
+        assert_eq!(queued, [first]);
+        let overrun = overrun.expect("overrun");
         assert_eq!(
             (overrun.after, overrun.until, overrun.cap),
             (first, second, InboxCap::Bytes)
         );
         // The byte count starts again with the inbox.
         let third = published(&hub, "a", "x");
-        assert_eq!(ids(&hub.take_inbox(1, Vec::new())), [third]);
-        assert_eq!(hub.take_overrun(1), None);
+        assert_eq!(take(&hub, 1), (vec![third], None));
     }
 
     #[test]
@@ -648,13 +686,12 @@ mod tests {
         for channel in ["a", "b", "c", "d"] {
             published(&hub, channel, "m");
         }
-        let overrun = hub.take_overrun(1).expect("overrun");
+        let overrun = take(&hub, 1).1.expect("overrun");
         assert_eq!(overrun.channels.map(|c| c.len()), Some(2));
-        hub.take_inbox(1, Vec::new());
         for channel in ["a", "b", "c", "d", "e"] {
             published(&hub, channel, "m");
         }
-        let overrun = hub.take_overrun(1).expect("overrun");
+        let overrun = take(&hub, 1).1.expect("overrun");
         assert_eq!((overrun.dropped, overrun.channels), (3, None));
     }
 
@@ -671,8 +708,7 @@ mod tests {
         for n in 0..12 {
             published(&hub, "a", &n.to_string());
         }
-        hub.take_inbox(1, Vec::new());
-        let overrun = hub.take_overrun(1).expect("overrun");
+        let overrun = take(&hub, 1).1.expect("overrun");
         assert_eq!(overrun.dropped, 11);
         assert!(
             hub.read_dropped("a", &overrun, overrun.after, PageSize::events(100))
@@ -681,7 +717,7 @@ mod tests {
     }
 
     #[test]
-    fn should_wake_a_reactor_that_overran_and_keep_nothing_once_it_stopped() {
+    fn should_keep_nothing_once_a_reactor_that_overran_stopped() {
         let hub = hub_with(
             2,
             InboxLimits {
@@ -691,16 +727,9 @@ mod tests {
         );
         published(&hub, "a", "m");
         published(&hub, "a", "m");
-        hub.take_inbox(1, Vec::new());
-        hub.wake_others(0);
-        assert!(
-            hub.inboxes[1].mail().woken,
-            "an overrun alone is worth a wake-up"
-        );
         hub.close_inbox(1);
         published(&hub, "a", "m");
-        assert_eq!(hub.take_overrun(1), None);
-        assert!(!hub.has_mail(1));
+        assert_eq!(take(&hub, 1), (vec![], None));
     }
 
     #[test]

@@ -604,3 +604,62 @@ fn an_overrun_the_history_cannot_cover_sends_a_reset_notice() {
     }
     assert!(resets > 0, "no client was on a reactor that overran");
 }
+
+/// Overruns while a reactor is busy: eight publishers at once on connections of their own
+/// (so on both reactors), each sending batches of four, `INBOX_MAX_EVENTS` 2, and enough
+/// subscribers that each turn's delivery takes a while. An overrun that begins while a
+/// reactor delivers its inbox must come after what was queued before it began, and the next
+/// inbox after the overrun: every client gets every event once, all in the same order.
+#[test]
+fn overruns_while_a_reactor_delivers_lose_nothing_and_repeat_nothing() {
+    let herald = Herald::with(&["--threads", "2"], &[("INBOX_MAX_EVENTS", "2")]);
+    let mut clients = clients_on_several_reactors(&herald, "/ws?channels=orders", 400);
+    const PUBLISHERS: usize = 8;
+    const BATCHES: usize = 10;
+    const PER_BATCH: usize = 4;
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let port = herald.port;
+            std::thread::spawn(move || {
+                for b in 0..BATCHES {
+                    let events: Vec<Value> = (0..PER_BATCH)
+                        .map(|i| {
+                            let message = format!("p{p}-{}", b * PER_BATCH + i);
+                            serde_json::json!({"type": "o", "message": message, "channel": "orders"})
+                        })
+                        .collect();
+                    let body = Value::Array(events).to_string();
+                    let reply = post(port, "/events/batch", Some("application/json"), &body);
+                    assert_eq!(reply.status, 200, "{}", reply.body);
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.join().unwrap();
+    }
+    let total = PUBLISHERS * BATCHES * PER_BATCH;
+    let first = message_ids(&mut clients[0], total);
+    let ids: Vec<&String> = first.iter().map(|(id, _)| id).collect();
+    assert!(
+        ids.windows(2).all(|w| id_key(w[0]) < id_key(w[1])),
+        "ids increase, none twice"
+    );
+    let distinct: BTreeSet<&String> = first.iter().map(|(_, m)| m).collect();
+    assert_eq!(distinct.len(), total, "every event once");
+    for client in &mut clients[1..] {
+        assert_eq!(message_ids(client, total), first, "one order everywhere");
+    }
+    // Nothing more: a late duplicate would arrive before the probe.
+    publish_to(herald.port, "orders", "probe", "probe");
+    for client in &mut clients {
+        assert_eq!(next_event(client)["type"], "probe");
+    }
+    wait_until("the overruns counted", || {
+        metric(
+            herald.port,
+            "herald_limit_hits_total{limit=\"inbox_events\"}",
+        )
+        .is_some_and(|n| n >= 1.0)
+    });
+}

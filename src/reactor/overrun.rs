@@ -24,12 +24,10 @@ use crate::metrics::limit;
 
 impl Reactor {
     /// Embedded: delivers from the history what the hub dropped for this reactor since its
-    /// inbox overran, if it did. Called right after the inbox is taken and delivered.
-    pub(super) fn recover_overrun(&mut self) {
-        let Some(hub) = self.broker.hub() else {
-            return;
-        };
-        let Some(overrun) = hub.take_overrun(self.index) else {
+    /// inbox overran, if it did (taken with the inbox: `Hub::take_inbox`). Called right
+    /// after that inbox is delivered.
+    pub(super) fn recover_overrun(&mut self, overrun: Option<Overrun>) {
+        let (Some(overrun), Some(hub)) = (overrun, self.broker.hub()) else {
             return;
         };
         let hub = Arc::clone(hub);

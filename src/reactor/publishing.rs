@@ -340,13 +340,13 @@ impl Reactor {
             return;
         };
         let spare = std::mem::take(&mut self.inbox);
-        let mut events = hub.take_inbox(self.index, spare);
+        let (mut events, overrun) = hub.take_inbox(self.index, spare);
         self.metrics.events_received += events.len() as u64;
         for event in events.drain(..) {
             self.deliver_shared(&event);
         }
         self.inbox = events;
-        self.recover_overrun();
+        self.recover_overrun(overrun);
     }
 
     /// A message on one of our Redis channels: relayed as published if it is shaped like an
