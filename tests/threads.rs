@@ -509,7 +509,17 @@ fn publish_batch(port: u16, channels: &[&str], count: usize) -> Vec<(String, Str
 /// gets every event, each channel in its one order, and the overrun is counted.
 #[test]
 fn a_reactor_whose_inbox_overran_delivers_the_rest_from_the_history() {
-    let herald = Herald::with(&["--threads", "2"], &[("INBOX_MAX_EVENTS", "2")]);
+    overran_and_recovered("INBOX_MAX_EVENTS", "2", "inbox_events");
+}
+
+/// The same past `INBOX_MAX_BYTES` (300 bytes: about three of these events).
+#[test]
+fn a_reactor_whose_inbox_overran_its_bytes_delivers_the_rest_from_the_history() {
+    overran_and_recovered("INBOX_MAX_BYTES", "300", "inbox_bytes");
+}
+
+fn overran_and_recovered(setting: &str, value: &str, limit: &str) {
+    let herald = Herald::with(&["--threads", "2"], &[(setting, value)]);
     let mut clients = clients_on_several_reactors(&herald, "/ws?channels=orders,deploys", 16);
     let published = publish_batch(herald.port, &["orders", "deploys"], 40);
     let mut first_ids: Option<Vec<String>> = None;
@@ -545,7 +555,7 @@ fn a_reactor_whose_inbox_overran_delivers_the_rest_from_the_history() {
     wait_until("the overrun counted", || {
         metric(
             herald.port,
-            "herald_limit_hits_total{limit=\"inbox_events\"}",
+            &format!("herald_limit_hits_total{{limit=\"{limit}\"}}"),
         )
         .is_some_and(|n| n >= 1.0)
     });
@@ -554,11 +564,7 @@ fn a_reactor_whose_inbox_overran_delivers_the_rest_from_the_history() {
     for client in &mut clients {
         assert_eq!(next_event(client)["type"], "after");
     }
-    assert!(
-        herald.log().contains("INBOX_MAX_EVENTS"),
-        "{}",
-        herald.log()
-    );
+    assert!(herald.log().contains(setting), "{}", herald.log());
 }
 
 /// With `HISTORY_LEN` 4 the history no longer holds what an overrun dropped: the clients of

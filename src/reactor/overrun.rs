@@ -49,7 +49,7 @@ impl Reactor {
         self.warnings.warn(
             cap,
             &format!(
-                "reactor {}: inbox full ({setting} {value}): {} events published meanwhile are delivered from the history",
+                "reactor {}: inbox full ({setting} {value}): {} events published meanwhile are read back from the history (a channel it no longer covers gets a reset)",
                 self.index, overrun.dropped
             ),
         );
