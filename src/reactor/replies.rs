@@ -5,6 +5,7 @@
 
 use super::CLOSE_TIMEOUT_SECS;
 use super::Reactor;
+use super::process::Stage;
 use crate::conn::{CloseReason, Phase};
 use crate::coordinator::pending::HttpWaiter;
 use crate::event::EventId;
@@ -20,9 +21,11 @@ impl Reactor {
         self.now_secs
     }
 
-    /// True from the first SIGTERM on: `/health` says draining, replies close.
+    /// True from the first SIGTERM on: `/health` says draining, replies close. The process's
+    /// stage too, not only this reactor's life: a reactor hears of the signal on its next
+    /// wake-up, and until then its `/health` must not answer 200 while another's says 503.
     pub(super) fn is_stopping(&self) -> bool {
-        self.life.is_stopping()
+        self.life.is_stopping() || self.process.stage() != Stage::Serving
     }
 
     /// A warning a peer caused, logged through `RateLog`: at most one line per `kind` per
