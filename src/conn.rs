@@ -123,16 +123,16 @@ pub struct Conn {
     /// Tells this connection apart from a later one that reuses its slab slot.
     serial: u32,
     /// Reactor clock (seconds) at which the current phase times out.
-    pub deadline: u32,
+    deadline: u32,
     /// Changed only by the transitions below (`phase()` reads it).
     phase: Phase,
     /// In the reactor's dirty list: has output to flush this turn.
-    pub dirty: bool,
+    dirty: bool,
     /// Registered for WRITABLE because the socket refused part of the output.
-    pub wants_writable: bool,
+    wants_writable: bool,
     /// The socket may hold unread input (reading paused while a publish is in flight, or the
     /// per-turn read budget ran out).
-    pub read_pending: bool,
+    read_pending: bool,
     /// A `100 Continue` went out for the request whose body is arriving.
     continue_sent: bool,
     /// A heartbeat ping is out and unanswered.
@@ -396,6 +396,57 @@ impl Conn {
     /// overhead) and the live events a replay holds back.
     pub fn backlog_bytes(&self) -> usize {
         self.out.memory_bytes() + self.replay.as_ref().map_or(0, |r| r.held_bytes())
+    }
+
+    /// Reactor clock (seconds) at which the current phase times out.
+    pub fn deadline(&self) -> u32 {
+        self.deadline
+    }
+
+    /// The current phase times out at `at` (idle, heartbeat, lingering close).
+    pub fn set_deadline(&mut self, at: u32) {
+        self.deadline = at;
+    }
+
+    /// Times out at `at` if that is sooner (a head that must arrive, a close that lingers).
+    pub fn shorten_deadline(&mut self, at: u32) {
+        self.deadline = self.deadline.min(at);
+    }
+
+    /// Whether it is in this turn's dirty list (output to flush).
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Taken off the dirty list: it is being flushed now.
+    pub fn clear_dirty(&mut self) {
+        self.dirty = false;
+    }
+
+    /// The socket refused part of the output: returns true if WRITABLE interest must be
+    /// asked for now (it was not already).
+    pub fn ask_writable(&mut self) -> bool {
+        !std::mem::replace(&mut self.wants_writable, true)
+    }
+
+    /// The output is all written: returns true if WRITABLE interest must be given up now.
+    pub fn drop_writable(&mut self) -> bool {
+        std::mem::replace(&mut self.wants_writable, false)
+    }
+
+    /// Input may be waiting in the socket, unread (back-pressure, the read budget).
+    pub fn leave_input(&mut self) {
+        self.read_pending = true;
+    }
+
+    /// Whether input may be waiting in the socket, unread.
+    pub fn has_input_left(&self) -> bool {
+        self.read_pending
+    }
+
+    /// Reading goes on: returns whether input was left waiting.
+    pub fn take_input_left(&mut self) -> bool {
+        std::mem::replace(&mut self.read_pending, false)
     }
 
     pub fn mark_dirty(&mut self, key: usize, outbox: &mut Outbox) {

@@ -36,13 +36,13 @@ impl Reactor {
                 return used;
             }
             if conn.out.queued_bytes() > self.config.limits.max_queued_bytes {
-                conn.read_pending = true;
+                conn.leave_input();
                 return used;
             }
             let request = match parse(&buf[used..], &self.config.limits) {
                 Ok(Parsed::Complete(req, n)) => (req, n),
                 Ok(Parsed::AwaitingBody(head)) => {
-                    conn.deadline = conn.deadline.min(head_by);
+                    conn.shorten_deadline(head_by);
                     if self.refused_before_body(key, &head) {
                         return buf.len();
                     }
@@ -51,7 +51,7 @@ impl Reactor {
                 Ok(Parsed::Partial) => {
                     if used < buf.len() {
                         // A request has begun: it must complete within the head timeout.
-                        conn.deadline = conn.deadline.min(head_by);
+                        conn.shorten_deadline(head_by);
                     }
                     return used;
                 }

@@ -452,26 +452,26 @@ impl Reactor {
                 Phase::Closed => break,
                 // Input waits in the kernel until the publish verdict is in (back-pressure).
                 Phase::AwaitingBroker => {
-                    conn.read_pending = true;
+                    conn.leave_input();
                     break;
                 }
                 Phase::ReadingRequest
                     if conn.out.queued_bytes() > self.config.limits.max_queued_bytes =>
                 {
                     // A pipelining client not reading its replies: stop parsing until it does.
-                    conn.read_pending = true;
+                    conn.leave_input();
                     break;
                 }
                 // A WebSocket not reading what it asked for (pongs, acks, echoes): what it
                 // sends waits in the kernel until its backlog drains.
                 _ if conn.is_read_paused() => {
-                    conn.read_pending = true;
+                    conn.leave_input();
                     break;
                 }
                 _ => {}
             }
             if reads == READ_BUDGET {
-                conn.read_pending = true;
+                conn.leave_input();
                 self.later.read.push(key);
                 break;
             }
@@ -482,7 +482,7 @@ impl Reactor {
                 }
                 Ok(n) => {
                     reads += 1;
-                    conn.read_pending = false;
+                    conn.take_input_left();
                     self.on_input(key, &mut scratch[..n]);
                     if n < scratch.len() && drain == Drain::UntilShortRead {
                         break;
@@ -587,7 +587,7 @@ impl Reactor {
                 let Some(conn) = self.conns.get_mut(key) else {
                     continue;
                 };
-                if !conn.dirty || conn.is_subscriber() != subscribers {
+                if !conn.is_dirty() || conn.is_subscriber() != subscribers {
                     continue;
                 }
                 if subscribers
@@ -599,7 +599,7 @@ impl Reactor {
                     break;
                 }
                 flushed += 1;
-                conn.dirty = false;
+                conn.clear_dirty();
                 if conn.phase() != Phase::Closed {
                     self.flush(key);
                 }
@@ -630,8 +630,7 @@ impl Reactor {
                     self.metrics.bytes_written += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !conn.wants_writable {
-                        conn.wants_writable = true;
+                    if conn.ask_writable() {
                         let interest = Interest::READABLE | Interest::WRITABLE;
                         if let Err(e) = registry.reregister(&mut conn.stream, Token(key), interest)
                         {
@@ -655,8 +654,7 @@ impl Reactor {
         if !conn.out.is_empty() {
             return;
         }
-        if conn.wants_writable {
-            conn.wants_writable = false;
+        if conn.drop_writable() {
             let registry = self.poll.registry();
             let _ = registry.reregister(&mut conn.stream, Token(key), Interest::READABLE);
         }
@@ -670,7 +668,7 @@ impl Reactor {
                 // so that closing with unread input does not reset the connection and destroy
                 // the reply in flight (nginx's lingering close).
                 conn.shut_write();
-                conn.deadline = conn.deadline.min(self.now_secs + CLOSE_TIMEOUT_SECS);
+                conn.shorten_deadline(self.now_secs + CLOSE_TIMEOUT_SECS);
                 if self.life.is_closing() {
                     // Shutting down: the kernel delivers what is queued after we close; do
                     // not hold the exit for peers slow to answer our close.
@@ -679,7 +677,7 @@ impl Reactor {
             }
             // Parsing stopped at the cap (or a request waits half-read): the requests already
             // buffered go on now, not when the client happens to send more bytes.
-            Phase::ReadingRequest if conn.read_pending || !conn.tail.is_empty() => {
+            Phase::ReadingRequest if conn.has_input_left() || !conn.tail.is_empty() => {
                 self.resume_reading(key);
             }
             _ => {}
@@ -698,7 +696,7 @@ impl Reactor {
                 self.resume_input(key);
             } else {
                 // Progress: the client reads, slowly. It has another timeout's worth.
-                conn.deadline = now + self.config.limits.pong_timeout_secs;
+                conn.set_deadline(now + self.config.limits.pong_timeout_secs);
             }
         }
         let conn = &mut self.conns[key];
@@ -721,10 +719,10 @@ impl Reactor {
             self.process_tail(key, buf);
         }
         if let Some(conn) = self.conns.get_mut(key)
-            && conn.read_pending
+            && conn.has_input_left()
             && !conn.is_read_paused()
         {
-            conn.read_pending = false;
+            conn.take_input_left();
             self.later.read.push(key);
         }
     }
@@ -780,10 +778,10 @@ impl Reactor {
         let limits = &self.config.limits;
         let mut expired: Vec<(usize, CloseReason)> = Vec::new();
         for (key, conn) in self.conns.iter_mut() {
-            if conn.out.is_empty() && !conn.dirty {
+            if conn.out.is_empty() && !conn.is_dirty() {
                 conn.release_memory();
             }
-            if conn.deadline > now {
+            if conn.deadline() > now {
                 continue;
             }
             match conn.phase() {
@@ -801,7 +799,7 @@ impl Reactor {
                 Phase::WebSocket | Phase::Echo
                     if conn.is_awaiting_pong() && !conn.out.is_empty() =>
                 {
-                    conn.deadline = now + limits.pong_timeout_secs;
+                    conn.set_deadline(now + limits.pong_timeout_secs);
                 }
                 Phase::WebSocket | Phase::Echo if conn.is_awaiting_pong() => {
                     expired.push((key, CloseReason::PingTimeout))
@@ -812,7 +810,7 @@ impl Reactor {
                 }
                 Phase::Sse => {
                     conn.queue(key, Bytes::from_static(sse::HEARTBEAT), &mut self.outbox);
-                    conn.deadline = now + limits.ping_interval_secs;
+                    conn.set_deadline(now + limits.ping_interval_secs);
                 }
                 Phase::Closing => expired.push((key, CloseReason::Done)),
                 Phase::AwaitingBroker | Phase::Closed => {}

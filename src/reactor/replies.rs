@@ -96,7 +96,7 @@ impl Reactor {
         if close {
             conn.begin_closing(now + CLOSE_TIMEOUT_SECS);
         } else {
-            conn.deadline = now + self.config.limits.idle_timeout_secs;
+            conn.set_deadline(now + self.config.limits.idle_timeout_secs);
         }
     }
 
