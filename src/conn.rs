@@ -213,9 +213,10 @@ impl Conn {
         self.phase = Phase::AwaitingBroker;
     }
 
-    /// Whether the connection still waits for the broker's answer.
-    pub fn is_awaiting_broker(&self) -> bool {
-        self.phase == Phase::AwaitingBroker
+    /// Whether this is connection `serial` (not a later one in its slab slot) and it still
+    /// waits for the broker's answer.
+    pub fn awaits_answer(&self, serial: u32) -> bool {
+        self.serial == serial && self.phase == Phase::AwaitingBroker
     }
 
     /// AwaitingBroker -> ReadingRequest: the answer came and is being queued.

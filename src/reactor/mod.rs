@@ -104,9 +104,6 @@ enum Drain {
 struct Later {
     /// Connections with input left to read (budget ran out, or reading resumed).
     read: Vec<usize>,
-    /// Connections whose waiting request was answered (key, serial): their pipelined
-    /// requests are parsed next.
-    resume: Vec<(usize, u32)>,
     /// Subscribers replaying history whose queue drained: read their next page.
     refill: Vec<usize>,
     /// Connections marked `Closed`, freed at the end of the turn.
@@ -116,7 +113,7 @@ struct Later {
 impl Later {
     /// Whether the next turn has work before it may wait in `poll`.
     fn has_work(&self) -> bool {
-        !(self.read.is_empty() && self.resume.is_empty() && self.refill.is_empty())
+        !(self.read.is_empty() && self.refill.is_empty())
     }
 }
 
@@ -320,11 +317,6 @@ impl Reactor {
                             conn.mark_dirty(key, &mut self.outbox);
                         }
                     }
-                }
-            }
-            for (key, serial) in std::mem::take(&mut self.later.resume) {
-                if self.conns.get(key).is_some_and(|c| c.serial() == serial) {
-                    self.resume_reading(key);
                 }
             }
             for key in std::mem::take(&mut self.later.read) {

@@ -18,7 +18,6 @@ use bytes::Bytes;
 use super::Reactor;
 use crate::broker::{self, Publish};
 use crate::catch_up::{Live, LiveMessage};
-use crate::conn::Phase;
 use crate::coordinator::outcome::{Group, Member, Outcome, Shape, single_reply};
 use crate::coordinator::pending::{Parked, Pending, Slot, event_bytes};
 use crate::coordinator::{Retry, Unread};
@@ -257,11 +256,7 @@ impl Reactor {
     /// those held too long or whose Redis link went down (`give_up`).
     pub(super) fn retry_parked(&mut self, give_up: Option<&str>) {
         let conns = &self.conns;
-        let alive = |parked: &Parked| {
-            conns
-                .get(parked.key)
-                .is_some_and(|c| c.serial() == parked.serial && c.phase() == Phase::AwaitingBroker)
-        };
+        let alive = |parked: &Parked| awaits(conns, parked);
         let retries = self.redis_work.take_parked(give_up, alive, Instant::now());
         for retry in retries {
             let (parked, why) = match retry {
@@ -297,11 +292,7 @@ impl Reactor {
                     (parked, why)
                 }
             };
-            let still_waiting = self
-                .conns
-                .get(parked.key)
-                .is_some_and(|c| c.serial() == parked.serial && c.phase() == Phase::AwaitingBroker);
-            if still_waiting {
+            if awaits(&self.conns, &parked) {
                 self.warn_peer(
                     parked.key,
                     "publish refused",
@@ -525,6 +516,13 @@ impl Reactor {
             self.relay(channel, message);
         }
     }
+}
+
+/// Whether a parked publish's connection is still there, waiting for its answer.
+fn awaits(conns: &slab::Slab<crate::conn::Conn>, parked: &Parked) -> bool {
+    conns
+        .get(parked.key)
+        .is_some_and(|c| c.awaits_answer(parked.serial))
 }
 
 /// A group member: the event's type and channel, and what became of it.

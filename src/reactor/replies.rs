@@ -1,7 +1,7 @@
 //! What every part of the reactor does to one connection, at the bottom of its calls: queue
 //! a reply or a notice on it, answer a request that waited for Redis, close it, log against
 //! it, read the turn's clock. Nothing here parses or decides; it calls nothing above it (a
-//! request answered late has its pipelined requests parsed by the loop: `Later::resume`).
+//! request answered late has its pipelined requests parsed when its reply is flushed).
 
 use super::CLOSE_TIMEOUT_SECS;
 use super::Reactor;
@@ -138,8 +138,9 @@ impl Reactor {
         }
     }
 
-    /// Answers a request that waited for Redis, if its connection is still the same one,
-    /// then lets that connection's pipelined requests go on.
+    /// Answers a request that waited for Redis, if its connection is still the same one.
+    /// Its pipelined requests go on once this reply is flushed (`flush` resumes reading), as
+    /// after any back-pressure: nothing here calls up into parsing.
     pub(super) fn answer_waiting(
         &mut self,
         key: usize,
@@ -147,17 +148,10 @@ impl Reactor {
         reply: Reply,
         keep_alive: bool,
     ) {
-        let alive = self
-            .conns
-            .get(key)
-            .is_some_and(|c| c.serial() == serial && c.is_awaiting_broker());
-        if !alive {
+        let Some(conn) = self.conns.get_mut(key).filter(|c| c.awaits_answer(serial)) else {
             return;
-        }
-        self.conns[key].broker_answered();
+        };
+        conn.broker_answered();
         self.send_reply(key, reply, keep_alive, false);
-        // Its pipelined requests go on in the loop (`Reactor::run`), not from here: answers
-        // come from below (Redis replies, timers) and parsing is the loop's to start.
-        self.later.resume.push((key, serial));
     }
 }
